@@ -1,0 +1,23 @@
+"""Train pix2pix under DeepSpeed.
+
+  deepspeed launch/train.py                                  # demo shards (built if missing), GPU if present
+  deepspeed launch/train.py --config configs/cityscapes.yaml run.dir=runs/cs
+  deepspeed --num_gpus 2 launch/train.py train.steps=1000    # data parallel (CPU processes without GPUs)
+
+Running again with the same run.dir resumes from its latest checkpoint. SIGTERM saves and exits.
+"""
+
+from p2p_dist.cli import config_parser, parse_config
+
+
+def main() -> None:
+    parser = config_parser(__doc__, default_config="configs/demo.yaml")
+    parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
+    cfg, _ = parse_config(parser)
+    from p2p_dist.train.loop import train  # heavy imports only once the config is known to be good
+
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The one typed configuration of p2p_dist.
+
+Every option lives here exactly once, as a dataclass field with its help text. A run's config is built
+from the defaults, then an optional YAML file, then dotted ``key=value`` overrides (``train.steps=200``),
+and is validated as a whole so that a bad key or value is reported by name before any work starts.
+``python launch/train.py --help`` prints this file's options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message names it."""
+
+
+def opt(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002 - mirrors argparse
+    """A config field with its documentation (and allowed values, checked by `validate`)."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    shards: str = opt("shards/demo", "Shard directory holding manifest.json (built by launch/pack.py). "
+                      "The demo shards are built here automatically when missing.")
+    loader: str = opt("dali", "Input pipeline: NVIDIA DALI (GPU decode on CUDA machines) or webdataset + "
+                      "torch DataLoader.", choices=("dali", "webdataset"))
+    load_size: int = opt(286, "Images are resized to this square size before the random crop (paper: 286).")
+    crop_size: int = opt(256, "Random crop size = training resolution; 128, 256 or 512 (the U-Net depth follows).")
+    flip: bool = opt(True, "Random horizontal flip, the same draw for label map and photo.")
+    label_encoding: str = opt("color", "Generator input: the paper's 3-channel colour label map, or one-hot ids "
+                              "(34 channels).", choices=("color", "onehot"))
+    num_workers: int = opt(2, "Decoding threads (DALI) or DataLoader worker processes (webdataset) per rank.")
+
+
+@dataclass
+class ModelConfig:
+    ngf: int = opt(64, "Generator width (filters in the first conv layer).")
+    ndf: int = opt(64, "Discriminator width (filters in the first conv layer).")
+    d_layers: int = opt(3, "PatchGAN depth: 3 gives the paper's 70x70 receptive field.")
+    norm: str = opt("batch", "Normalisation layers. Use instance or syncbatch with more than one rank: plain "
+                    "batch norm keeps per-rank running statistics.", choices=("batch", "instance", "syncbatch"))
+    dropout: bool = opt(True, "Dropout 0.5 in the three innermost decoder blocks (the paper's noise source).")
+    init_gain: float = opt(0.02, "Std of the N(0, gain) weight initialisation.")
+    pretrained_g: str = opt("", "Reference implementation checkpoint (latest_net_G.pth, unet_256) to start G from.")
+    pretrained_d: str = opt("", "Reference implementation checkpoint (latest_net_D.pth, basic) to start D from.")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = opt(0, "Total optimiser steps. Exactly one of train.steps and train.epochs must be set (> 0).")
+    epochs: float = opt(0.0, "Total epochs over the train split (the paper: 200).")
+    decay_start: float = opt(0.5, "Fraction of training after which the learning rate decays linearly to zero "
+                             "(the paper: 100 constant + 100 decaying epochs = 0.5).")
+    batch_size: int = opt(1, "Images per rank per micro-step (the paper: 1).")
+    grad_accum: int = opt(1, "Micro-steps accumulated per optimiser step.")
+    lr_g: float = opt(2e-4, "Generator Adam learning rate.")
+    lr_d: float = opt(2e-4, "Discriminator Adam learning rate.")
+    beta1: float = opt(0.5, "Adam beta1 for both networks.")
+    beta2: float = opt(0.999, "Adam beta2 for both networks.")
+    lambda_l1: float = opt(100.0, "Weight of the L1 term in the generator loss.")
+    gan_loss: str = opt("vanilla", "GAN objective: vanilla (BCE with logits, the paper) or lsgan.",
+                        choices=("vanilla", "lsgan"))
+    channels_last: bool = opt(True, "Use channels_last memory format (faster convolutions, same maths).")
+    compile: bool = opt(False, "torch.compile both networks (slow start, faster steps on GPU).")
+
+
+@dataclass
+class RunConfig:
+    dir: str = opt("runs/demo", "Run directory. If it holds a checkpoint, training resumes from the latest one.")
+    log_every: int = opt(10, "Steps between progress lines and metrics.jsonl records.")
+    sample_every: int = opt(200, "Steps between label | generated | real sample grids in samples/.")
+    checkpoint_every: int = opt(500, "Steps between checkpoints (one is always written at the end).")
+    keep_checkpoints: int = opt(3, "Checkpoints kept in checkpoints/; older ones are deleted.")
+    num_samples: int = opt(4, "Validation pairs shown in each sample grid.")
+
+
+@dataclass
+class EvalConfig:
+    every: int = opt(0, "Steps between evaluations on a fixed val subset during training (0 = off).")
+    num_images: int = opt(64, "Size of the fixed val subset used by periodic evaluation.")
+    fid: bool = opt(False, "Include FID/KID in periodic evaluation (Inception is slow on a CPU).")
+    segmenter: str = opt("", "Segmenter checkpoint for the FCN-score; default: trained and cached next to the shards.")
+
+
+@dataclass
+class Config:
+    seed: int = opt(0, "Seed for weights, data order, augmentation and dropout (rank offsets are added).")
+    precision: str = opt("auto", "Numerics: auto = bf16 where the device has it, else fp32. fp16 uses dynamic "
+                         "loss scaling and needs ZeRO >= 1.", choices=("auto", "bf16", "fp16", "fp32"))
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage for both engines.", choices=(0, 1, 2))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the field's declared type, or raise naming the key."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [v if item_tp is Any else _coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in the config")  # keep configs simple
+    return value
+
+
+def _apply(section: Any, values: dict, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = _field_types(type(section))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown config key '{name}' (known here: {known})")
+        tp = hints[key]
+        if _is_section(tp):
+            _apply(getattr(section, key), value, f"{name}.")
+        else:
+            setattr(section, key, _coerce(value, tp, name))
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    head, _, rest = dotted.partition(".")
+    return {head: _nest(rest, value) if rest else value}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value parsed as YAML, so 1e-4, true and [1, 2] work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.steps=200)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Defaults (or `base`) <- YAML file <- dotted overrides, then validated."""
+    cfg = base if base is not None else Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        try:
+            _apply(cfg, values, "")
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply(cfg, _nest(key, value), "")
+    validate(cfg)
+    return cfg
+
+
+def _check_choices(section: Any, prefix: str) -> None:
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+            allowed = " | ".join(map(str, f.metadata["choices"]))
+            raise ConfigError(f"{prefix}{f.name}: {value!r} is not one of {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks; each message names the key and the value."""
+    _check_choices(cfg, "")
+    t, d = cfg.train, cfg.data
+    if (t.steps > 0) == (t.epochs > 0):
+        raise ConfigError(f"set exactly one of train.steps and train.epochs (> 0); got train.steps={t.steps}, "
+                          f"train.epochs={t.epochs}")
+    if t.steps < 0 or t.epochs < 0:
+        raise ConfigError("train.steps and train.epochs must not be negative")
+    if not 0.0 <= t.decay_start <= 1.0:
+        raise ConfigError(f"train.decay_start: {t.decay_start} is not in [0, 1]")
+    positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.lr_g": t.lr_g,
+                "train.lr_d": t.lr_d, "train.lambda_l1": t.lambda_l1 + 1e-30, "data.num_workers": d.num_workers,
+                "model.ngf": cfg.model.ngf, "model.ndf": cfg.model.ndf, "model.d_layers": cfg.model.d_layers,
+                "run.log_every": cfg.run.log_every, "run.sample_every": cfg.run.sample_every,
+                "run.checkpoint_every": cfg.run.checkpoint_every, "run.keep_checkpoints": cfg.run.keep_checkpoints}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    if t.lambda_l1 < 0:
+        raise ConfigError(f"train.lambda_l1: must be >= 0, got {t.lambda_l1}")
+    if d.crop_size not in (128, 256, 512):
+        raise ConfigError(f"data.crop_size: {d.crop_size} is not one of 128 | 256 | 512 (the U-Net needs 2^7..2^9)")
+    if d.load_size < d.crop_size:
+        raise ConfigError(f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size})")
+    if not (0.0 < t.beta1 < 1.0 and 0.0 < t.beta2 < 1.0):
+        raise ConfigError(f"train.beta1/beta2 must be in (0, 1), got {t.beta1}, {t.beta2}")
+    if cfg.eval.every < 0 or cfg.eval.num_images <= 0:
+        raise ConfigError(f"eval.every must be >= 0 and eval.num_images > 0, got {cfg.eval.every}, "
+                          f"{cfg.eval.num_images}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(section: Any = None, prefix: str = "") -> str:
+    """Every option with its default and help, for ``--help``."""
+    section = Config() if section is None else section
+    lines = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append("")
+            lines.append(f"  [{prefix}{f.name}]")
+            lines.append(describe(value, f"{prefix}{f.name}."))
+            continue
+        choices = f.metadata.get("choices")
+        allowed = f" ({' | '.join(map(str, choices))})" if choices else ""
+        lines.append(f"  {prefix}{f.name} = {value!r}{allowed}")
+        lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
