@@ -1,0 +1,61 @@
+"""pix2pix networks: the U-Net generator, the PatchGAN discriminator, their init, losses and the import of
+reference-implementation checkpoints. `build_generator` / `build_discriminator` return initialised models."""
+
+from __future__ import annotations
+
+from p2p_dist.models.init import init_weights
+from p2p_dist.models.losses import GAN_MODES, GANLoss
+from p2p_dist.models.norm import NORMS, SyncBatchNorm2d
+from p2p_dist.models.patchgan import PatchDiscriminator
+from p2p_dist.models.reference import (
+    ReferenceCheckpointError,
+    load_reference_discriminator,
+    load_reference_generator,
+)
+from p2p_dist.models.unet import UNetGenerator
+
+# Training resolution -> U-Net depth: the bottleneck is 1x1 at this square size (unet_128, unet_256, ...).
+NUM_DOWNS_BY_IMAGE_SIZE = {128: 7, 256: 8, 512: 9}
+
+
+def build_generator(
+    in_channels: int,
+    out_channels: int = 3,
+    image_size: int = 256,
+    ngf: int = 64,
+    norm: str = "batch",
+    dropout: bool = True,
+    init_gain: float = 0.02,
+) -> UNetGenerator:
+    """An initialised U-Net whose depth fits square `image_size` training crops (256 -> unet_256)."""
+    if image_size not in NUM_DOWNS_BY_IMAGE_SIZE:
+        allowed = ", ".join(map(str, NUM_DOWNS_BY_IMAGE_SIZE))
+        raise ValueError(f"image_size must be one of {allowed} (the U-Net depths built); got {image_size}")
+    generator = UNetGenerator(
+        in_channels, out_channels, NUM_DOWNS_BY_IMAGE_SIZE[image_size], ngf=ngf, norm=norm, dropout=dropout
+    )
+    return init_weights(generator, init_gain)
+
+
+def build_discriminator(
+    in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch", init_gain: float = 0.02
+) -> PatchDiscriminator:
+    """An initialised PatchGAN; `in_channels` counts label and image channels together (conditional D)."""
+    return init_weights(PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, norm=norm), init_gain)
+
+
+__all__ = [
+    "GAN_MODES",
+    "NORMS",
+    "NUM_DOWNS_BY_IMAGE_SIZE",
+    "GANLoss",
+    "PatchDiscriminator",
+    "ReferenceCheckpointError",
+    "SyncBatchNorm2d",
+    "UNetGenerator",
+    "build_discriminator",
+    "build_generator",
+    "init_weights",
+    "load_reference_discriminator",
+    "load_reference_generator",
+]
