@@ -7,6 +7,8 @@
 Running again with the same run.dir resumes from its latest checkpoint. SIGTERM saves and exits.
 """
 
+import sys
+
 from p2p_dist.cli import config_parser, parse_config
 
 
@@ -14,9 +16,13 @@ def main() -> None:
     parser = config_parser(__doc__, default_config="configs/demo.yaml")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
     cfg, _ = parse_config(parser)
-    from p2p_dist.train.loop import train  # heavy imports only once the config is known to be good
+    from p2p_dist.train.loop import NonFiniteLoss, train  # heavy imports once the config is known good
 
-    train(cfg)
+    try:
+        train(cfg)
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

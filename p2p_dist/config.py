@@ -22,9 +22,10 @@ class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
 
 
-def opt(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002 - mirrors argparse
-    """A config field with its documentation (and allowed values, checked by `validate`)."""
-    meta = {"help": help, "choices": choices}
+def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:  # noqa: A002
+    """A config field with its documentation, allowed values (checked by `validate`), and the alternative
+    field that setting this one resets (train.steps and train.epochs: a later layer picks one of them)."""
+    meta = {"help": help, "choices": choices, "clears": clears}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,8 +60,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = opt(0, "Total optimiser steps. Exactly one of train.steps and train.epochs must be set (> 0).")
-    epochs: float = opt(0.0, "Total epochs over the train split (the paper: 200).")
+    steps: int = opt(0, "Total optimiser steps. Exactly one of train.steps and train.epochs is set (> 0); "
+                     "setting one in a file or override clears the other.", clears="epochs")
+    epochs: float = opt(0.0, "Total epochs over the train split (the paper: 200).", clears="steps")
     decay_start: float = opt(0.5, "Fraction of training after which the learning rate decays linearly to zero "
                              "(the paper: 100 constant + 100 decaying epochs = 0.5).")
     batch_size: int = opt(1, "Images per rank per micro-step (the paper: 1).")
@@ -97,8 +99,9 @@ class EvalConfig:
 @dataclass
 class Config:
     seed: int = opt(0, "Seed for weights, data order, augmentation and dropout (rank offsets are added).")
-    precision: str = opt("auto", "Numerics: auto = bf16 where the device has it, else fp32. fp16 uses dynamic "
-                         "loss scaling and needs ZeRO >= 1.", choices=("auto", "bf16", "fp16", "fp32"))
+    precision: str = opt("auto", "Numerics: auto = bf16 where the device has native bf16 units (CUDA "
+                         "Ampere+, AVX512-BF16/AMX CPUs), else fp32. fp16 uses dynamic loss scaling, needs CUDA "
+                         "and ZeRO >= 1.", choices=("auto", "bf16", "fp16", "fp32"))
     zero_stage: int = opt(0, "DeepSpeed ZeRO stage for both engines.", choices=(0, 1, 2))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -153,6 +156,7 @@ def _apply(section: Any, values: dict, prefix: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = _field_types(type(section))
+    clears = {f.name: f.metadata.get("clears") for f in dataclasses.fields(section)}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if key not in hints:
@@ -163,6 +167,9 @@ def _apply(section: Any, values: dict, prefix: str) -> None:
             _apply(getattr(section, key), value, f"{name}.")
         else:
             setattr(section, key, _coerce(value, tp, name))
+            other = clears.get(key)
+            if other and other not in values:
+                setattr(section, other, type(getattr(section, other))(0))
 
 
 def _nest(dotted: str, value: Any) -> dict:

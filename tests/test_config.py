@@ -43,11 +43,22 @@ def test_bad_override_is_rejected_naming_the_key_or_value(override, named):
         load_config(None, ["train.steps=5", override])
 
 
-def test_exactly_one_of_steps_and_epochs_is_required():
+def test_exactly_one_of_steps_and_epochs_is_required(tmp_path):
     with pytest.raises(ConfigError, match="exactly one of train.steps and train.epochs"):
         load_config(None, [])
+    path = tmp_path / "both.yaml"
+    path.write_text("train:\n  steps: 5\n  epochs: 2\n")
     with pytest.raises(ConfigError, match="exactly one"):
-        load_config(None, ["train.steps=5", "train.epochs=2"])
+        load_config(path)
+
+
+def test_setting_steps_replaces_epochs_from_an_earlier_layer(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 12\n")
+    cfg = load_config(path, ["train.steps=4"])
+    assert (cfg.train.steps, cfg.train.epochs) == (4, 0.0)
+    cfg = load_config(path, ["train.steps=4", "train.epochs=2"])  # the last layer wins
+    assert (cfg.train.steps, cfg.train.epochs) == (0, 2.0)
 
 
 def test_bad_yaml_file_error_names_the_file(tmp_path):

@@ -1,0 +1,135 @@
+"""Checkpoints that survive preemption: both engines, every rank's RNG, and the data position.
+
+Layout of ``RUN/checkpoints/``::
+
+    step_000500/G/ D/      DeepSpeed engine checkpoints (each engine in its own directory, or D overwrites G)
+    step_000500/rng/       one file per rank: torch (CPU and CUDA), numpy and python RNG states
+    step_000500/trainer.json   step, data position, world size, images seen
+    latest                 name of the newest complete checkpoint
+
+A checkpoint is written under ``.partial-step_NNNNNN`` and renamed only after every rank has finished,
+then ``latest`` is replaced atomically: a kill at any moment leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+ENGINE_TAG = "engine"
+
+
+@dataclass
+class TrainerState:
+    step: int = 0             # optimiser steps done
+    epoch: int = 0            # data position: epoch ...
+    batch_in_epoch: int = 0   # ... and micro-batches of it already consumed, per rank
+    images_seen: int = 0      # over all ranks
+    world_size: int = 1
+    batch_size: int = 1
+    zero_stage: int = 0
+    elapsed_s: float = 0.0    # training wall time before this process started
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    with open(tmp) as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    pointer = ckpt_root / "latest"
+    if not pointer.is_file():
+        return None
+    path = ckpt_root / pointer.read_text().strip()
+    if not (path / "trainer.json").is_file():
+        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
+    return path
+
+
+def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> Path:
+    """Every rank calls this (DeepSpeed saves are collective)."""
+    name = f"step_{state.step:06d}"
+    partial = ckpt_root / f".partial-{name}"
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "rng").mkdir(parents=True)
+    dist.barrier()
+    model.G.save_checkpoint(str(partial / "G"), tag=ENGINE_TAG, save_latest=False)
+    model.D.save_checkpoint(str(partial / "D"), tag=ENGINE_TAG, save_latest=False)
+    torch.save(_rng_state(), partial / "rng" / f"rank_{rank:05d}.pt")
+    dist.barrier()
+    final = ckpt_root / name
+    if rank == 0:
+        (partial / "trainer.json").write_text(json.dumps(asdict(state), indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        _atomic_write(ckpt_root / "latest", name)
+        for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> TrainerState:
+    """Restore both engines (weights, optimizer, lr schedule, loss scale) and this rank's RNG."""
+    state = TrainerState(**json.loads((path / "trainer.json").read_text()))
+    if state.world_size != world_size and state.zero_stage > 0:
+        raise RuntimeError(
+            f"{path} was written by {state.world_size} ranks at ZeRO stage {state.zero_stage}; its optimizer state "
+            f"is partitioned and cannot be loaded by {world_size} ranks. Resume with {state.world_size} ranks, or "
+            f"train with zero_stage=0, whose checkpoints load at any world size.")
+    for engine, sub in ((model.G, "G"), (model.D, "D")):
+        load_path, _ = engine.load_checkpoint(str(path / sub), tag=ENGINE_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"no {sub} engine checkpoint under {path / sub}")
+    rng_file = path / "rng" / f"rank_{rank:05d}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    if (state.world_size, state.batch_size) != (world_size, batch_size):
+        # Same samples, regrouped: continue after the images already consumed in this epoch.
+        consumed = state.batch_in_epoch * state.batch_size * state.world_size
+        state.batch_in_epoch = consumed // (batch_size * world_size)
+        state.world_size, state.batch_size = world_size, batch_size
+    return state
+
+
+def load_weights(path: Path, network: str) -> dict:
+    """The module state dict of network "G" or "D" from a checkpoint directory, without DeepSpeed engines
+    (for evaluation, translation and export)."""
+    files = sorted((path / network / ENGINE_TAG).glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise FileNotFoundError(f"no {network} weights under {path / network / ENGINE_TAG}")
+    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+
+
+def clean_partial(ckpt_root: Path) -> None:
+    """Remove what a kill during a checkpoint write left behind (never a complete checkpoint)."""
+    for partial in ckpt_root.glob(".partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)

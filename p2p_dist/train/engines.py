@@ -1,0 +1,160 @@
+"""The two DeepSpeed engines of pix2pix and one training step: a D update, then a G update (the paper).
+
+Read top to bottom. Three DeepSpeed facts shape it (measured, see shared notes): gradient clipping must be
+turned off explicitly (its default silently rescales G's gradients); inside the G step D is called as a raw
+module (calling the engine there breaks ZeRO); and D is frozen during the G step, or G-step gradients leak
+into D's next update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from p2p_dist.config import Config
+from p2p_dist.models import GANLoss, build_discriminator, build_generator
+from p2p_dist.models import load_reference_discriminator, load_reference_generator
+from p2p_dist.train.runtime import Runtime
+from p2p_dist.train.schedule import lr_factor
+
+PHOTO_CHANNELS = 3
+LABEL_CHANNELS = {"color": 3, "onehot": 34}
+
+
+def deepspeed_config(cfg: Config, rt: Runtime) -> dict:
+    """One engine's DeepSpeed config; G and D get identical ones (each keeps its own optimizer and scaler)."""
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "gradient_clipping": 0.0,  # pix2pix does not clip; DeepSpeed's default of 1.0 would
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "steps_per_print": 2**31 - 1,  # our own logger reports progress
+        "zero_allow_untested_optimizer": True,
+    }
+    if rt.precision == "bf16":
+        # Autocast keeps fp32 master parameters and needs no loss scale: the same maths as fp32, faster.
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    elif rt.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return ds
+
+
+@dataclass
+class StepLosses:
+    loss_D: torch.Tensor
+    loss_G_gan: torch.Tensor
+    loss_G_l1: torch.Tensor
+    loss_G: torch.Tensor  # the objective G was updated with: non-finite here poisons the weights at once
+
+    def finite(self) -> torch.Tensor:
+        return torch.isfinite(torch.stack([self.loss_D, self.loss_G])).all()
+
+
+class Pix2Pix:
+    """Generator and discriminator engines, their losses, and `train_step`."""
+
+    def __init__(self, cfg: Config, rt: Runtime, total_steps: int) -> None:
+        self.cfg, self.rt = cfg, rt
+        label_channels = LABEL_CHANNELS[cfg.data.label_encoding]
+        m = cfg.model
+        generator = build_generator(label_channels, PHOTO_CHANNELS, cfg.data.crop_size, m.ngf, m.norm, m.dropout,
+                                    m.init_gain)
+        discriminator = build_discriminator(label_channels + PHOTO_CHANNELS, m.ndf, m.d_layers, m.norm, m.init_gain)
+        if m.pretrained_g:
+            load_reference_generator(m.pretrained_g, generator)
+        if m.pretrained_d:
+            load_reference_discriminator(m.pretrained_d, discriminator)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.G = self._engine(generator, cfg.train.lr_g, total_steps)
+        self.D = self._engine(discriminator, cfg.train.lr_d, total_steps)
+        self.gan_loss = GANLoss(cfg.train.gan_loss)
+        # With batch norm, real and fake pairs must be normalised in separate batches (as the reference);
+        # without it, one D forward over both is the same maths at half the launches.
+        self.joint_d_forward = m.norm == "instance"
+
+    def _engine(self, model: nn.Module, lr: float, total_steps: int) -> deepspeed.DeepSpeedEngine:
+        # Parameters stay contiguous (DeepSpeed broadcasts and ZeRO flattens them as raw bytes); channels_last
+        # inputs are enough for the convolutions to run in NHWC.
+        model = model.to(self.rt.device)
+        t = self.cfg.train
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total_steps, t.decay_start))
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                          config=deepspeed_config(self.cfg, self.rt))
+        if self.cfg.train.compile:
+            engine.compile()
+        return engine
+
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        cast = {"dtype": self.rt.input_dtype, "memory_format": self.memory_format}
+        return batch["label"].to(**cast), batch["photo"].to(**cast)
+
+    def _autocast(self):
+        dtype = self.rt.autocast_dtype
+        return torch.autocast(self.rt.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _discriminate_pairs(self, label: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
+        """D's logits on (label, real) and (label, fake) pairs, through the engine (D is being trained)."""
+        if self.joint_d_forward:
+            both = torch.cat([torch.cat([label, real], 1), torch.cat([label, fake], 1)], 0)
+            return self.D(both).chunk(2)
+        return self.D(torch.cat([label, real], 1)), self.D(torch.cat([label, fake], 1))
+
+    def train_step(self, batch: dict) -> StepLosses:
+        """One micro-step of both networks; the engines step their optimizers at accumulation boundaries."""
+        label, real = self._inputs(batch)
+        fake = self.G(label)
+
+        # D update: real pairs towards 1, fake pairs towards 0, halved (the paper slows D down).
+        self.D.module.requires_grad_(True)
+        pred_real, pred_fake = self._discriminate_pairs(label, real, fake.detach())
+        loss_D = 0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False))
+        self.D.backward(loss_D)
+        self.D.step()
+
+        # G update against the just-updated D: fool it, and stay close to the real photo in L1.
+        self.D.module.requires_grad_(False)
+        with self._autocast():  # a raw module call bypasses the engine's autocast
+            pred_fake_for_G = self.D.module(torch.cat([label, fake], 1))
+        loss_G_gan = self.gan_loss(pred_fake_for_G, True)
+        loss_G_l1 = F.l1_loss(fake.float(), real.float())
+        loss_G = loss_G_gan + self.cfg.train.lambda_l1 * loss_G_l1
+        self.G.backward(loss_G)
+        self.G.step()
+        return StepLosses(loss_D.detach(), loss_G_gan.detach(), loss_G_l1.detach(), loss_G.detach())
+
+    @torch.no_grad()
+    def translate(self, label: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+        """G's photos for label maps, norm layers in eval mode; dropout on by default (the paper's test noise)."""
+        generator = self.G.module
+        was_training = generator.training
+        generator.eval()
+        for layer in generator.modules():
+            if isinstance(layer, nn.Dropout):
+                layer.train(dropout)
+        with self._autocast():
+            out = generator(label.to(self.rt.device, self.rt.input_dtype, memory_format=self.memory_format))
+        generator.train(was_training)
+        return out.float()
+
+    def apply_config_learning_rates(self) -> None:
+        """Make the config's lr_g / lr_d the base of the restored schedules: a resumed run (or a PBT trial
+        restored from another trial's checkpoint with mutated rates) trains with the rates it was given."""
+        for engine, base_lr in ((self.G, self.cfg.train.lr_g), (self.D, self.cfg.train.lr_d)):
+            scheduler = engine.lr_scheduler
+            scheduler.base_lrs = [base_lr] * len(scheduler.base_lrs)
+            for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
+                group["lr"] = lr
+
+    @property
+    def lr(self) -> tuple[float, float]:
+        return self.G.get_lr()[0], self.D.get_lr()[0]
+
+    @property
+    def skipped_steps(self) -> tuple[int, int]:
+        return int(self.G.skipped_steps), int(self.D.skipped_steps)

@@ -1,0 +1,207 @@
+"""The training loop: resume, step, log, sample, checkpoint, stop cleanly. Read it top to bottom."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from p2p_dist.config import Config, save_config
+from p2p_dist.data.loader import build_loader
+from p2p_dist.data.shards import ensure_demo_shards
+from p2p_dist.train import checkpoint
+from p2p_dist.train.checkpoint import TrainerState
+from p2p_dist.train.engines import Pix2Pix
+from p2p_dist.train.logger import RunLogger, Throughput, format_duration
+from p2p_dist.train.runtime import Runtime, init_runtime, shutdown
+from p2p_dist.train.samples import sample_grid, save_grid
+from p2p_dist.train.schedule import total_steps
+
+DEMO_SHARDS = Path("shards/demo")
+NO_BAD_STEP = 2**62
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class StopFlag:
+    """Set by SIGTERM (cluster preemption) or SIGINT; ranks agree on it before acting, or they would hang."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def agreed(self, device: torch.device) -> bool:
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _shards_dir(cfg: Config, rt: Runtime) -> Path:
+    shards = Path(cfg.data.shards)
+    if shards == DEMO_SHARDS and not (shards / "manifest.json").is_file():
+        if rt.is_main:
+            print(f"demo shards missing: building them in {shards}", flush=True)
+            ensure_demo_shards(shards)
+        dist.barrier()
+    if not (shards / "manifest.json").is_file():
+        raise FileNotFoundError(f"data.shards={shards}: no manifest.json there; pack a data set with launch/pack.py")
+    return shards
+
+
+def _batches(loader, state: TrainerState):
+    """Micro-batches forever from the saved data position, advancing it as they are handed out."""
+    while True:
+        for batch in loader.epoch(state.epoch, start_batch=state.batch_in_epoch):
+            state.batch_in_epoch += 1
+            yield batch
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+
+def _mean_over_ranks(values: torch.Tensor) -> list[float]:
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return (values / dist.get_world_size()).tolist()
+
+
+def train(cfg: Config) -> dict:
+    """Train to the end (or to a stop request); returns the summary. Raises NonFiniteLoss on divergence."""
+    rt = init_runtime(cfg)
+    try:
+        return _train(cfg, rt)
+    finally:
+        shutdown()
+
+
+def _train(cfg: Config, rt: Runtime) -> dict:
+    run_dir, ckpt_root = Path(cfg.run.dir), Path(cfg.run.dir) / "checkpoints"
+    if rt.is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_partial(ckpt_root)
+    shards = _shards_dir(cfg, rt)
+    d, t = cfg.data, cfg.train
+    loader = build_loader(shards, "train", backend=d.loader, batch_size=t.batch_size, rank=rt.rank,
+                          world_size=rt.world_size, seed=cfg.seed, train=True, load_size=d.load_size,
+                          crop_size=d.crop_size, flip=d.flip, label_encoding=d.label_encoding, device=rt.device,
+                          num_workers=d.num_workers)
+    steps_per_epoch = max(1, loader.batches_per_epoch // t.grad_accum)
+    total = total_steps(t.steps, t.epochs, steps_per_epoch)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights everywhere (DeepSpeed also broadcasts them)
+    model = Pix2Pix(cfg, rt, total)
+    torch.manual_seed(cfg.seed + 1 + rt.rank)  # independent dropout noise per rank
+    state = TrainerState(world_size=rt.world_size, batch_size=t.batch_size, zero_stage=cfg.zero_stage)
+    dist.barrier()
+    latest = checkpoint.latest_checkpoint(ckpt_root)
+    if latest is not None:
+        state = checkpoint.load(latest, model, rt.rank, rt.world_size, t.batch_size)
+        model.apply_config_learning_rates()
+        if rt.is_main:
+            print(f"resumed from {latest} (step {state.step}, epoch {state.epoch})", flush=True)
+    if rt.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"training {total} steps on {rt.world_size} x {rt.device.type} ({rt.precision}), "
+              f"{loader.num_samples} train pairs, global batch {t.batch_size * t.grad_accum * rt.world_size}; "
+              f"run dir {run_dir}", flush=True)
+
+    samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
+    logger = RunLogger(run_dir, total, enabled=rt.is_main)
+    stop = StopFlag()
+    meter = Throughput()
+    batches = _batches(loader, state)
+    loss_sums = torch.zeros(3, device=rt.device)
+    first_bad_step = torch.full((1,), NO_BAD_STEP, device=rt.device, dtype=torch.long)
+    start_time, start_step, stopped_early = time.perf_counter(), state.step, False
+
+    while state.step < total:
+        lr_g, lr_d = model.lr  # the rates this step uses (the schedule advances inside the step)
+        for _ in range(t.grad_accum):
+            wait_start = time.perf_counter()
+            batch = next(batches)
+            meter.data_wait += time.perf_counter() - wait_start
+            losses = model.train_step(batch)
+            loss_sums += torch.stack([losses.loss_D, losses.loss_G_gan, losses.loss_G_l1]) / t.grad_accum
+            if_bad = torch.where(losses.finite(), NO_BAD_STEP, state.step + 1)
+            first_bad_step = torch.minimum(first_bad_step, if_bad)
+        state.step += 1
+        step_images = t.batch_size * t.grad_accum * rt.world_size
+        state.images_seen += step_images
+        meter.images += step_images
+        meter.steps += 1
+
+        at_end = state.step == total
+        if state.step % cfg.run.log_every == 0 or at_end:
+            _check_finite(first_bad_step, ckpt_root)
+            loss_D, loss_G_gan, loss_G_l1 = _mean_over_ranks(loss_sums / meter.steps)
+            skipped_g, skipped_d = model.skipped_steps
+            logger.log({"step": state.step, "epoch": state.step / steps_per_epoch, "lr": lr_g, "lr_d": lr_d,
+                        "loss_D": loss_D, "loss_G_gan": loss_G_gan, "loss_G_l1": loss_G_l1, **meter.summary(),
+                        "skipped_steps_G": skipped_g, "skipped_steps_D": skipped_d})
+            loss_sums.zero_()
+            meter.reset()
+            stopped_early = not at_end and stop.agreed(rt.device)
+        housekeeping_start = time.perf_counter()
+        if rt.is_main and (state.step % cfg.run.sample_every == 0 or at_end):
+            _write_samples(model, samples, run_dir, logger, state.step)
+        if state.step % cfg.run.checkpoint_every == 0 or at_end or stopped_early:
+            _check_finite(first_bad_step, ckpt_root)
+            state.elapsed_s += time.perf_counter() - start_time
+            start_time = time.perf_counter()
+            checkpoint.save(ckpt_root, model, state, cfg.run.keep_checkpoints, rt.rank)
+        meter.excluded += time.perf_counter() - housekeeping_start
+        if stopped_early:
+            if rt.is_main:
+                print(f"stop requested: checkpoint written at step {state.step}; run again to resume", flush=True)
+            break
+
+    state.elapsed_s += time.perf_counter() - start_time
+    summary = {"steps": state.step, "total_steps": total, "images_seen": state.images_seen,
+               "wall_time_s": state.elapsed_s, "mean_images_per_s": state.images_seen / max(state.elapsed_s, 1e-9),
+               "steps_this_process": state.step - start_step, "stopped_early": stopped_early,
+               "world_size": rt.world_size, "precision": rt.precision, "device": rt.device.type,
+               "run_dir": str(run_dir), "samples": str(run_dir / "samples"),
+               "checkpoint": str(checkpoint.latest_checkpoint(ckpt_root))}
+    if rt.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"done: {state.step}/{total} steps, {state.images_seen} images in "
+              f"{format_duration(state.elapsed_s)} ({summary['mean_images_per_s']:.1f} img/s).\n"
+              f"  samples:     {run_dir / 'samples'}\n  metrics:     {run_dir / 'metrics.jsonl'}\n"
+              f"  checkpoints: {ckpt_root}\n  summary:     {run_dir / 'summary.json'}\n"
+              f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}", flush=True)
+    logger.close()
+    return summary
+
+
+def _check_finite(first_bad_step: torch.Tensor, ckpt_root: Path) -> None:
+    """Collective: all ranks stop together, or the healthy ones would hang in the next all-reduce."""
+    bad = first_bad_step.clone()
+    dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+    bad = int(bad.item())
+    if bad != NO_BAD_STEP:
+        latest = checkpoint.latest_checkpoint(ckpt_root)
+        raise NonFiniteLoss(f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: "
+                            f"{latest or 'none yet'}")
+
+
+def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
+    """The first validation pairs, unaugmented: the same rows in every sample grid of the run."""
+    d = cfg.data
+    val = build_loader(shards, "val", backend=d.loader, batch_size=cfg.run.num_samples, rank=0, world_size=1,
+                       seed=cfg.seed, train=False, load_size=d.crop_size, crop_size=d.crop_size, flip=False,
+                       label_encoding=d.label_encoding, device=rt.device, num_workers=1)
+    return next(iter(val.epoch(0)))
+
+
+def _write_samples(model: Pix2Pix, samples: dict, run_dir: Path, logger: RunLogger, step: int) -> None:
+    fake = model.translate(samples["label"])
+    grid = sample_grid(samples["ids"], fake, samples["photo"])
+    save_grid(grid, run_dir / "samples" / f"step_{step:06d}.png")
+    logger.image("samples", grid, step)

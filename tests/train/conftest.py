@@ -1,0 +1,60 @@
+"""Tiny demo shards and a runner for `launch/train.py` in subprocesses (real DeepSpeed, real DALI)."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2p_dist.data.shards import PackSettings, ensure_demo_shards
+from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = str(ROOT / "launch" / "train.py")
+DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
+
+# Small enough for seconds per run on 2 cores, deep enough to be the real unet_128 and PatchGAN.
+TINY = ["data.load_size=128", "data.crop_size=128", "model.ngf=8", "model.ndf=8", "train.batch_size=2",
+        "precision=fp32", "run.log_every=1", "run.sample_every=2", "data.num_workers=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    return ensure_demo_shards(out, num_train=12, num_val=4, image_size=(128, 64),
+                              settings=PackSettings(size=(128, 64)), workers=2, progress=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def train_command(run_dir: Path, shards: Path, *overrides: str, nprocs: int = 1) -> list[str]:
+    args = [f"data.shards={shards}", f"run.dir={run_dir}", *TINY, *overrides]
+    if nprocs == 1:
+        return [sys.executable, TRAIN, *args]
+    return [DEEPSPEED, "--num_gpus", str(nprocs), "--master_port", str(free_port()), TRAIN, *args]
+
+
+def run_training(run_dir: Path, shards: Path, *overrides: str, nprocs: int = 1, check: bool = True):
+    result = subprocess.run(train_command(run_dir, shards, *overrides, nprocs=nprocs), env=train_env(),
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    return {f"{net}.{k}": v for net in ("G", "D") for k, v in load_weights(ckpt, net).items()}
