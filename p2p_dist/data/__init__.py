@@ -1,0 +1,1 @@
+"""Data: Cityscapes labels, sources, the synthetic demo tree, shard packing and loaders."""
