@@ -43,7 +43,7 @@ from PIL import Image
 from tqdm import tqdm
 from wds2idx import IndexCreator
 
-from p2p_dist.data import labels
+from p2p_dist.data import labels, synthetic
 from p2p_dist.data.sources import BadSourceFile, SourceProblem, SourceSample, SourceScan, scan_cityscapes
 
 FORMAT_NAME = "p2p_dist-shards"
@@ -790,7 +790,8 @@ def ensure_demo_shards(
     """Return ``out_dir`` holding the demo shard set, generating and packing it first when it is missing,
     built with other settings, or fails its load-time checks. Never touches a non-demo shard set."""
     out_dir = Path(out_dir)
-    generator = {"num_train": num_train, "num_val": num_val, "image_size": list(image_size), "seed": seed}
+    generator = {"num_train": num_train, "num_val": num_val, "image_size": list(image_size), "seed": seed,
+                 "version": synthetic.GENERATOR_VERSION}
     storage, encoder = settings.manifest_entries()
     if (out_dir / MANIFEST_NAME).is_file():
         manifest = read_manifest(out_dir)
@@ -805,7 +806,6 @@ def ensure_demo_shards(
                 return out_dir
             except ShardError as exc:
                 print(f"rebuilding the demo shards: {exc}", file=sys.stderr)
-    from p2p_dist.data import synthetic  # the scene generator is only needed to build the set
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-source-", dir=out_dir.parent) as source_root:

@@ -32,6 +32,9 @@ from tqdm import tqdm
 
 from p2p_dist.data.labels import ids_to_color
 
+# Bump when the scenes drawn for a given seed change: demo shard sets record it and rebuild on a mismatch.
+GENERATOR_VERSION = 2
+
 SPLIT_CITIES: dict[str, tuple[str, ...]] = {
     "train": ("synthburg", "pixelstadt", "renderdorf"),
     "val": ("evalheim", "testingen"),
@@ -295,10 +298,6 @@ def _draw_ground(canvas: _Canvas, cam: _Camera, street: _Street, rng: np.random.
     curb = (np.abs(lateral - street.road_left + 0.12) < 0.15) | (np.abs(lateral - street.road_right - 0.12) < 0.15)
     sidewalk_rgb = np.where(curb, _rgb([196, 194, 188]) + 3 * fine, sidewalk_rgb)
 
-    # Terrain: grass or dry soil.
-    terrain_base = _jitter(rng, [140, 118, 84] if rng.random() < 0.3 else [108, 138, 66], 12)
-    terrain_rgb = terrain_base + (14 * mid + 9 * fine) * _rgb([1.0, 1.1, 0.6])
-
     on_road = (lateral >= street.road_left) & (lateral <= street.road_right)
     terrain = np.zeros(on_road.shape, bool)
     if street.left_kind == "park":
@@ -306,8 +305,10 @@ def _draw_ground(canvas: _Canvas, cam: _Camera, street: _Street, rng: np.random.
     if street.right_kind == "park":
         terrain |= lateral > street.outer_edge(1)
     canvas.paint(region, ~on_road & ~terrain, SIDEWALK, sidewalk_rgb)
-    canvas.paint(region, terrain, TERRAIN, terrain_rgb)
     canvas.paint(region, on_road, ROAD, road_rgb)
+    if terrain.any():  # grass or dry soil beside a park
+        terrain_base = _jitter(rng, [140, 118, 84] if rng.random() < 0.3 else [108, 138, 66], 12)
+        canvas.paint(region, terrain, TERRAIN, terrain_base + (14 * mid + 9 * fine) * _rgb([1.0, 1.1, 0.6]))
 
 
 @dataclass(frozen=True)
@@ -486,7 +487,8 @@ def _footprint(canvas: _Canvas, cam: _Camera, x: float, z: float, half_width: fl
 
 
 def _cast_shadow(canvas: _Canvas, fp: _Footprint, half_width: float, strength: float) -> None:
-    ground = np.isin(canvas.labels[fp.region], (ROAD, SIDEWALK, TERRAIN))
+    labels = canvas.labels[fp.region]
+    ground = (labels == ROAD) | (labels == SIDEWALK) | (labels == TERRAIN)
     under = ((fp.dx / half_width) ** 2 + ((fp.up + 0.05) / 0.2) ** 2 < 1) & ground
     canvas.shade(fp.region, under, strength)
 
@@ -710,8 +712,15 @@ def _finish_photo(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:
     exposure = rng.uniform(0.75, 1.15)
     gradient = exposure * (1 + rng.uniform(-0.25, 0.25) * (canvas.cols[:1] / canvas.width - 0.5))
     cast = _rgb(rng.uniform(0.93, 1.07, 3))
-    photo = canvas.photo * gradient * cast + 2.5 * rng.standard_normal(canvas.photo.shape, dtype=np.float32)
-    return np.ascontiguousarray(np.clip(np.rint(photo), 0, 255).astype(np.uint8).transpose(1, 2, 0))
+    photo = canvas.photo  # finished in place: this runs over every pixel of every scene
+    photo *= gradient
+    photo *= cast
+    noise = rng.standard_normal(photo.shape, dtype=np.float32)
+    noise *= 2.5
+    photo += noise
+    np.clip(photo, 0, 255, out=photo)
+    photo += 0.5  # round to nearest when casting
+    return np.ascontiguousarray(photo.astype(np.uint8).transpose(1, 2, 0))
 
 
 def _random_street(rng: np.random.Generator) -> _Street:
@@ -746,6 +755,14 @@ def render_scene(width: int, height: int, rng: np.random.Generator) -> DemoScene
                      instance_ids=canvas.instances, objects=canvas.objects)
 
 
+def demo_scene(split: str, index: int, *, size: tuple[int, int] = (512, 256), seed: int = 0) -> DemoScene:
+    """The scene that write_demo_cityscapes writes as the index-th file of split (size: width, height)."""
+    if split not in SPLIT_CITIES:
+        raise ValueError(f"split must be one of {sorted(SPLIT_CITIES)}, got split={split!r}")
+    split_code = tuple(SPLIT_CITIES).index(split)
+    return render_scene(*size, np.random.default_rng([seed, split_code, index]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Writing the tree
 # ---------------------------------------------------------------------------------------------------------
@@ -763,14 +780,6 @@ class _Job:
     @property
     def stem(self) -> str:
         return f"{self.city}_{self.sequence:06d}_{ANNOTATED_FRAME:06d}"
-
-
-def demo_scene(split: str, index: int, *, size: tuple[int, int] = (512, 256), seed: int = 0) -> DemoScene:
-    """The scene that write_demo_cityscapes writes as the index-th file of split (size: width, height)."""
-    if split not in SPLIT_CITIES:
-        raise ValueError(f"split must be one of {sorted(SPLIT_CITIES)}, got split={split!r}")
-    split_code = tuple(SPLIT_CITIES).index(split)
-    return render_scene(*size, np.random.default_rng([seed, split_code, index]))
 
 
 def _write_scene(job: _Job) -> None:

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import resource
 import time
 from pathlib import Path
 
@@ -168,8 +169,9 @@ def _colour_texture_cells(photo: np.ndarray) -> np.ndarray:
 def test_photos_carry_the_labels():
     """A per-pixel lookup of colour and local contrast, fitted on some scenes, labels others far above chance.
 
-    Measured with seed 0: accuracy 0.55 against 0.26 for always guessing the most common class (over
-    seeds 0-11: 0.54-0.73 against 0.24-0.38). A network that also sees context does much better.
+    Measured with seed 0: accuracy 0.575 against 0.24 for always guessing the most common class (over
+    seeds 0-11: 0.45-0.72 against 0.19-0.35). A network that also sees context does much better: a small
+    CNN trained for 6 epochs on 240 scenes at 128x64 labelled other scenes with pixel accuracy 0.93.
     """
     def pixels(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
         scenes = [demo_scene(split, index, size=SIZE, seed=0) for index in range(count)]
@@ -195,14 +197,24 @@ def test_a_small_tree_is_written_in_seconds(demo_tree):
     assert seconds < 5.0  # 10 scenes at 128x64 on one core; measured about 0.3 s on an idle machine
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @pytest.mark.slow
-def test_the_default_demo_set_is_written_well_within_a_minute_on_two_cores(tmp_path):
-    start = time.perf_counter()
+def test_the_default_demo_set_takes_well_under_a_minute_on_two_cores(tmp_path):
+    """CPU time, not wall time, so that other work on a shared machine does not decide the outcome.
+
+    Measured: about 34 CPU-seconds for the 400 scenes (so about 17 s on two idle cores).
+    """
+    before = _cpu_seconds()
     counts = write_demo_cityscapes(tmp_path, workers=2, progress=False)
-    seconds = time.perf_counter() - start
+    cpu_seconds = _cpu_seconds() - before
     assert counts == {"train": 300, "val": 100}
     assert len(list((tmp_path / "leftImg8bit").rglob("*_leftImg8bit.png"))) == 400
-    assert seconds < 60
+    assert cpu_seconds / 2 < 30
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, final_weights, run_training, train_command, train_env
+from conftest import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
 from p2p_dist.models import build_generator
 from p2p_dist.train.checkpoint import latest_checkpoint
 
@@ -133,3 +133,37 @@ def test_resuming_with_a_new_learning_rate_applies_it_to_the_restored_optimisers
                  "train.decay_start=1.0")
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and (last["lr"], last["lr_d"]) == (0.001, 0.0005)
+
+
+def test_periodic_evaluation_logs_image_quality_to_metrics_jsonl(tmp_path, tiny_shards):
+    run = tmp_path / "run"
+    run_training(run, tiny_shards, "train.steps=4", "eval.every=2", "eval.num_images=4", "eval.fcn=false")
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "eval/l1" in line]
+    assert [r["step"] for r in evals] == [2, 4]
+    for record in evals:
+        assert 0 < record["eval/l1"] < 2 and -1 <= record["eval/ssim"] <= 1 and record["eval/psnr"] > 0
+    assert (run / "checkpoints" / "step_000002").is_dir() or (run / "checkpoints" / "latest").read_text() == "step_000004"
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_reach_the_same_result_as_one_node_with_two_processes(tmp_path, tiny_shards):
+    common = ("train.steps=3", "model.norm=instance", "model.dropout=false", "run.sample_every=100")
+    run_training(tmp_path / "one_node", tiny_shards, *common, nprocs=2)
+
+    port = str(free_port())
+    hostfile = tmp_path / "hostfile"  # names only: with --no_ssh each launcher starts its own node's ranks
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    nodes = []
+    for node_rank in (0, 1):
+        command = [DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node_rank),
+                   "--master_addr", "127.0.0.1", "--master_port", port, TRAIN,
+                   *train_command(tmp_path / "two_nodes", tiny_shards, *common)[2:]]
+        nodes.append(subprocess.Popen(command, env=train_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    a, b = final_weights(tmp_path / "one_node"), final_weights(tmp_path / "two_nodes")
+    assert all(torch.equal(a[k], b[k]) for k in a), "2 nodes x 1 process differ from 1 node x 2 processes"
+    summary = json.loads((tmp_path / "two_nodes" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
