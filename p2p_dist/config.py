@@ -92,8 +92,36 @@ class RunConfig:
 class EvalConfig:
     every: int = opt(0, "Steps between evaluations on a fixed val subset during training (0 = off).")
     num_images: int = opt(64, "Size of the fixed val subset used by periodic evaluation.")
+    fcn: bool = opt(True, "Include the FCN-score in periodic evaluation (trains the segmenter once if needed).")
     fid: bool = opt(False, "Include FID/KID in periodic evaluation (Inception is slow on a CPU).")
     segmenter: str = opt("", "Segmenter checkpoint for the FCN-score; default: trained and cached next to the shards.")
+
+
+@dataclass
+class TuneConfig:
+    """Ray Tune sweeps (launch/tune.py); each trial trains with the rest of this config."""
+
+    scheduler: str = opt("asha", "Trial scheduler: ASHA early stopping or Population Based Training.",
+                         choices=("asha", "pbt"))
+    num_samples: int = opt(4, "Number of trials.")
+    metric: str = opt("fcn_miou", "Objective from periodic evaluation (eval.every): FCN mean IoU (maximised), "
+                      "FID or L1 (minimised).", choices=("fcn_miou", "fid", "l1"))
+    lambda_l1: list[float] = opt([10.0, 300.0], "Log-uniform range [low, high] searched for train.lambda_l1.")
+    lr_g: list[float] = opt([5e-5, 1e-3], "Log-uniform range [low, high] searched for train.lr_g.")
+    lr_d: list[float] = opt([5e-5, 1e-3], "Log-uniform range [low, high] searched for train.lr_d.")
+    choices: dict = opt({}, "Other dotted config keys to search, each with a list of values "
+                        "(e.g. {model.norm: [batch, instance]}).")
+    workers_per_trial: int = opt(1, "Data-parallel DeepSpeed workers per trial (>1 runs a Ray Train TorchTrainer).")
+    cpus_per_worker: int = opt(1, "CPUs reserved per worker.")
+    use_gpu: str = opt("auto", "One GPU per worker: auto (when the cluster has GPUs), yes or no.",
+                       choices=("auto", "yes", "no"))
+    grace_period: int = opt(1, "ASHA: evaluations a trial runs before it may be stopped.")
+    reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung.")
+    perturbation_interval: int = opt(1, "PBT: evaluations between exploit/explore decisions.")
+    max_failures: int = opt(2, "Retries of a failed trial, each from its last checkpoint.")
+    storage_path: str = opt("runs/tune", "Where trials, checkpoints and results go (shared storage on a cluster).")
+    name: str = opt("pix2pix_sweep", "Experiment name (a folder under storage_path); --resume continues it.")
+    address: str = opt("", "Ray cluster to join: empty starts a local Ray, 'auto' joins the running cluster.")
 
 
 @dataclass
@@ -108,6 +136,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def _is_section(tp: Any) -> bool:
@@ -141,7 +170,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
-    origin = typing.get_origin(tp)
+    origin = typing.get_origin(tp) or tp
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -248,6 +281,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size})")
     if not (0.0 < t.beta1 < 1.0 and 0.0 < t.beta2 < 1.0):
         raise ConfigError(f"train.beta1/beta2 must be in (0, 1), got {t.beta1}, {t.beta2}")
+    tune = cfg.tune
+    for key in ("lambda_l1", "lr_g", "lr_d"):
+        bounds = getattr(tune, key)
+        if len(bounds) != 2 or not 0 < bounds[0] <= bounds[1]:
+            raise ConfigError(f"tune.{key}: expected [low, high] with 0 < low <= high, got {bounds}")
+    for key, values in tune.choices.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"tune.choices.{key}: expected a non-empty list of values, got {values!r}")
+    for key in ("num_samples", "workers_per_trial", "cpus_per_worker", "grace_period", "reduction_factor",
+                "perturbation_interval"):
+        if getattr(tune, key) <= 0:
+            raise ConfigError(f"tune.{key}: must be > 0, got {getattr(tune, key)}")
     if cfg.eval.every < 0 or cfg.eval.num_images <= 0:
         raise ConfigError(f"eval.every must be >= 0 and eval.num_images > 0, got {cfg.eval.every}, "
                           f"{cfg.eval.num_images}")

@@ -103,7 +103,13 @@ class ShardLoader(ABC):
         if not 0 <= start_batch <= self.batches_per_epoch:
             raise ValueError(f"start_batch {start_batch} is not in [0, batches_per_epoch={self.batches_per_epoch}]")
         self._current_epoch = token = object()
-        return self._batches(self.order.plan(epoch), start_batch, token)
+        plan = self.order.plan(epoch)
+        return self._with_repeat_marks(plan, self._batches(plan, start_batch, token), start_batch)
+
+    def _with_repeat_marks(self, plan: EpochPlan, batches: Iterator[dict], start_batch: int) -> Iterator[dict]:
+        for index, batch in enumerate(batches, start=start_batch):
+            batch["is_repeat"] = torch.from_numpy(plan.is_repeat[index]).to(self.options.device)
+            yield batch
 
     def _ensure_current(self, token: object) -> None:
         """Called by implementations before reading each batch: a superseded iterator must not read on, it

@@ -66,7 +66,8 @@ class EpochPlan:
     """One rank's batches for one epoch: ``indices[b]`` are the global sample indices of batch ``b``.
 
     ``crop_x``/``crop_y`` are integer pixel offsets into the resized square, ``flip`` says whether to
-    mirror horizontally; all three have the shape of ``indices``.
+    mirror horizontally, ``is_repeat`` marks the wrap-around padding slots (samples already seen this epoch,
+    which evaluation must not count twice); all have the shape of ``indices``.
     """
 
     epoch: int
@@ -74,6 +75,7 @@ class EpochPlan:
     crop_x: np.ndarray
     crop_y: np.ndarray
     flip: np.ndarray
+    is_repeat: np.ndarray
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -123,10 +125,11 @@ class SampleOrder:
     def plan(self, epoch: int) -> EpochPlan:
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
-        steps = self.epoch_sequence(epoch).reshape(self.batches_per_epoch, self.world_size, self.batch_size)
-        indices = steps[:, self.rank, :]
+        shape = (self.batches_per_epoch, self.world_size, self.batch_size)
+        indices = self.epoch_sequence(epoch).reshape(shape)[:, self.rank, :]
+        is_repeat = (np.arange(np.prod(shape)).reshape(shape) >= self.num_samples)[:, self.rank, :]
         crop_x, crop_y, flip = self._draws(epoch)
-        return EpochPlan(epoch, indices, crop_x[indices], crop_y[indices], flip[indices])
+        return EpochPlan(epoch, indices, crop_x[indices], crop_y[indices], flip[indices], is_repeat)
 
     def _draws(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Crop offsets and flips for every sample of the split (indexed by global sample index)."""

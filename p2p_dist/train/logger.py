@@ -39,6 +39,9 @@ class RunLogger:
                   f"D {record['loss_D']:.3f} | G_gan {record['loss_G_gan']:.3f} | L1 {record['loss_G_l1']:.3f} | "
                   f"{record['images_per_s']:7.1f} img/s | data wait {100 * record['data_wait_fraction']:4.1f}% | "
                   f"ETA {format_duration(eta)}", flush=True)
+        else:
+            values = " | ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in record.items() if k.startswith("eval/"))
+            print(f"eval at step {record['step']}: {values}", flush=True)
 
     def image(self, tag: str, image, step: int) -> None:
         if self.enabled:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,6 +14,9 @@ import torch.distributed as dist
 from p2p_dist.config import Config, save_config
 from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import ensure_demo_shards
+from p2p_dist.eval.evaluate import evaluate
+from p2p_dist.eval.metrics import Evaluator
+from p2p_dist.eval.segmenter import default_checkpoint_path, ensure_segmenter, load_segmenter
 from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
@@ -72,16 +76,23 @@ def _mean_over_ranks(values: torch.Tensor) -> list[float]:
     return (values / dist.get_world_size()).tolist()
 
 
-def train(cfg: Config) -> dict:
-    """Train to the end (or to a stop request); returns the summary. Raises NonFiniteLoss on divergence."""
+Reporter = Callable[[int, dict, Path], None]
+
+
+def train(cfg: Config, reporter: Reporter | None = None) -> dict:
+    """Train to the end (or to a stop request); returns the summary. Raises NonFiniteLoss on divergence.
+
+    `reporter(step, metrics, checkpoint_dir)` is called on every rank after each periodic evaluation (every
+    eval.every steps and at the end), once the checkpoint of that step is complete: how Ray Tune trials
+    report (p2p_dist.tune)."""
     rt = init_runtime(cfg)
     try:
-        return _train(cfg, rt)
+        return _train(cfg, rt, reporter)
     finally:
         shutdown()
 
 
-def _train(cfg: Config, rt: Runtime) -> dict:
+def _train(cfg: Config, rt: Runtime, reporter: Reporter | None) -> dict:
     run_dir, ckpt_root = Path(cfg.run.dir), Path(cfg.run.dir) / "checkpoints"
     if rt.is_main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -113,6 +124,7 @@ def _train(cfg: Config, rt: Runtime) -> dict:
               f"run dir {run_dir}", flush=True)
 
     samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
+    periodic_eval = PeriodicEvaluation(cfg, rt, shards) if cfg.eval.every > 0 else None
     logger = RunLogger(run_dir, total, enabled=rt.is_main)
     stop = StopFlag()
     meter = Throughput()
@@ -151,11 +163,18 @@ def _train(cfg: Config, rt: Runtime) -> dict:
         housekeeping_start = time.perf_counter()
         if rt.is_main and (state.step % cfg.run.sample_every == 0 or at_end):
             _write_samples(model, samples, run_dir, logger, state.step)
-        if state.step % cfg.run.checkpoint_every == 0 or at_end or stopped_early:
+        evaluating = periodic_eval is not None and (state.step % cfg.eval.every == 0 or at_end)
+        if state.step % cfg.run.checkpoint_every == 0 or at_end or stopped_early or evaluating:
             _check_finite(first_bad_step, ckpt_root)
             state.elapsed_s += time.perf_counter() - start_time
             start_time = time.perf_counter()
-            checkpoint.save(ckpt_root, model, state, cfg.run.keep_checkpoints, rt.rank)
+            saved = checkpoint.save(ckpt_root, model, state, cfg.run.keep_checkpoints, rt.rank)
+        if evaluating:
+            metrics = periodic_eval(model)
+            logger.log({"step": state.step, "epoch": state.step / steps_per_epoch,
+                        **{f"eval/{k}": v for k, v in metrics.items()}})
+            if reporter is not None:
+                reporter(state.step, metrics, saved)
         meter.excluded += time.perf_counter() - housekeeping_start
         if stopped_early:
             if rt.is_main:
@@ -189,6 +208,34 @@ def _check_finite(first_bad_step: torch.Tensor, ckpt_root: Path) -> None:
         latest = checkpoint.latest_checkpoint(ckpt_root)
         raise NonFiniteLoss(f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: "
                             f"{latest or 'none yet'}")
+
+
+class PeriodicEvaluation:
+    """Image quality on a fixed val subset during training (FCN-score, L1/SSIM/PSNR, FID/KID if enabled), so
+    that a sweep can optimise what users look at, not a loss. All ranks share the work."""
+
+    def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
+        d = cfg.data
+        self.segmenter = self._segmenter(cfg, rt, shards) if cfg.eval.fcn else None
+        self.loader = build_loader(shards, "val", backend=d.loader, batch_size=cfg.train.batch_size, rank=rt.rank,
+                                   world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
+                                   crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding,
+                                   device=rt.device, num_workers=d.num_workers)
+        per_step = cfg.train.batch_size * rt.world_size
+        self.max_batches = min(self.loader.batches_per_epoch, -(-cfg.eval.num_images // per_step))
+        self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
+
+    @staticmethod
+    def _segmenter(cfg: Config, rt: Runtime, shards: Path):
+        if cfg.eval.segmenter:
+            return load_segmenter(cfg.eval.segmenter, rt.device)
+        if rt.is_main:  # trained once per shard set and resolution, cached next to the shards
+            ensure_segmenter(shards, crop_size=cfg.data.crop_size, backend=cfg.data.loader, device=rt.device)
+        dist.barrier()
+        return load_segmenter(default_checkpoint_path(shards), rt.device)
+
+    def __call__(self, model: Pix2Pix) -> dict:
+        return evaluate(model.translate, self.loader, self.evaluator, self.segmenter, self.max_batches)
 
 
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:

@@ -111,6 +111,19 @@ def test_ranks_cover_every_sample_once_with_equal_batch_counts(marker_shards, ba
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_samples_not_marked_as_repeats_cover_the_split_exactly_once(marker_shards, backend):
+    loaders = [loader_for(marker_shards, backend, rank=rank, world_size=3, seed=4, train=False)
+               for rank in range(3)]
+    assert loaders[0].padding > 0  # the case that matters
+    kept = Counter()
+    for loader in loaders:
+        for batch in collect(loader):
+            assert batch["is_repeat"].dtype == torch.bool and batch["is_repeat"].shape == (len(batch["key"]),)
+            kept.update(key for key, repeat in zip(batch["key"], batch["is_repeat"].tolist()) if not repeat)
+    assert sorted(kept) == sorted(loaders[0].shards.keys) and set(kept.values()) == {1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_at_epoch_and_batch_gives_the_same_remaining_batches(marker_shards, backend):
     full = collect(loader_for(marker_shards, backend, seed=9), epochs=(1,))
     resumed_loader = loader_for(marker_shards, backend, seed=9)  # a fresh process would build a fresh loader

@@ -1,0 +1,230 @@
+"""The FCN-score segmenter: model, loss, training, checkpoints and the cache next to the shards."""
+
+import importlib.util
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES
+from p2p_dist.eval.segmenter import (
+    SegmenterNet,
+    SegmenterTrainConfig,
+    cache_is_valid,
+    ensure_segmenter,
+    load_segmenter,
+    manifest_sha256,
+    read_sidecar,
+    save_segmenter,
+    score_segmenter,
+    segmentation_loss,
+    sidecar_path,
+    train_step,
+)
+
+ROAD, BUILDING = 7, 11  # Cityscapes ids of train ids 0 and 2
+
+
+def test_segmenter_outputs_19_class_logits_at_the_input_resolution():
+    model = SegmenterNet(width=4).eval()
+    assert model(torch.zeros(2, 3, 64, 96)).shape == (2, NUM_TRAIN_CLASSES, 64, 96)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        model(torch.zeros(1, 3, 50, 64))
+
+
+def test_default_segmenter_is_small():
+    assert 1_000_000 < sum(p.numel() for p in SegmenterNet().parameters()) < 2_000_000
+
+
+def test_loss_ignores_label_255_pixels():
+    logits = torch.randn(1, NUM_TRAIN_CLASSES, 2, 2)
+    labels = torch.tensor([[[3, IGNORE_INDEX], [5, IGNORE_INDEX]]], dtype=torch.uint8)
+    pixels = logits.permute(0, 2, 3, 1).reshape(-1, NUM_TRAIN_CLASSES)
+    by_hand = torch.nn.functional.cross_entropy(pixels[[0, 2]], torch.tensor([3, 5]))
+    assert segmentation_loss(logits, labels) == pytest.approx(float(by_hand), rel=1e-6)
+
+
+def test_loss_of_a_fully_ignored_batch_is_zero_with_finite_gradients():
+    logits = torch.randn(1, NUM_TRAIN_CLASSES, 2, 2, requires_grad=True)
+    loss = segmentation_loss(logits, torch.full((1, 2, 2), IGNORE_INDEX))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def _two_colour_scenes(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Photos with a reddish road at the bottom and a bluish building on top, split at a random row."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.arange(32).view(1, 32, 1)
+    split = torch.randint(8, 24, (num, 1, 1), generator=generator)
+    ids = torch.where(rows >= split, ROAD, BUILDING).expand(num, 32, 32)
+    red, blue = torch.tensor([0.8, -0.6, -0.6]), torch.tensor([-0.6, -0.4, 0.8])
+    photos = torch.where((ids == ROAD).unsqueeze(1), red.view(1, 3, 1, 1), blue.view(1, 3, 1, 1))
+    photos = photos + 0.1 * torch.randn(photos.shape, generator=generator)
+    return photos, ids
+
+
+def test_training_steps_learn_a_two_class_scene_and_the_score_says_so():
+    torch.manual_seed(0)
+    model = SegmenterNet(width=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    photos, ids = _two_colour_scenes(8, seed=0)
+    train_ids = torch.where(ids == ROAD, 0, 2)
+    before = score_segmenter(model.eval(), [(photos, ids)], torch.device("cpu"))
+    losses = [train_step(model, optimizer, photos, train_ids) for _ in range(40)]
+    test_photos, test_ids = _two_colour_scenes(8, seed=1)
+    after = score_segmenter(model.eval(), [(test_photos, test_ids)], torch.device("cpu"))
+    assert losses[-1] < 0.2 * losses[0]
+    assert after["fcn/pixel_acc"] > 0.95 > before["fcn/pixel_acc"]
+    assert after["fcn/mean_iou"] > 0.9
+    assert after["num_images"] == 8
+
+
+@pytest.fixture
+def shards_dir(tmp_path):
+    """Only the manifest matters to the cache: its checksum ties a segmenter to a shard set."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "p2p_dist-shards", "splits": ["train", "val"]}))
+    return tmp_path
+
+
+def _photos() -> torch.Tensor:
+    return torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+
+def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path):
+    model = SegmenterNet(width=4).eval()
+    path = tmp_path / "seg.pt"
+    save_segmenter(model, path, {"note": "test"})
+    loaded = load_segmenter(path)
+    assert not loaded.training
+    assert torch.equal(loaded(_photos()), model(_photos()))
+    assert read_sidecar(path) == {"note": "test"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.json", "seg.pt"]  # no temporary files left
+
+
+def test_bare_state_dict_and_torchscript_segmenters_load(tmp_path):
+    model = SegmenterNet(width=8).eval()
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream, but users still ship TorchScript
+        torch.jit.trace(model, _photos()).save(str(tmp_path / "scripted.pt"))
+    expected = model(_photos())
+    for name in ("bare.pt", "scripted.pt"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = load_segmenter(tmp_path / name)
+        assert torch.allclose(loaded(_photos()), expected, atol=1e-5), name
+
+
+def test_loading_something_else_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_segmenter(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt.*not a SegmenterNet"):
+        load_segmenter(tmp_path / "other.pt")
+    torch.save({"format": "someone-else/9", "config": {}, "state_dict": {}}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="future.pt.*unknown segmenter format"):
+        load_segmenter(tmp_path / "future.pt")
+    torch.save(SegmenterNet(num_classes=7, width=4).state_dict(), tmp_path / "seven.pt")
+    with pytest.raises(ValueError, match="seven.pt.*7 classes"):
+        load_segmenter(tmp_path / "seven.pt")
+
+
+def _cache(shards_dir, config: SegmenterTrainConfig):
+    path = shards_dir / "segmenter" / "segmenter.pt"
+    sidecar = {"train_config": asdict(config), "manifest_sha256": manifest_sha256(shards_dir)}
+    save_segmenter(SegmenterNet(width=config.width), path, sidecar)
+    return path
+
+
+def test_cache_is_valid_only_for_the_same_shards_and_settings(shards_dir):
+    config = SegmenterTrainConfig(epochs=1, width=4)
+    path = _cache(shards_dir, config)
+    assert cache_is_valid(shards_dir, path, config)
+    assert not cache_is_valid(shards_dir, path, SegmenterTrainConfig(epochs=2, width=4))
+    (shards_dir / "manifest.json").write_text('{"changed": true}')
+    assert not cache_is_valid(shards_dir, path, config)
+
+
+def test_cache_without_its_sidecar_is_not_valid(shards_dir):
+    config = SegmenterTrainConfig(epochs=1, width=4)
+    path = _cache(shards_dir, config)
+    sidecar_path(path).unlink()
+    assert not cache_is_valid(shards_dir, path, config)
+
+
+def test_ensure_segmenter_reuses_a_valid_cache_without_training(shards_dir):
+    path = _cache(shards_dir, SegmenterTrainConfig(epochs=1, width=4))
+    written_at = path.stat().st_mtime_ns
+    # Training would need real shards, which this directory does not have: returning means it reused.
+    assert ensure_segmenter(shards_dir, epochs=1, width=4, device="cpu", progress=False) == path
+    assert path.stat().st_mtime_ns == written_at
+
+
+def test_ensure_segmenter_rejects_unknown_settings(shards_dir):
+    with pytest.raises(TypeError, match="epoch"):
+        ensure_segmenter(shards_dir, epoch=3)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="crop_size must be a multiple of 32, got 100"):
+        SegmenterTrainConfig(crop_size=100)
+    with pytest.raises(ValueError, match="epochs must be positive"):
+        SegmenterTrainConfig(epochs=0)
+
+
+def test_missing_manifest_is_reported_with_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        manifest_sha256(tmp_path)
+
+
+# ------------------------------------------------------------- end to end on real (tiny) demo shards
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory):
+    from p2p_dist.data.shards import ensure_demo_shards
+
+    return ensure_demo_shards(
+        tmp_path_factory.mktemp("demo") / "shards", num_train=8, num_val=6, image_size=(128, 64), progress=False
+    )
+
+
+@pytest.mark.parametrize("backend", ["dali", "webdataset"])
+def test_train_segmenter_on_demo_shards_writes_checkpoint_and_ceiling_sidecar(demo_shards, backend, tmp_path):
+    from p2p_dist.eval.segmenter import train_segmenter
+
+    path = train_segmenter(demo_shards, out_path=tmp_path / "seg.pt", epochs=1, batch_size=4, crop_size=64,
+                           width=4, backend=backend, device="cpu", progress=False)
+    sidecar = read_sidecar(path)
+    assert sidecar["train_config"]["backend"] == backend
+    assert sidecar["manifest_sha256"] == manifest_sha256(demo_shards)
+    # 6 val images in batches of 4: the 2 repeats padding the last batch are not scored twice.
+    assert sidecar["val_scores"]["num_images"] == 6
+    assert 0.0 <= sidecar["val_scores"]["fcn/pixel_acc"] <= 1.0
+    assert load_segmenter(path)(torch.zeros(1, 3, 64, 64)).shape == (1, NUM_TRAIN_CLASSES, 64, 64)
+
+
+def _cli_main():
+    """launch/ holds scripts, not a package: load the script as a module to call its main() in-process."""
+    script = Path(__file__).resolve().parents[2] / "launch" / "train_segmenter.py"
+    spec = importlib.util.spec_from_file_location("train_segmenter_cli", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_trains_once_then_reuses_the_cache(demo_shards, capsys):
+    main = _cli_main()
+    args = ["--shards", str(demo_shards), "--epochs", "1", "--batch-size", "4", "--crop-size", "64",
+            "--width", "4", "--quiet"]
+    main(args)
+    checkpoint = demo_shards / "segmenter" / "segmenter.pt"
+    first = json.loads(capsys.readouterr().out)
+    written_at = checkpoint.stat().st_mtime_ns
+    main(args)
+    second = json.loads(capsys.readouterr().out)
+    assert first == second and first["checkpoint"] == str(checkpoint)
+    assert checkpoint.stat().st_mtime_ns == written_at
