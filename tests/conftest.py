@@ -10,6 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))
 
 
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    from runs import make_tiny_shards
+
+    return make_tiny_shards(tmp_path_factory.mktemp("shards") / "demo")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

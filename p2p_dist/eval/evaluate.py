@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from p2p_dist.eval.metrics import Evaluator
 
 
-def evaluate(generate: Callable[[Tensor], Tensor], loader, evaluator: Evaluator, segmenter: nn.Module | None,
+def evaluate(generate: Callable[[dict], Tensor], loader, evaluator: Evaluator, segmenter: nn.Module | None,
              max_batches: int | None = None, progress: Callable | None = None) -> dict[str, float]:
-    """Run `generate` (label encodings -> photos in [-1, 1]) over the loader's epoch 0 (validation order)
+    """Run `generate` (a loader batch -> photos in [-1, 1]) over the loader's epoch 0 (validation order)
     and return the evaluator's metrics over all ranks, each sample counted once (the loader's wrap-around
     repeats are dropped). `max_batches` takes a fixed prefix of the split."""
     evaluator.reset()
@@ -25,6 +25,6 @@ def evaluate(generate: Callable[[Tensor], Tensor], loader, evaluator: Evaluator,
         batches = progress(batches)
     with torch.no_grad():
         for batch in batches:
-            evaluator.update(generate(batch["label"]), batch["photo"], batch["ids"], segmenter,
+            evaluator.update(generate(batch), batch["photo"], batch["ids"], segmenter,
                              keep=~batch["is_repeat"])
     return evaluator.compute()

@@ -18,6 +18,7 @@ from torch import nn
 from p2p_dist.config import Config
 from p2p_dist.models import GANLoss, build_discriminator, build_generator
 from p2p_dist.models import load_reference_discriminator, load_reference_generator
+from p2p_dist.models.test_time import translation_modes
 from p2p_dist.train.runtime import Runtime
 from p2p_dist.train.schedule import lr_factor
 
@@ -131,16 +132,9 @@ class Pix2Pix:
     @torch.no_grad()
     def translate(self, label: torch.Tensor, dropout: bool = True) -> torch.Tensor:
         """G's photos for label maps, norm layers in eval mode; dropout on by default (the paper's test noise)."""
-        generator = self.G.module
-        was_training = generator.training
-        generator.eval()
-        for layer in generator.modules():
-            if isinstance(layer, nn.Dropout):
-                layer.train(dropout)
-        with self._autocast():
-            out = generator(label.to(self.rt.device, self.rt.input_dtype, memory_format=self.memory_format))
-        generator.train(was_training)
-        return out.float()
+        label = label.to(self.rt.device, self.rt.input_dtype, memory_format=self.memory_format)
+        with translation_modes(self.G.module, dropout=dropout, norm_mode="eval") as generator, self._autocast():
+            return generator(label).float()
 
     def apply_config_learning_rates(self) -> None:
         """Make the config's lr_g / lr_d the base of the restored schedules: a resumed run (or a PBT trial

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import smooth_photos, white_noise
+from eval_helpers import smooth_photos, white_noise
 
 from p2p_dist.eval.fid import (
     CONVERTED_FILE_NAME,

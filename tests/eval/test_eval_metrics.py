@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import smooth_photos
+from eval_helpers import smooth_photos
 
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.eval.metrics import FCN_KEYS, Evaluator, fcn_scores, predict_train_ids

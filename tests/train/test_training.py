@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
+from runs import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
 from p2p_dist.models import build_generator
 from p2p_dist.train.checkpoint import latest_checkpoint
 

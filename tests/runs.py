@@ -1,4 +1,5 @@
-"""Tiny demo shards and a runner for `launch/train.py` in subprocesses (real DeepSpeed, real DALI)."""
+"""Helpers for tests that run the real entry points in subprocesses (real DeepSpeed, real DALI): tiny demo
+shards, `launch/train.py` runs and their final weights. The `tiny_shards` fixture is in tests/conftest.py."""
 
 import os
 import socket
@@ -6,13 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from p2p_dist.data.shards import PackSettings, ensure_demo_shards
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "launch" / "train.py")
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
 
@@ -21,9 +21,8 @@ TINY = ["data.load_size=128", "data.crop_size=128", "model.ngf=8", "model.ndf=8"
         "precision=fp32", "run.log_every=1", "run.sample_every=2", "data.num_workers=1"]
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards") / "demo"
+def make_tiny_shards(out: Path) -> Path:
+    """12 train and 4 val demo scenes stored at 128x64: seconds to build."""
     return ensure_demo_shards(out, num_train=12, num_val=4, image_size=(128, 64),
                               settings=PackSettings(size=(128, 64)), workers=2, progress=False)
 

@@ -1,0 +1,110 @@
+"""Translate Cityscapes label maps to photos with a trained generator, and/or export the generator.
+
+  python launch/translate.py --run runs/demo --input labels/ --output fakes/
+  python launch/translate.py --run runs/cs --input 'gtFine/val/*/*_labelIds.png' --output fakes/ --batch-size 8
+  python launch/translate.py --run runs/cs --export onnx --export-path generator.onnx --no-dropout
+
+Inputs: label-id maps (8-bit greyscale, ids 0..33, e.g. *_gtFine_labelIds.png) or Cityscapes colour maps
+(RGB; each pixel takes the nearest palette colour), told apart by their channels (--input-format forces
+one). --input is a file, a folder (its image files, not recursive) or a quoted glob pattern. Each input
+gives OUTPUT/<stem>_fake.png, its stem without _gtFine_labelIds / _labelIds.
+
+Sizes: a generator trained on NxN crops (unet_N) takes heights and widths that are multiples of N, e.g. a
+unet_256 translates 256x256, 512x256 and 2048x1024 maps; --size WxH resizes others (nearest neighbour).
+
+Test-time behaviour, as in the pix2pix paper: dropout stays on (--no-dropout for deterministic output) and
+norm layers use their running statistics (--norm-mode train uses each batch's statistics instead, the
+reference code's default; it never changes the stored statistics; use --batch-size 1 with it).
+
+--export writes a standalone generator (TorchScript or ONNX; eval-mode norm, dropout as chosen, dynamic
+batch/height/width) plus a JSON sidecar (same name, .json) describing the input encoding, value ranges and
+accepted sizes. With --input and --output it also translates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``WxH`` -> (height, width)."""
+    match = SIZE_PATTERN.match(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not of the form WxH (e.g. 512x256)")
+    width, height = int(match[1]), int(match[2])
+    return height, width
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path,
+                        help="training run directory (holds config.yaml and checkpoints/)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint tag such as step_000500, or a checkpoint directory (default: the latest)")
+    parser.add_argument("--input", type=Path, help="label map file, folder of label maps, or quoted glob pattern")
+    parser.add_argument("--output", type=Path, help="folder for the generated photos (created if missing)")
+    parser.add_argument("--batch-size", type=int, default=1, help="label maps per forward pass (default: 1)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
+                        help="resize every label map to WxH (nearest neighbour) before translating; "
+                             "default: each map's own size")
+    parser.add_argument("--no-dropout", action="store_true",
+                        help="turn dropout off at test time (deterministic output); default: on, as the paper")
+    parser.add_argument("--norm-mode", choices=("eval", "train"), default="eval",
+                        help="norm layers with running statistics (eval, default) or batch statistics (train)")
+    parser.add_argument("--input-format", choices=("auto", "ids", "color"), default="auto",
+                        help="label-id maps or colour maps (default: auto, by the image's channels)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the dropout noise (default: unseeded)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--export", choices=("torchscript", "onnx"), default=None,
+                        help="also write a standalone generator in this format (see --export-path)")
+    parser.add_argument("--export-path", type=Path, default=None,
+                        help="file for --export (a .json sidecar is written next to it)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    translating = args.input is not None or args.output is not None
+    if translating and (args.input is None or args.output is None):
+        parser.error("--input and --output go together")
+    if not translating and args.export is None:
+        parser.error("nothing to do: give --input and --output, and/or --export with --export-path")
+    if args.export is not None and args.export_path is None:
+        parser.error("--export needs --export-path")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    # Heavy imports (torch, DeepSpeed's accelerator probe) only once the arguments are known good.
+    from p2p_dist.inference import (TranslateError, export_generator, list_label_maps, load_generator,
+                                    resolve_checkpoint, translate_paths)
+
+    try:
+        checkpoint = resolve_checkpoint(args.run, args.checkpoint)
+        generator, cfg = load_generator(args.run, checkpoint, args.device)
+        print(f"generator: {checkpoint} (unet_{generator.size_multiple}, {cfg.data.label_encoding} labels) on "
+              f"{next(generator.parameters()).device}", file=sys.stderr)
+        if translating:
+            outputs = translate_paths(
+                generator, cfg, list_label_maps(args.input), args.output, batch_size=args.batch_size,
+                size=args.size, dropout=not args.no_dropout, norm_mode=args.norm_mode,
+                input_format=args.input_format, seed=args.seed, progress=not args.no_progress)
+            print(f"wrote {len(outputs)} photos to {args.output}", file=sys.stderr)
+        if args.export is not None:
+            sidecar = export_generator(generator, cfg, args.export_path, args.export, dropout=not args.no_dropout,
+                                       checkpoint=str(checkpoint))
+            print(f"exported {args.export} to {args.export_path} (described in {sidecar})", file=sys.stderr)
+    except (TranslateError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`launch/evaluate.py` on a real (tiny) training run: report files, the FCN ceiling, distributed = single."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from runs import DEEPSPEED, ROOT, free_port, run_training, train_env
+
+EVALUATE = str(ROOT / "launch" / "evaluate.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_shards):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    run_training(run, tiny_shards, "train.steps=2", "model.norm=instance")
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter(tmp_path_factory, tiny_shards):
+    from p2p_dist.eval.segmenter import train_segmenter
+
+    return train_segmenter(tiny_shards, out_path=tmp_path_factory.mktemp("seg") / "seg.pt", epochs=1,
+                           batch_size=4, crop_size=128, width=4, progress=False)
+
+
+def evaluate(run, *args, nprocs=1):
+    launcher = [sys.executable] if nprocs == 1 else [DEEPSPEED, "--num_gpus", str(nprocs), "--master_port",
+                                                     str(free_port())]
+    result = subprocess.run([*launcher, EVALUATE, "--run", str(run), *args], env=train_env(), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def test_evaluate_writes_json_and_markdown_reports_with_the_fcn_ceiling(tiny_run, tiny_segmenter):
+    result = evaluate(tiny_run, "--segmenter", str(tiny_segmenter), "--no-fid", "--batch-size", "2")
+    report = json.loads((tiny_run / "eval" / "step_000002.json").read_text())
+    assert report["num_images"] == 4 and report["checkpoint"] == "step_000002"
+    for key in ("ssim", "psnr", "mse", "l1", "fcn/pixel_acc", "fcn/class_acc", "fcn/mean_iou"):
+        assert key in report["metrics"], key
+    assert set(report["ceiling"]) == {"fcn/pixel_acc", "fcn/class_acc", "fcn/mean_iou"}
+    assert 0 <= report["metrics"]["fcn/pixel_acc"] <= 1 and 0 <= report["ceiling"]["fcn/pixel_acc"] <= 1
+    markdown = (tiny_run / "eval" / "step_000002.md").read_text()
+    assert "| FCN class IoU |" in markdown and "step_000002_samples.png" in markdown
+    assert (tiny_run / "eval" / "step_000002_samples.png").stat().st_size > 0
+    assert "| L1 |" in result.stdout  # the table is printed
+
+
+def test_two_process_evaluation_gives_the_same_numbers_as_one(tiny_run, tiny_segmenter):
+    common = ("--segmenter", str(tiny_segmenter), "--no-fid", "--batch-size", "1", "--no-dropout")
+    evaluate(tiny_run, *common)
+    single = json.loads((tiny_run / "eval" / "step_000002.json").read_text())
+    evaluate(tiny_run, *common, nprocs=2)
+    double = json.loads((tiny_run / "eval" / "step_000002.json").read_text())
+    assert double["world_size"] == 2
+    for key, value in single["metrics"].items():
+        assert double["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert double["ceiling"] == pytest.approx(single["ceiling"], rel=1e-5, abs=1e-6)
+
+
+def test_evaluate_help_explains_the_options():
+    result = subprocess.run([sys.executable, EVALUATE, "--help"], capture_output=True, text=True, check=True)
+    for option in ("--checkpoint", "--no-dropout", "--norm-mode", "--segmenter", "FCN-score"):
+        assert option in result.stdout
