@@ -235,7 +235,8 @@ class PeriodicEvaluation:
         return load_segmenter(default_checkpoint_path(shards), rt.device)
 
     def __call__(self, model: Pix2Pix) -> dict:
-        return evaluate(model.translate, self.loader, self.evaluator, self.segmenter, self.max_batches)
+        return evaluate(lambda batch: model.translate(batch["label"]), self.loader, self.evaluator, self.segmenter,
+                        self.max_batches)
 
 
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
