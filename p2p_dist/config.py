@@ -66,7 +66,8 @@ class TrainConfig:
     decay_start: float = opt(0.5, "Fraction of training after which the learning rate decays linearly to zero "
                              "(the paper: 100 constant + 100 decaying epochs = 0.5).")
     batch_size: int = opt(1, "Images per rank per micro-step (the paper: 1).")
-    grad_accum: int = opt(1, "Micro-steps accumulated per optimiser step.")
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step: the same maths as one batch of "
+                          "batch_size * grad_accum (saves D's activation memory; G's fakes are kept for D's update).")
     lr_g: float = opt(2e-4, "Generator Adam learning rate.")
     lr_d: float = opt(2e-4, "Discriminator Adam learning rate.")
     beta1: float = opt(0.5, "Adam beta1 for both networks.")

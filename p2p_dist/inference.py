@@ -40,7 +40,7 @@ from p2p_dist.data import labels
 from p2p_dist.data.loader import encode_label
 from p2p_dist.data.wds_loader import nearest_indices
 from p2p_dist.models import UNetGenerator, build_generator
-from p2p_dist.models.test_time import NORM_MODES, translation_modes
+from p2p_dist.models.test_time import NORM_MODES, apply_test_time_modes, translation_modes
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
 from p2p_dist.train.engines import LABEL_CHANNELS, PHOTO_CHANNELS
 
@@ -433,7 +433,7 @@ def export_generator(
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise ValueError(f"example_size {height}x{width} (HxW): {size_hint(multiple)}")
     model = copy.deepcopy(generator).cpu().float()
-    _apply_test_time_modes(model, dropout, "eval")
+    apply_test_time_modes(model, dropout, "eval")
     stochastic = _has_active_dropout(model)
     channels = LABEL_CHANNELS[cfg.data.label_encoding]
     path.parent.mkdir(parents=True, exist_ok=True)

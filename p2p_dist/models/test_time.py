@@ -12,7 +12,7 @@ from torch import nn
 NORM_MODES = ("eval", "train")
 
 
-def _apply_test_time_modes(generator: nn.Module, dropout: bool, norm_mode: str) -> None:
+def apply_test_time_modes(generator: nn.Module, dropout: bool, norm_mode: str) -> None:
     """Eval mode everywhere, except dropout when `dropout` and batch norm when ``norm_mode == "train"``."""
     if norm_mode not in NORM_MODES:
         raise ValueError(f"norm_mode must be one of {', '.join(NORM_MODES)}, got {norm_mode!r}")
@@ -32,7 +32,7 @@ def translation_modes(generator: nn.Module, *, dropout: bool = True, norm_mode: 
     """Run `generator` with the given test-time behaviour; its modes are restored on exit."""
     saved = [(layer, layer.training, getattr(layer, "track_running_stats", None)) for layer in generator.modules()]
     try:
-        _apply_test_time_modes(generator, dropout, norm_mode)
+        apply_test_time_modes(generator, dropout, norm_mode)
         yield generator
     finally:
         for layer, training, tracking in saved:

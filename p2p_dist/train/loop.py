@@ -135,14 +135,13 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None) -> dict:
 
     while state.step < total:
         lr_g, lr_d = model.lr  # the rates this step uses (the schedule advances inside the step)
-        for _ in range(t.grad_accum):
-            wait_start = time.perf_counter()
-            batch = next(batches)
-            meter.data_wait += time.perf_counter() - wait_start
-            losses = model.train_step(batch)
-            loss_sums += torch.stack([losses.loss_D, losses.loss_G_gan, losses.loss_G_l1]) / t.grad_accum
-            if_bad = torch.where(losses.finite(), NO_BAD_STEP, state.step + 1)
-            first_bad_step = torch.minimum(first_bad_step, if_bad)
+        wait_start = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(t.grad_accum)]
+        meter.data_wait += time.perf_counter() - wait_start
+        losses = model.train_step(micro_batches)
+        loss_sums += torch.stack([losses.loss_D, losses.loss_G_gan, losses.loss_G_l1])
+        first_bad_step = torch.minimum(first_bad_step,
+                                       torch.where(losses.finite(), NO_BAD_STEP, state.step + 1))
         state.step += 1
         step_images = t.batch_size * t.grad_accum * rt.world_size
         state.images_seen += step_images

@@ -167,3 +167,26 @@ def test_two_simulated_nodes_reach_the_same_result_as_one_node_with_two_processe
     assert all(torch.equal(a[k], b[k]) for k in a), "2 nodes x 1 process differ from 1 node x 2 processes"
     summary = json.loads((tmp_path / "two_nodes" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
+
+
+def test_gradient_accumulation_matches_one_batch_of_the_accumulated_size(tmp_path, tiny_shards):
+    common = ("train.steps=3", "model.norm=instance", "model.dropout=false", "run.sample_every=100")
+    run_training(tmp_path / "big", tiny_shards, *common, "train.batch_size=4")
+    run_training(tmp_path / "accumulated", tiny_shards, *common, "train.batch_size=2", "train.grad_accum=2")
+    losses = {}
+    for name in ("big", "accumulated"):
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = torch.tensor([[r["loss_D"], r["loss_G_gan"], r["loss_G_l1"]] for r in records])
+    assert losses["big"].shape == (3, 3)
+    torch.testing.assert_close(losses["accumulated"], losses["big"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_zero_stages_train_the_same_parameters_as_zero0(tmp_path, tiny_shards, zero_stage):
+    common = ("train.steps=3", "model.norm=instance", "run.sample_every=100")
+    run_training(tmp_path / "zero0", tiny_shards, *common, nprocs=2)
+    run_training(tmp_path / f"zero{zero_stage}", tiny_shards, *common, f"zero_stage={zero_stage}", nprocs=2)
+    a, b = final_weights(tmp_path / "zero0"), final_weights(tmp_path / f"zero{zero_stage}")
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst < 1e-6, f"largest parameter difference {worst}"
