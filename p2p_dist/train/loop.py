@@ -52,9 +52,8 @@ class StopFlag:
 
 def _shards_dir(cfg: Config, rt: Runtime) -> Path:
     shards = Path(cfg.data.shards)
-    if shards == DEMO_SHARDS and not (shards / "manifest.json").is_file():
-        if rt.is_main:
-            print(f"demo shards missing: building them in {shards}", flush=True)
+    if shards == DEMO_SHARDS:
+        if rt.is_main:  # builds them when missing or stale; cheap when they are current
             ensure_demo_shards(shards)
         dist.barrier()
     if not (shards / "manifest.json").is_file():
