@@ -150,8 +150,8 @@ class Pix2Pix:
         for engine, base_lr in ((self.G, self.cfg.train.lr_g), (self.D, self.cfg.train.lr_d)):
             scheduler = engine.lr_scheduler
             scheduler.base_lrs = [base_lr] * len(scheduler.base_lrs)
-            for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
-                group["lr"] = lr
+            for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)
 
     @property
     def lr(self) -> tuple[float, float]:

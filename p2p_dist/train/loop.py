@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,8 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return  # a Ray Tune / Ray Train worker thread: Ray stops trials itself, and only main may set handlers
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._set)
 

@@ -83,8 +83,10 @@ def init_runtime(cfg: Config) -> Runtime:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        # Ranks on one machine share its cores; oversubscribed threads cost more than they give.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+        # Ranks on one machine share its cores; oversubscribed threads cost more than they give. An explicit
+        # OMP_NUM_THREADS (set by the user, or by Ray for each trial's CPUs) wins.
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     precision = resolve_precision(cfg.precision, cfg.zero_stage, device)

@@ -1,0 +1,34 @@
+"""Ray Tune sweep over lambda_l1, lr_g, lr_d (and tune.choices): ASHA or PBT on a validation metric.
+
+  python launch/tune.py                                           # configs/tune_demo.yaml: 4 trials, ASHA
+  python launch/tune.py --config configs/tune_demo.yaml tune.scheduler=pbt tune.name=demo_pbt
+  python launch/tune.py --config configs/tune_demo.yaml --resume  # continue an interrupted sweep
+  python launch/tune.py tune.address=auto tune.storage_path=/shared/tune tune.workers_per_trial=2
+
+Results go to tune.storage_path/tune.name: results.csv/.md, best_config.yaml, metric_vs_step.png, trial_*/.
+Running on a cluster: see the docstring of p2p_dist/tune/__init__.py.
+"""
+
+import sys
+
+from p2p_dist.cli import config_parser, parse_config
+from p2p_dist.config import ConfigError
+
+
+def main() -> None:
+    parser = config_parser(__doc__, default_config="configs/tune_demo.yaml")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep at tune.storage_path/tune.name with the config it started with")
+    cfg, args = parse_config(parser)
+    from p2p_dist.tune.sweep import run_sweep  # Ray, torch and DALI load once the config is known good
+
+    try:
+        report = run_sweep(cfg, resume=args.resume)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(report.render(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
