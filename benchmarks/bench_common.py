@@ -1,0 +1,156 @@
+"""What every benchmark section shares: repeated timings and their summary, machine facts, load averages.
+
+The machine a CPU benchmark runs on is often shared, so every figure is a median with its min and max over
+repeats, and each section records ``os.getloadavg()`` before and after: a load above the core count means
+the numbers are lower than the machine can do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+GIB = 2**30
+
+
+def summarise(samples: list[float]) -> dict:
+    """Median, min and max of repeated measurements (the samples are kept: they show the noise)."""
+    if not samples:
+        raise ValueError("summarise needs at least one sample")
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples),
+            "samples": list(samples)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call, finished on the device (CUDA work is asynchronous)."""
+    synchronize(device)
+    started = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def time_call_with_cpu(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call. On a shared machine the wall time includes
+    waiting for a core; the process's CPU time does not (though OpenMP threads spinning at barriers count)."""
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+@contextmanager
+def load_recorded(record: dict) -> Iterator[dict]:
+    """Put the 1/5/15-minute load averages before and after the block, and its wall time, into ``record``."""
+    record["load_before"] = load_average()
+    started = time.perf_counter()
+    try:
+        yield record
+    finally:
+        record["load_after"] = load_average()
+        record["wall_s"] = round(time.perf_counter() - started, 1)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _dali_version() -> str | None:
+    try:
+        import nvidia.dali
+
+        return nvidia.dali.__version__
+    except ImportError:
+        return None
+
+
+def machine_facts() -> dict:
+    """Hardware and software a result depends on, recorded next to every result."""
+    flags = _cpu_flags()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_simd": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"}),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
+        "gpus": gpus,
+        "gpu_name": gpus[0] if gpus else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "deepspeed": _version("deepspeed"),
+        "dali": _dali_version(),
+        "webdataset": _version("webdataset"),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "hostname": platform.node(),
+    }
+
+
+def machine_name(facts: dict) -> str:
+    """The results file stem's machine part: the GPU name on CUDA machines, else the CPU model, sanitised."""
+    name = facts["gpu_name"] or f"{facts['cpu_model']}-{facts['cpu_cores']}c"
+    if facts["gpu_name"] and len(facts["gpus"]) > 1:
+        name = f"{len(facts['gpus'])}x-{name}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+@dataclass
+class Budget:
+    """Seconds a measurement may take; used to cut repeats (never below a minimum) and skip what cannot fit."""
+
+    seconds: float
+
+    def repeats(self, per_repeat_s: float, wanted: int, minimum: int) -> int:
+        fitting = int(self.seconds // max(per_repeat_s, 1e-9))
+        return max(minimum, min(wanted, fitting))

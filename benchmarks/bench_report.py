@@ -1,0 +1,202 @@
+"""The result as a Markdown report (also printed) and a PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+GIB = 2**30
+
+
+def _rate(summary: dict | None, digits: int = 2) -> str:
+    """'median (min-max)' of a summarise() dict."""
+    if not summary:
+        return "-"
+    return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}-{summary['max']:.{digits}f})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _load(record: dict) -> str:
+    before, after = record.get("load_before"), record.get("load_after")
+    return f"load {before} -> {after}, {record.get('wall_s', '?')} s" if before else ""
+
+
+def _step_rows(rows: list[dict]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        if "skipped" in r:
+            out.append([r["variant"], r["precision"], r["batch_size"], f"skipped: {r['skipped']}"] + ["-"] * 7)
+            continue
+        note = "" if r["warmed_up"] else " (1 unwarmed step)"
+        out.append([r["variant"], r["precision"], r["batch_size"], _rate(r["images_per_s"]) + note,
+                    f"{r['step_s']['median']:.3f}", f"{r['cpu_s_per_image']['median']:.2f}",
+                    f"{r['flops_per_image'] / 1e9:.1f}",
+                    f"{r.get('achieved_flops', 0) / 1e9:.1f}",
+                    f"{100 * r['utilisation']:.1f}%" if "utilisation" in r else "-",
+                    f"{r['peak_memory_bytes'] / GIB:.2f}", r["images_per_s"]["n"]])
+    return out
+
+
+STEP_HEADER = ["variant", "precision", "batch", "images/s median (min-max)", "s/step", "CPU s/image", "GFLOP/image",
+               "GFLOP/s", "of peak", "peak mem GiB", "n"]
+
+
+def markdown(result: dict) -> str:
+    m, plan, sections = result["machine"], result["plan"], result["sections"]
+    lines = [f"# p2p_dist benchmark: {result['machine_name']}, {result['date']}", ""]
+    lines += [f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB"
+              + (f"; GPU: {', '.join(m['gpus'])}" if m["gpus"] else "; no GPU"),
+              f"- software: torch {m['torch']}, deepspeed {m['deepspeed']}, DALI {m['dali']}, "
+              f"webdataset {m['webdataset']}, Python {m['python']}",
+              f"- model: pix2pix unet + PatchGAN at {plan['resolution']}x{plan['resolution']}"
+              + (f", overrides {' '.join(plan['model_overrides'])}" if plan["model_overrides"] else
+                 " (p2p_dist defaults: ngf=ndf=64, batch norm)") + ("; QUICK run (tiny, not a measurement)"
+                                                                    if plan["quick"] else ""),
+              f"- command: `{result['command']}`",
+              "- every figure: median (min-max) over n repeats after warm-up; variants measured interleaved",
+              "- CPU s/image: this process's CPU time per image over all its threads; unlike wall time it barely "
+              "moves with other load, but counts OpenMP threads spinning at barriers",
+              f"- load averages (1/5/15 min) at start {result['load_start']}, at end {result['load_end']} "
+              f"on {m['cpu_cores']} cores: a load above the core count means other work shared the machine", ""]
+
+    targets = result.get("targets", [])
+    if targets:
+        lines += ["## Targets", ""]
+        lines += _table(["target", "measured", "met"],
+                        [[t["target"], t["measured"], {True: "yes", False: "NO", None: "n/a"}[t["met"]]]
+                         for t in targets])
+        lines.append("")
+
+    if "data" in sections:
+        s = sections["data"]
+        lines += [f"## 1. Data plane ({_load(s)})", ""]
+        lines += _table(["loader", "decode", "batch", "resolution", "workers", "images/s median (min-max)", "n"],
+                        [[r["backend"], r["decode"], r["batch_size"], r["crop_size"], r["num_workers"],
+                          _rate(r["images_per_s"], 1), r["images_per_s"]["n"]] for r in s["loaders"]])
+        lines.append("")
+        lines += _table(["packing workers", "images", "source", "stored as", "images/s median (min-max)", "n"],
+                        [[r["workers"], r["num_images"], "x".join(map(str, r["source_size"])), r["storage_size"],
+                          _rate(r["images_per_s"], 1), r["images_per_s"]["n"]] for r in s["packing"]])
+        lines.append("")
+
+    if "step" in sections:
+        s = sections["step"]
+        lines += [f"## 2. Training step, per process ({_load(s)})", ""]
+        lines += _table(STEP_HEADER, _step_rows(s["rows"]))
+        lines += ["", "Matmul peaks (the utilisation denominators): "
+                  + "; ".join(f"{k} {v['peak_flops'] / 1e9:.0f} GFLOP/s (n={v['size']})"
+                              for k, v in s["peaks"].items()), ""]
+        if s.get("notes"):
+            lines += [f"- {note}" for note in s["notes"]] + [""]
+
+    if "baseline" in sections:
+        s = sections["baseline"]
+        lines += [f"## 3. Against the reference recipe, eager fp32 ({_load(s)})", ""]
+        lines += _table(["batch", "reference eager fp32 images/s", "p2p_dist default images/s",
+                         "p2p_dist default precision", "ratio"],
+                        [[r["batch_size"], _rate(r["reference"]), _rate(r["default"]), r["default_precision"],
+                          f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"] for r in s["comparison"]])
+        lines.append("")
+
+    if "loop" in sections:
+        s = sections["loop"]
+        r = s["run"]
+        lines += [f"## 4. The real loop: `launch/train.py` ({_load(s)})", ""]
+        lines += _table(["steps", "batch", "precision", "images/s median (min-max)", "data wait median (max)",
+                         "vs isolated step", "records"],
+                        [[r["steps"], r["batch_size_per_process"], r["precision"], _rate(r["images_per_s"]),
+                          f"{100 * r['data_wait_fraction']['median']:.2f}% "
+                          f"({100 * r['data_wait_fraction']['max']:.2f}%)",
+                          f"{s['vs_isolated_step']:.2f}x" if s.get("vs_isolated_step") else "-",
+                          r["records_used"]]])
+        lines.append("")
+
+    if "scaling" in sections:
+        s = sections["scaling"]
+        lines += [f"## 5. Data-parallel scaling ({_load(s)})", ""]
+        lines += _table(["processes", "images/s (all)", "per process", "speed-up", "efficiency", "data wait"],
+                        [[r["processes"], _rate(r["images_per_s"]), f"{r['per_process_images_per_s']:.2f}",
+                          f"{r['speedup']:.2f}x", f"{100 * r['efficiency']:.0f}%",
+                          f"{100 * r['data_wait_fraction']['median']:.2f}%"] for r in s["rows"]])
+        lines += ["", s["note"], ""]
+
+    if "candidates" in sections:
+        s = sections["candidates"]
+        lines += [f"## Candidates for a faster default at unchanged maths ({_load(s)})", ""]
+        lines += _table(STEP_HEADER + ["vs default"],
+                        [row + [f"{r['vs_default']:.2f}x" if r.get("vs_default") else "-"]
+                         for row, r in zip(_step_rows(s["rows"]), s["rows"])])
+        lines.append("")
+        if s.get("adam"):
+            lines += _table(["Adam implementation (G's parameters)", "s/step median (min-max)", "vs for-loop",
+                             "max abs diff vs for-loop"],
+                            [[r["implementation"], _rate(r["step_s"], 4), f"{r['speedup']:.2f}x",
+                              f"{r['max_abs_diff']:.2e}"] for r in s["adam"]])
+            lines.append("")
+
+    if "profile" in result:
+        p = result["profile"]
+        lines += [f"## Profile: {p['variant']}, batch {p['batch_size']}, {p['steps']} steps (trace: {p['trace']})",
+                  ""]
+        on_device = any(o.get("self_device_ms") for o in p["top_ops"])  # CUDA: kernel time is what counts
+        lines += _table(["op", "calls/step", "self CPU ms/step", "share of self CPU time"]
+                        + (["self GPU ms/step"] if on_device else []),
+                        [[o["name"], o["calls"] // p["steps"], f"{o['self_cpu_ms']:.1f}",
+                          f"{100 * o['self_cpu_share']:.1f}%"] + ([f"{o['self_device_ms']:.2f}"] if on_device else [])
+                         for o in p["top_ops"]])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Step images/s per variant over batch size, loader and packing images/s, scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = result["sections"]
+    panels = [name for name in ("step", "data", "scaling") if name in sections]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        if name == "step":
+            rows = [r for r in sections["step"]["rows"] + sections.get("baseline", {}).get("reference_rows", [])
+                    if "images_per_s" in r]
+            for variant in dict.fromkeys(r["variant"] for r in rows):
+                mine = [r for r in rows if r["variant"] == variant]
+                x = [r["batch_size"] for r in mine]
+                y = [r["images_per_s"]["median"] for r in mine]
+                err = [[v - r["images_per_s"]["min"] for v, r in zip(y, mine)],
+                       [r["images_per_s"]["max"] - v for v, r in zip(y, mine)]]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=variant)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("images/s (training step)")
+            ax.legend(fontsize=7)
+        elif name == "data":
+            s = sections["data"]
+            labels = [f"{r['backend']}\n({r['decode']})" for r in s["loaders"]] + \
+                     [f"pack\n{r['workers']} worker(s)" for r in s["packing"]]
+            values = [r["images_per_s"]["median"] for r in s["loaders"] + s["packing"]]
+            ax.bar(range(len(values)), values)
+            ax.set_xticks(range(len(values)), labels, fontsize=7)
+            ax.set_ylabel("images/s")
+        else:
+            rows = sections["scaling"]["rows"]
+            ax.bar([str(r["processes"]) for r in rows], [r["images_per_s"]["median"] for r in rows])
+            for i, r in enumerate(rows):
+                ax.annotate(f"{100 * r['efficiency']:.0f}%", (i, r["images_per_s"]["median"]), ha="center",
+                            va="bottom", fontsize=8)
+            ax.set_xlabel("processes")
+            ax.set_ylabel("images/s, all processes (efficiency)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"p2p_dist {result['machine_name']} {result['date']} ({result['plan']['resolution']}px)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,542 @@
+"""Training-step throughput: p2p_dist's engines against an eager step written to the reference recipe.
+
+Every variant trains the same models (same seed, same initial weights) on the same in-memory inputs, so
+input decoding is excluded (the data section and the real loop measure it). Variants are measured in
+interleaved rounds (A, B, C, A, B, C, ...) so that load changing on a shared machine hits them alike.
+
+Per variant and batch size: images/s and seconds per step (median, min, max over repeats after warm-up),
+model FLOPs per image (torch.utils.flop_counter over one real step: forward and backward of both networks,
+all three discriminator passes), FLOP/s utilisation against the device's measured matmul peak, and peak
+memory: the resident state (parameters, gradients, optimizer state) plus the step's transient peak
+(``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak of tensor storage allocated inside the step,
+tracked per ATen op, since RSS cannot be reset per variant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench_common import Budget, summarise, synchronize, time_call, time_call_with_cpu
+from p2p_dist.config import Config, load_config
+from p2p_dist.models import GANLoss, build_discriminator, build_generator
+from p2p_dist.train.engines import LABEL_CHANNELS, PHOTO_CHANNELS, Pix2Pix
+from p2p_dist.train.runtime import Runtime, has_fast_bf16, resolve_precision
+
+# The paper's load size for 256 crops, kept proportional for other resolutions.
+LOAD_SIZE_RATIO = 286 / 256
+STEPS_FOREVER = 10**9  # the learning-rate schedule never decays during a benchmark
+
+
+def config_for(resolution: int, batch_size: int, *overrides: str) -> Config:
+    """p2p_dist's default config at ``resolution``, plus dotted overrides (the benchmark's model settings)."""
+    return load_config(None, [f"data.crop_size={resolution}", f"data.load_size={round(resolution * LOAD_SIZE_RATIO)}",
+                              f"train.batch_size={batch_size}", f"train.steps={STEPS_FOREVER}", *overrides])
+
+
+def precisions_for(device: torch.device) -> list[str]:
+    """fp32 and bf16 everywhere; fp16 where DeepSpeed can run it (CUDA)."""
+    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the training step. Process-wide settings (threads, oneDNN) are applied around
+    each of its steps, so variants can be interleaved in one process."""
+
+    name: str
+    implementation: str  # "p2p_dist" (the DeepSpeed engines) or "reference" (eager, the reference recipe)
+    precision: str = "auto"  # as requested in the config; resolved per device
+    channels_last: bool | None = None  # None: the config default
+    norm: str | None = None  # None: the config default
+    joint_d_forward: bool | None = None  # None: the engine's own choice (joint with instance norm)
+    compile: bool = False
+    threads: int | None = None  # None: leave torch's thread count alone
+    mkldnn: bool = True
+    zero_stage: int = 0
+    fused_adam: bool = False  # switch the engines' torch.optim.Adam to its fused implementation
+    skip_single_rank_allreduce: bool = False  # no gradient all-reduce (flatten, copy back) in a group of one
+    default: bool = False  # p2p_dist's default configuration (what a user gets without options)
+
+    def overrides(self) -> list[str]:
+        out = [f"precision={self.precision}", f"zero_stage={self.zero_stage}"]
+        if self.channels_last is not None:
+            out.append(f"train.channels_last={str(self.channels_last).lower()}")
+        if self.norm is not None:
+            out.append(f"model.norm={self.norm}")
+        if self.compile:
+            out.append("train.compile=true")
+        return out
+
+
+def default_variant() -> Variant:
+    return Variant("p2p_dist default", "p2p_dist", precision="auto", default=True)
+
+
+def reference_variant() -> Variant:
+    return Variant("reference eager fp32", "reference", precision="fp32", channels_last=False)
+
+
+def precision_variants(device: torch.device) -> list[Variant]:
+    """p2p_dist at each precision with its other defaults; the one `auto` resolves to is the default."""
+    auto = resolve_precision("auto", 0, device)
+    return [Variant(f"p2p_dist {p}" + (" (default)" if p == auto else ""), "p2p_dist", precision=p,
+                    zero_stage=1 if p == "fp16" else 0, default=p == auto)
+            for p in precisions_for(device)]
+
+
+class ReferenceStep:
+    """The training step as the reference implementation writes it, in plain eager fp32 PyTorch: G forward;
+    D on the detached fake pair, then on the real pair, loss halved, Adam step; D frozen, D on the fake pair
+    again for G's GAN loss plus lambda * L1, Adam step. No DeepSpeed, contiguous tensors, torch.optim.Adam."""
+
+    def __init__(self, cfg: Config, device: torch.device, channels_last: bool = False) -> None:
+        m, t = cfg.model, cfg.train
+        label_channels = LABEL_CHANNELS[cfg.data.label_encoding]
+        self.G = build_generator(label_channels, PHOTO_CHANNELS, cfg.data.crop_size, m.ngf, m.norm, m.dropout,
+                                 m.init_gain).to(device)
+        self.D = build_discriminator(label_channels + PHOTO_CHANNELS, m.ndf, m.d_layers, m.norm,
+                                     m.init_gain).to(device)
+        self.optimizer_G = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
+        self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+        self.criterion = GANLoss(t.gan_loss)
+        self.lambda_l1 = t.lambda_l1
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, batch: dict) -> None:
+        label = batch["label"].to(self.device, memory_format=self.memory_format)
+        real = batch["photo"].to(self.device, memory_format=self.memory_format)
+        fake = self.G(label)
+
+        self.D.requires_grad_(True)
+        self.optimizer_D.zero_grad()
+        loss_fake = self.criterion(self.D(torch.cat([label, fake.detach()], 1)), False)
+        loss_real = self.criterion(self.D(torch.cat([label, real], 1)), True)
+        (0.5 * (loss_fake + loss_real)).backward()
+        self.optimizer_D.step()
+
+        self.D.requires_grad_(False)
+        self.optimizer_G.zero_grad()
+        loss_G = self.criterion(self.D(torch.cat([label, fake], 1)), True) + self.lambda_l1 * F.l1_loss(fake, real)
+        loss_G.backward()
+        self.optimizer_G.step()
+
+    def state_roots(self) -> list[object]:
+        return [self.G, self.D, self.optimizer_G, self.optimizer_D]
+
+
+class EngineStep:
+    """p2p_dist's training step (``Pix2Pix.train_step``: two DeepSpeed engines)."""
+
+    def __init__(self, cfg: Config, rt: Runtime, joint_d_forward: bool | None = None, fused_adam: bool = False,
+                 skip_single_rank_allreduce: bool = False) -> None:
+        self.model = Pix2Pix(cfg, rt, STEPS_FOREVER)
+        if joint_d_forward is not None:
+            # Only meaningful with instance norm: with batch norm a joint forward changes the maths.
+            self.model.joint_d_forward = joint_d_forward
+        if fused_adam:
+            # What `torch.optim.Adam(..., fused=True)` in the engines would do: Adam reads these per step.
+            for engine in (self.model.G, self.model.D):
+                for group in engine.optimizer.param_groups:
+                    group.update(fused=True, foreach=False)
+        if skip_single_rank_allreduce:
+            if rt.world_size != 1 or cfg.zero_stage != 0:
+                raise ValueError("skip_single_rank_allreduce is only the same maths for one rank at ZeRO-0")
+            # DeepSpeed still flattens every gradient into a buffer, all-reduces it over the one rank and
+            # copies it back; over one rank that is the identity.
+            for engine in (self.model.G, self.model.D):
+                engine.enable_backward_allreduce = False
+
+    def __call__(self, batch: dict) -> None:
+        self.model.train_step([batch])  # one optimiser step over one micro-batch (train.grad_accum=1)
+
+    def state_roots(self) -> list[object]:
+        return [self.model.G.module, self.model.D.module, self.model.G.optimizer, self.model.D.optimizer]
+
+
+class BuiltVariant:
+    """A variant's step function with its process-wide settings applied around every call."""
+
+    def __init__(self, variant: Variant, step: Callable[[dict], None], resolved_precision: str,
+                 roots: list[object]) -> None:
+        self.variant, self.step, self.resolved_precision, self.roots = variant, step, resolved_precision, roots
+
+    def __call__(self, batch: dict) -> None:
+        threads = torch.get_num_threads()
+        if self.variant.threads is not None:
+            torch.set_num_threads(self.variant.threads)
+        try:
+            # Entered only to turn oneDNN off: the flags context also resets oneDNN's TF32 setting (and warns).
+            with torch.backends.mkldnn.flags(enabled=False) if not self.variant.mkldnn else contextlib.nullcontext():
+                self.step(batch)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def build_variant(variant: Variant, rt: Runtime, resolution: int, seed: int = 0,
+                  model_overrides: tuple[str, ...] = ()) -> BuiltVariant:
+    """Models from ``seed`` (so every variant starts from the same weights) in ``variant``'s configuration."""
+    cfg = config_for(resolution, 1, *model_overrides, *variant.overrides())
+    torch.manual_seed(seed)
+    if variant.implementation == "reference":
+        step = ReferenceStep(cfg, rt.device, channels_last=bool(variant.channels_last))
+        return BuiltVariant(variant, step, "fp32", step.state_roots())
+    if variant.implementation != "p2p_dist":
+        raise ValueError(f"unknown implementation {variant.implementation!r} in variant {variant.name!r}")
+    precision = resolve_precision(cfg.precision, cfg.zero_stage, rt.device)
+    step = EngineStep(cfg, dataclasses.replace(rt, precision=precision), variant.joint_d_forward,
+                      variant.fused_adam, variant.skip_single_rank_allreduce)
+    return BuiltVariant(variant, step, precision, step.state_roots())
+
+
+def make_batch(batch_size: int, resolution: int, device: torch.device, label_channels: int = 3,
+               seed: int = 0) -> dict:
+    """Seeded inputs in [-1, 1] shaped like the loader's batches (compute cost does not depend on values)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch_size, label_channels, resolution, resolution)
+    label = torch.rand(shape, generator=generator).mul_(2).sub_(1)
+    photo = torch.rand((batch_size, PHOTO_CHANNELS, resolution, resolution), generator=generator).mul_(2).sub_(1)
+    return {"label": label.to(device), "photo": photo.to(device)}
+
+
+# ------------------------------------------------------------------------------------------ memory and FLOPs
+
+
+class NewTensorMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage created inside the block and alive at the same time (CPU tensors have
+    no allocator statistics). Outputs that alias an input (views, in-place and out= ops) are not new."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self.live = 0
+        self.peak = 0
+        self._tracked: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        outputs = out if isinstance(out, (tuple, list)) and len(returns) > 1 else (out,)
+        for schema_return, value in zip(returns, outputs):
+            if schema_return.alias_info is None:
+                for tensor in tree_flatten(value)[0]:
+                    if isinstance(tensor, torch.Tensor):
+                        self._track(tensor)
+        return out
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type != self.device.type:
+            return
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self._tracked or storage.nbytes() == 0:
+            return
+        self._tracked.add(key)
+        self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._freed, key, storage.nbytes())
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live -= nbytes
+
+
+def _tensors_in(obj: object, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Tensors reachable from models and optimizers (incl. DeepSpeed's wrappers and their fp32 copies)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        if obj.grad is not None:
+            yield obj.grad
+    elif isinstance(obj, nn.Module):
+        for tensor in [*obj.parameters(), *obj.buffers()]:
+            yield from _tensors_in(tensor, depth)
+    elif depth > 4:
+        return
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors_in(key, depth + 1)
+            yield from _tensors_in(value, depth + 1)
+    elif isinstance(obj, (list, tuple, set)):
+        for value in obj:
+            yield from _tensors_in(value, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for value in vars(obj).values():
+            yield from _tensors_in(value, depth + 1)
+
+
+def resident_bytes(roots: list[object], device: torch.device) -> int:
+    """Bytes of the distinct storages behind parameters, gradients, buffers and optimizer state on ``device``."""
+    storages = {}
+    for root in roots:
+        for tensor in _tensors_in(root):
+            if tensor.device.type == device.type:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+@dataclass
+class Probe:
+    """One step run under the FLOP counter and the memory tracker (its time is not a throughput figure)."""
+
+    seconds: float
+    cpu_seconds: float
+    flops: int
+    resident_bytes: int
+    transient_peak_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.resident_bytes + self.transient_peak_bytes
+
+
+def probe_step(built: BuiltVariant, batch: dict, device: torch.device) -> Probe:
+    resident = resident_bytes(built.roots, device)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with FlopCounterMode(display=False) as flops:
+            built(batch)
+        synchronize(device)
+        transient = torch.cuda.max_memory_allocated(device) - before
+    else:
+        with FlopCounterMode(display=False) as flops, NewTensorMemory(device) as memory:
+            built(batch)
+        transient = memory.peak
+    return Probe(time.perf_counter() - started, time.process_time() - cpu_started, flops.get_total_flops(), resident,
+                 transient)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> dict:
+    """FLOP/s of a square matmul: the device's practical peak for ``dtype`` (the best of ``repeats``)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b  # first call: library initialisation
+    calls = 1
+    first = time_call(lambda: a @ b, device)
+    if device.type == "cuda":  # short kernels: time enough of them per sample
+        calls = max(1, math.ceil(0.05 / max(first, 1e-6)))
+    rates = []
+    for _ in range(repeats):
+        seconds = time_call(lambda: [a @ b for _ in range(calls)], device)
+        rates.append(2 * size**3 * calls / seconds)
+    return {"dtype": str(dtype).removeprefix("torch."), "size": size, **summarise(rates),
+            "peak_flops": max(rates)}
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class StepPlan:
+    """How much to measure; see ``run.py`` for the per-machine choices."""
+
+    resolution: int
+    batch_sizes: list[int]
+    warmup: int  # steps before timing (the first also probes FLOPs and memory)
+    repeats: int  # timed samples wanted per variant and batch size
+    min_repeats: int  # never fewer, whatever the budget says
+    budget_s: float  # timing seconds per variant and batch size; cuts repeats down to min_repeats
+    max_step_s: float  # a step projected (or probed) slower than this is skipped / timed once
+    min_sample_s: float = 0.0  # short steps are timed several at a time (GPU launches)
+    model_overrides: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class _Active:
+    built: BuiltVariant
+    probe: Probe
+    steps_per_sample: int
+    repeats: int
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+
+
+def _row(built: BuiltVariant, batch_size: int, **values) -> dict:
+    v = built.variant
+    return {"variant": v.name, "implementation": v.implementation, "precision": built.resolved_precision,
+            "requested_precision": v.precision, "default": v.default, "batch_size": batch_size, **values}
+
+
+def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.device,
+                     log: Callable[[str], None] = print) -> list[dict]:
+    """Rows of images/s, step time, FLOPs and memory per (variant, batch size), variants interleaved."""
+    rows = []
+    per_image_s: dict[str, float] = {}  # from the last batch size measured: projects the next one
+    for batch_size in plan.batch_sizes:
+        batch = make_batch(batch_size, plan.resolution, device, seed=plan.seed)
+        active: list[_Active] = []
+        for b in built:
+            projected = per_image_s.get(b.variant.name, 0.0) * batch_size
+            if projected > plan.max_step_s:
+                rows.append(_row(b, batch_size, skipped=f"projected {projected:.0f} s per step "
+                                                       f"(> {plan.max_step_s:.0f} s limit)"))
+                log(f"  {b.variant.name} @ batch {batch_size}: skipped, projected {projected:.0f} s/step")
+                continue
+            probe = probe_step(b, batch, device)
+            if probe.seconds > plan.max_step_s:
+                # Too slow to repeat: the probe step stands as one unwarmed sample, and larger batches are skipped.
+                active.append(_Active(b, probe, 1, 0, [probe.seconds], [probe.cpu_seconds]))
+                per_image_s[b.variant.name] = probe.seconds / batch_size
+                log(f"  {b.variant.name} @ batch {batch_size}: {probe.seconds:.1f} s/step (one unwarmed step)")
+                continue
+            # The probe was the first warm-up step; when more would eat over half the timing budget, it is
+            # warm-up enough (slow steps amortise their one-off costs anyway).
+            extra_warmup = plan.warmup - 1 if probe.seconds * (plan.warmup - 1) <= plan.budget_s / 2 else 0
+            last = probe.seconds
+            for _ in range(extra_warmup):
+                last = time_call(lambda: b(batch), device)
+            steps = max(1, math.ceil(plan.min_sample_s / max(last, 1e-9)))
+            repeats = Budget(plan.budget_s).repeats(last * steps, plan.repeats, plan.min_repeats)
+            active.append(_Active(b, probe, steps, repeats))
+        for round_index in range(max((a.repeats for a in active), default=0)):
+            for a in active:
+                if round_index < a.repeats:
+                    wall, cpu = time_call_with_cpu(lambda: [a.built(batch) for _ in range(a.steps_per_sample)],
+                                                   device)
+                    a.seconds.append(wall / a.steps_per_sample)
+                    a.cpu_seconds.append(cpu / a.steps_per_sample)
+        for a in active:
+            step_s = summarise(a.seconds)
+            per_image_s[a.built.variant.name] = step_s["median"] / batch_size
+            images = summarise([batch_size / s for s in a.seconds])
+            rows.append(_row(a.built, batch_size, images_per_s=images, step_s=step_s,
+                             cpu_s_per_image=summarise([cpu / batch_size for cpu in a.cpu_seconds]),
+                             warmed_up=a.repeats > 0, steps_per_sample=a.steps_per_sample,
+                             flops_per_image=a.probe.flops / batch_size,
+                             resident_bytes=a.probe.resident_bytes,
+                             transient_peak_bytes=a.probe.transient_peak_bytes,
+                             peak_memory_bytes=a.probe.peak_bytes))
+            log(f"  {a.built.variant.name} @ batch {batch_size}: {images['median']:.2f} images/s "
+                f"(min {images['min']:.2f}, max {images['max']:.2f}, n={images['n']})")
+    return rows
+
+
+def add_utilisation(rows: list[dict], peaks: dict[str, dict]) -> None:
+    """FLOP/s achieved (FLOPs per image x images/s) over the matmul peak of the step's compute dtype."""
+    for row in rows:
+        peak = peaks.get(row.get("precision", ""))
+        if "images_per_s" in row and peak:
+            achieved = row["flops_per_image"] * row["images_per_s"]["median"]
+            row["achieved_flops"] = achieved
+            row["peak_flops"] = peak["peak_flops"]
+            row["utilisation"] = achieved / peak["peak_flops"]
+
+
+def measure_peaks(device: torch.device, quick: bool) -> dict[str, dict]:
+    """Matmul peaks per precision. Without native bf16 (AVX2 CPUs) bf16 matmuls are slow: a smaller size."""
+    size = 512 if quick else (8192 if device.type == "cuda" else 2048)
+    repeats = 3 if quick else 5
+    peaks = {"fp32": matmul_peak(device, torch.float32, size, repeats)}
+    bf16_size = size if has_fast_bf16(device) else min(size, 1024)
+    peaks["bf16"] = matmul_peak(device, torch.bfloat16, bf16_size, repeats)
+    if device.type == "cuda":
+        peaks["fp16"] = matmul_peak(device, torch.float16, size, repeats)
+    return peaks
+
+
+def profile_steps(built: BuiltVariant, batch_size: int, resolution: int, device: torch.device, steps: int,
+                  trace_path: Path, row_limit: int = 20) -> dict:
+    """torch.profiler over ``steps`` training steps (after one warm-up): a Chrome trace and the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = make_batch(batch_size, resolution, device)
+    built(batch)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            built(batch)
+        synchronize(device)
+    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace_path))
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    table = averages.table(sort_by=sort_key, row_limit=row_limit)
+    total_self = sum(e.self_cpu_time_total for e in averages) or 1.0
+    top = sorted(averages, key=lambda e: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total,
+                 reverse=True)[:row_limit]
+    return {
+        "variant": built.variant.name, "batch_size": batch_size, "steps": steps, "trace": str(trace_path),
+        "top_ops": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
+                     "cpu_total_ms": e.cpu_time_total / 1e3 / steps,
+                     "self_device_ms": e.self_device_time_total / 1e3 / steps,
+                     "self_cpu_share": e.self_cpu_time_total / total_self} for e in top],
+        "table": table,
+    }
+
+
+# ------------------------------------------------------------------------------------------- candidates
+
+
+def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant]:
+    """Changes to the default configuration that keep the maths (up to rounding), measured side by side."""
+    cores = torch.get_num_threads()
+    variants = [
+        default_variant(),
+        Variant("channels_last off", "p2p_dist", channels_last=False),
+        Variant("fused Adam", "p2p_dist", fused_adam=True),
+        Variant("no gradient all-reduce in a group of one", "p2p_dist", skip_single_rank_allreduce=True),
+        Variant("channels_last off + fused Adam + no 1-rank all-reduce", "p2p_dist", channels_last=False,
+                fused_adam=True, skip_single_rank_allreduce=True),
+        Variant("oneDNN (mkldnn) off", "p2p_dist", mkldnn=False),
+        Variant("instance norm, joint D forward", "p2p_dist", norm="instance"),
+        Variant("instance norm, separate D forwards", "p2p_dist", norm="instance", joint_d_forward=False),
+        reference_variant(),
+        Variant("reference eager fp32 + channels_last inputs", "reference", precision="fp32", channels_last=True),
+    ]
+    if device.type == "cpu" and cores > 1:
+        variants.append(Variant(f"{cores // 2} thread(s) instead of {cores}", "p2p_dist", threads=cores // 2))
+    if with_compile:
+        variants.append(Variant("torch.compile", "p2p_dist", compile=True))
+    return variants
+
+
+def measure_adam(cfg: Config, device: torch.device, repeats: int, warmup: int = 1) -> list[dict]:
+    """Seconds per Adam step over the generator's parameters for torch's three implementations (the
+    engines take a client torch.optim.Adam: its implementation is the trainer's choice), and how far each
+    ends from the single-tensor for-loop after the same steps on the same gradients."""
+    label_channels = LABEL_CHANNELS[cfg.data.label_encoding]
+    m, t = cfg.model, cfg.train
+    torch.manual_seed(0)
+    reference = [p.detach().to(device) for p in build_generator(label_channels, PHOTO_CHANNELS, cfg.data.crop_size,
+                                                                 m.ngf, m.norm, m.dropout, m.init_gain).parameters()]
+    generator = torch.Generator(device=device).manual_seed(1)
+    grads = [torch.randn(p.shape, device=device, generator=generator) * 1e-3 for p in reference]
+    implementations = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    default = "foreach" if device.type == "cuda" else "for-loop"
+    results, finals = [], {}
+    for name, options in implementations.items():
+        params = [p.clone().requires_grad_(True) for p in reference]
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimizer = torch.optim.Adam(params, lr=t.lr_g, betas=(t.beta1, t.beta2), **options)
+        for _ in range(warmup):
+            optimizer.step()
+        seconds = [time_call(optimizer.step, device) for _ in range(repeats)]
+        finals[name] = params
+        results.append({"implementation": name + (" (torch's default here)" if name == default else ""),
+                        "name": name, "step_s": summarise(seconds)})
+        del optimizer
+    base = next(r for r in results if r["name"] == "for-loop")["step_s"]["median"]
+    with torch.no_grad():
+        for r in results:
+            r["speedup"] = base / r["step_s"]["median"]
+            r["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(finals[r["name"]], finals["for-loop"]))
+    return results

@@ -1,0 +1,397 @@
+"""p2p_dist benchmark suite (`make bench`): images/s, where the time goes, and how it scales.
+
+  .venv/bin/python benchmarks/run.py                       # everything, about 10-15 min on a quiet 2-core CPU
+  .venv/bin/python benchmarks/run.py --quick               # tiny model and data: checks the suite, not the speed
+  .venv/bin/python benchmarks/run.py --sections step,baseline --profile
+  .venv/bin/python benchmarks/run.py --sections candidates # changes that might make the default faster
+
+Sections:
+  data       loader images/s (DALI: CPU here, mixed/GPU decode on CUDA; webdataset + DataLoader) at the training
+             resolution and batch, and packing images/s
+  step       the training step per process: fp32 / bf16 (/ fp16 on CUDA) at several batch sizes; FLOPs per
+             image, utilisation of the measured matmul peak, peak memory
+  baseline   an eager fp32 step written to the reference implementation's recipe on the same models and inputs,
+             and the ratio of p2p_dist's default configuration to it
+  loop       a short real `launch/train.py` run on the demo shards: images/s and data-wait share
+  scaling    1 vs 2 (..N GPUs) processes under `deepspeed --num_gpus N launch/train.py`
+  candidates (not in the default set) channels_last, oneDNN, norm, joint D forward, threads, compile, Adam
+
+Writes benchmarks/results/<machine>-<date>[-quick][-<sections>].json, .md and .png, and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# DeepSpeed builds its CPU communication op once per extensions dir; share the one `make install` built.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".venv" / "torch_extensions"))
+
+import torch  # noqa: E402
+
+import bench_common as common  # noqa: E402
+import bench_report  # noqa: E402
+
+SECTIONS = ("data", "step", "baseline", "loop", "scaling")
+OPTIONAL_SECTIONS = ("candidates",)
+TARGET_BATCH = 4  # the batch size of the speed-up target against the reference recipe
+TARGET_RATIO = 2.0
+TARGET_DATA_WAIT = 0.02
+
+
+@dataclass
+class Plan:
+    """How much of everything to measure on this machine (see ``make_plan``)."""
+
+    quick: bool
+    resolution: int
+    model_overrides: list[str]
+    step_batches: list[int]
+    warmup: int
+    repeats: int
+    min_repeats: int
+    budget_s: float
+    max_step_s: float
+    min_sample_s: float
+    data_batch: int
+    data_batches: int
+    data_repeats: int
+    data_warmup: int
+    data_workers: int
+    pack_images: int
+    pack_size: tuple[int, int]
+    pack_repeats: int
+    run_batch: int
+    loop_steps: int
+    scaling_steps: int
+    log_every: int
+    scaling_processes: list[int]
+    candidate_batch: int
+    profile_steps: int
+    run_timeout_s: float = 1800.0
+
+
+def make_plan(device: torch.device, quick: bool, resolution: int) -> Plan:
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    processes = sorted({1, 2, gpus}) if gpus > 2 else [1, 2]
+    if quick:  # a tiny model on tiny data: exercises every code path in seconds
+        return Plan(quick=True, resolution=128, model_overrides=["model.ngf=8", "model.ndf=8"], step_batches=[1, 2],
+                    warmup=1, repeats=2, min_repeats=2, budget_s=10, max_step_s=30, min_sample_s=0.0,
+                    data_batch=2, data_batches=3, data_repeats=2, data_warmup=1, data_workers=1, pack_images=4,
+                    pack_size=(128, 64), pack_repeats=1, run_batch=2, loop_steps=4, scaling_steps=3, log_every=1,
+                    scaling_processes=[1, 2], candidate_batch=2, profile_steps=1, run_timeout_s=600)
+    if device.type == "cuda":
+        return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=[1, 4, 16, 64], warmup=5,
+                    repeats=7, min_repeats=3, budget_s=30, max_step_s=60, min_sample_s=0.5, data_batch=16,
+                    data_batches=50, data_repeats=3, data_warmup=5, data_workers=4, pack_images=64,
+                    pack_size=(2048, 1024), pack_repeats=3, run_batch=16, loop_steps=60, scaling_steps=60,
+                    log_every=10, scaling_processes=processes, candidate_batch=16, profile_steps=5)
+    # CPU: one 256x256 image costs ~87 GFLOP per step, seconds on two cores. Budgets keep the whole run near
+    # 10-15 minutes on a quiet 2-core machine; what they cut is recorded in the rows (n, skipped).
+    return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=[1, 4, 16], warmup=2, repeats=5,
+                min_repeats=2, budget_s=40, max_step_s=90, min_sample_s=0.0, data_batch=TARGET_BATCH,
+                data_batches=20, data_repeats=3, data_warmup=3, data_workers=2, pack_images=32, pack_size=(2048, 1024),
+                pack_repeats=2, run_batch=TARGET_BATCH, loop_steps=10, scaling_steps=6, log_every=2,
+                scaling_processes=processes, candidate_batch=TARGET_BATCH, profile_steps=2)
+
+
+def step_plan(plan: Plan, batch_sizes: list[int]):
+    from bench_step import StepPlan
+
+    return StepPlan(resolution=plan.resolution, batch_sizes=batch_sizes, warmup=plan.warmup, repeats=plan.repeats,
+                    min_repeats=plan.min_repeats, budget_s=plan.budget_s, max_step_s=plan.max_step_s,
+                    min_sample_s=plan.min_sample_s, model_overrides=tuple(plan.model_overrides))
+
+
+class Suite:
+    """Runs the chosen sections into one result dict. Sections that train in this process share one runtime
+    (a process group of one), torn down before the subprocess sections start."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, plan: Plan, shards: Path | None) -> None:
+        self.args, self.device, self.plan, self.shards = args, device, plan, shards
+        self._runtime = None
+        self._peaks: dict[str, dict] | None = None
+        self.isolated_default: dict[int, float] = {}  # batch -> images/s of the default step, for the loop
+
+    def runtime(self):
+        if self._runtime is None:
+            from p2p_dist.train.runtime import init_runtime
+
+            from bench_step import config_for
+
+            self._runtime = init_runtime(config_for(self.plan.resolution, 1, *self.plan.model_overrides))
+        return self._runtime
+
+    def peaks(self) -> dict[str, dict]:
+        """Matmul peaks per precision, measured once per run."""
+        if self._peaks is None:
+            from bench_step import measure_peaks
+
+            self._peaks = measure_peaks(self.device, self.plan.quick)
+        return self._peaks
+
+    def close_runtime(self) -> None:
+        if self._runtime is not None:
+            from p2p_dist.train.runtime import shutdown
+
+            shutdown()
+            self._runtime = None
+
+    # ---------------------------------------------------------------------------------------------- data
+    def data(self, record: dict) -> None:
+        from bench_data import measure_loaders, measure_packing
+
+        p = self.plan
+        print(f"[data] loaders at {p.resolution}px, batch {p.data_batch}", flush=True)
+        record["loaders"] = measure_loaders(self.shards, batch_size=p.data_batch, resolution=p.resolution,
+                                            load_size=round(p.resolution * 286 / 256), batches=p.data_batches,
+                                            repeats=p.data_repeats, warmup=p.data_warmup,
+                                            num_workers=p.data_workers, device=self.device)
+        cores = os.cpu_count() or 1
+        print(f"[data] packing {p.pack_images} synthetic {p.pack_size[0]}x{p.pack_size[1]} scenes", flush=True)
+        record["packing"] = measure_packing(num_images=p.pack_images, image_size=p.pack_size, repeats=p.pack_repeats,
+                                            workers_options=sorted({1, cores}))
+
+    # ------------------------------------------------------------------------------- step and baseline
+    def step_and_baseline(self, sections: dict, want_step: bool, want_baseline: bool) -> None:
+        import bench_step as bs
+
+        rt = self.runtime()
+        record: dict = {}
+        with common.load_recorded(record):
+            variants = bs.precision_variants(self.device) if want_step else [bs.default_variant()]
+            if want_baseline:
+                variants.append(bs.reference_variant())
+            print(f"[step] building {len(variants)} variants", flush=True)
+            built = [bs.build_variant(v, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
+                     for v in variants]
+            print(f"[step] interleaved measurement at batch sizes {self.plan.step_batches}", flush=True)
+            rows = bs.measure_variants(built, step_plan(self.plan, self.plan.step_batches), self.device,
+                                       log=lambda line: print(line, flush=True))
+            peaks = self.peaks()
+            bs.add_utilisation(rows, peaks)
+            del built
+            gc.collect()  # DeepSpeed engines hold reference cycles: free their memory before the next section
+        defaults = {r["batch_size"]: r for r in rows if r["default"] and "images_per_s" in r}
+        self.isolated_default = {b: r["images_per_s"]["median"] for b, r in defaults.items()}
+        notes = []
+        if not bs.has_fast_bf16(self.device):
+            notes.append("this device has no native bf16 units: bf16 autocast falls back to slow reference kernels, "
+                         "so precision=auto resolves to fp32 here; bf16 is measured with as few steps as the "
+                         "budget allows (rows say n and whether the step was warmed up)")
+        if want_step:
+            sections["step"] = {**record, "rows": [r for r in rows if r["implementation"] == "p2p_dist"],
+                                "peaks": peaks, "notes": notes}
+        if want_baseline:
+            reference = {r["batch_size"]: r for r in rows if r["implementation"] == "reference"}
+            comparison = []
+            for batch_size in self.plan.step_batches:
+                ref, default = reference.get(batch_size, {}), defaults.get(batch_size, {})
+                ratio = (default["images_per_s"]["median"] / ref["images_per_s"]["median"]
+                         if "images_per_s" in ref and "images_per_s" in default else None)
+                comparison.append({"batch_size": batch_size, "reference": ref.get("images_per_s"),
+                                   "default": default.get("images_per_s"),
+                                   "default_precision": default.get("precision", "-"), "ratio": ratio})
+            sections["baseline"] = {**record, "comparison": comparison, "reference_rows": list(reference.values()),
+                                    "measured_with": "step" if want_step else "baseline",
+                                    "recipe": bs.ReferenceStep.__doc__.split("\n\n")[0]}
+
+    # ---------------------------------------------------------------------------------------- real runs
+    def _run_config(self, steps: int):
+        from bench_step import config_for
+
+        p = self.plan
+        cfg = config_for(p.resolution, p.run_batch, *p.model_overrides, f"data.shards={self.shards}",
+                         f"data.num_workers={p.data_workers}", f"run.log_every={p.log_every}",
+                         "run.sample_every=1000000", "run.checkpoint_every=1000000", "eval.every=0")
+        cfg.train.steps = steps
+        return cfg
+
+    def loop(self, record: dict) -> None:
+        from bench_runs import run_training
+
+        p = self.plan
+        print(f"[loop] launch/train.py, {p.loop_steps} steps at batch {p.run_batch}", flush=True)
+        record["run"] = run_training(self._run_config(p.loop_steps), 1, "python", p.run_timeout_s)
+        isolated = self.isolated_default.get(p.run_batch)
+        if isolated:
+            record["vs_isolated_step"] = record["run"]["images_per_s"]["median"] / isolated
+
+    def scaling(self, record: dict) -> None:
+        from bench_runs import run_training, scaling_rows
+
+        p = self.plan
+        runs = []
+        for n in p.scaling_processes:
+            print(f"[scaling] deepspeed --num_gpus {n}, {p.scaling_steps} steps at batch {p.run_batch} per process",
+                  flush=True)
+            runs.append(run_training(self._run_config(p.scaling_steps), n, "deepspeed", p.run_timeout_s))
+        gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
+        record["runs"] = runs
+        record["rows"] = scaling_rows(runs, os.cpu_count() or 1, gpus)
+        record["note"] = ("Efficiency = images/s(N) / (N x images/s(1)), batch per process fixed. "
+                          + ("Each process has its own GPU." if gpus else
+                             f"CPU processes share the same {os.cpu_count()} cores (each rank gets cores/N "
+                             "threads), so the hardware does not grow with N: ideal here is a speed-up of 1.0x, "
+                             "and what is lost below it is communication and per-process overhead. A speed-up "
+                             "above 1.0x means one process with several threads used the cores less well than "
+                             "several single-thread processes (threads waiting for each other on a busy machine)."))
+
+    # ---------------------------------------------------------------------------------------- candidates
+    def candidates(self, record: dict) -> None:
+        import bench_step as bs
+
+        rt = self.runtime()
+        variants = bs.candidate_variants(self.device, with_compile=self.args.compile)
+        print(f"[candidates] {len(variants)} variants at batch {self.plan.candidate_batch}", flush=True)
+        built = [bs.build_variant(v, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
+                 for v in variants]
+        rows = bs.measure_variants(built, step_plan(self.plan, [self.plan.candidate_batch]), self.device,
+                                   log=lambda line: print(line, flush=True))
+        del built
+        gc.collect()
+        bs.add_utilisation(rows, self.peaks())
+        default = next(r for r in rows if r["default"])
+        for r in rows:
+            if "images_per_s" in r and "images_per_s" in default:
+                r["vs_default"] = r["images_per_s"]["median"] / default["images_per_s"]["median"]
+        record["rows"] = rows
+        print("[candidates] Adam implementations", flush=True)
+        cfg = bs.config_for(self.plan.resolution, 1, *self.plan.model_overrides)
+        record["adam"] = bs.measure_adam(cfg, self.device, repeats=max(3, self.plan.repeats))
+
+    def profile(self, stem: str) -> dict:
+        import bench_step as bs
+
+        rt = self.runtime()
+        batch = self.plan.candidate_batch
+        built = bs.build_variant(bs.default_variant(), rt, self.plan.resolution,
+                                 model_overrides=tuple(self.plan.model_overrides))
+        trace = self.args.out / "traces" / f"{stem}-step.json"
+        print(f"[profile] {self.plan.profile_steps} steps of the default configuration at batch {batch}", flush=True)
+        return bs.profile_steps(built, batch, self.plan.resolution, self.device, self.plan.profile_steps, trace)
+
+
+def evaluate_targets(result: dict) -> list[dict]:
+    """The targets the project set, against what this run measured (met: None when not measured)."""
+    sections, targets = result["sections"], []
+    baseline = sections.get("baseline")
+    if baseline:
+        row = next((r for r in baseline["comparison"] if r["batch_size"] == TARGET_BATCH), None)
+        ratio = row["ratio"] if row else None
+        targets.append({"target": f"default configuration >= {TARGET_RATIO:.0f}x the eager fp32 reference recipe "
+                                  f"at batch {TARGET_BATCH} (set for the 2-core CPU)",
+                        "measured": f"{ratio:.2f}x" if ratio is not None else "not measured",
+                        "met": None if ratio is None else ratio >= TARGET_RATIO})
+    loop = sections.get("loop")
+    if loop:
+        wait = loop["run"]["data_wait_fraction"]["median"]
+        targets.append({"target": f"data wait < {100 * TARGET_DATA_WAIT:.0f}% of the real loop's wall time",
+                        "measured": f"{100 * wait:.2f}% (max {100 * loop['run']['data_wait_fraction']['max']:.2f}%)",
+                        "met": wait < TARGET_DATA_WAIT})
+    scaling = sections.get("scaling")
+    if scaling:
+        top = scaling["rows"][-1]
+        targets.append({"target": "scaling efficiency reported honestly",
+                        "measured": f"{top['processes']} processes: {top['speedup']:.2f}x speed-up, "
+                                    f"{100 * top['efficiency']:.0f}% efficiency", "met": None})
+    return targets
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model and data (for tests/CI)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}")
+    parser.add_argument("--resolution", type=int, default=256, choices=(128, 256, 512),
+                        help="training resolution (the paper's: 256); --quick uses 128")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch.profiler over a few default-configuration steps: Chrome trace and top ops")
+    parser.add_argument("--compile", action="store_true", help="include torch.compile among the candidates (slow)")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="shard set for the data, loop and scaling sections (default: shards/demo, built if "
+                             "missing; --quick: a tiny temporary set)")
+    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in SECTIONS + OPTIONAL_SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}")
+    return args
+
+
+def resolve_shards(args: argparse.Namespace, tmp: Path) -> Path:
+    """--shards, else a tiny temporary set (--quick), else shards/demo: used as it is when present (as
+    launch/train.py does: other runs may be reading it), built when missing."""
+    if args.shards is not None:
+        return args.shards
+    from bench_data import tiny_demo_shards
+    from p2p_dist.data.shards import MANIFEST_NAME, ensure_demo_shards
+
+    if args.quick:
+        return tiny_demo_shards(tmp / "demo")
+    demo = common.REPO_ROOT / "shards" / "demo"
+    return demo if (demo / MANIFEST_NAME).is_file() else ensure_demo_shards(demo)
+
+
+def result_stem(machine: str, date: str, quick: bool, sections: list[str]) -> str:
+    stem = f"{machine}-{date}" + ("-quick" if quick else "")
+    return stem if sections == list(SECTIONS) else f"{stem}-{'-'.join(sections)}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    plan = make_plan(device, args.quick, args.resolution)
+    facts = common.machine_facts()
+    machine = common.machine_name(facts)
+    date = common.today()
+    stem = result_stem(machine, date, args.quick, args.sections)
+    result = {"machine_name": machine, "date": date, "machine": facts, "plan": dataclasses.asdict(plan),
+              "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *(argv or sys.argv[1:])]),
+              "load_start": common.load_average(), "sections": {}}
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
+        needs_shards = any(s in args.sections for s in ("data", "loop", "scaling"))
+        shards = resolve_shards(args, Path(tmp)) if needs_shards else None
+        suite = Suite(args, device, plan, shards)
+        sections = result["sections"]
+        try:
+            if "data" in args.sections:
+                with common.load_recorded(sections.setdefault("data", {})) as record:
+                    suite.data(record)
+            if "step" in args.sections or "baseline" in args.sections:
+                suite.step_and_baseline(sections, "step" in args.sections, "baseline" in args.sections)
+            if "candidates" in args.sections:
+                with common.load_recorded(sections.setdefault("candidates", {})) as record:
+                    suite.candidates(record)
+            if args.profile:
+                result["profile"] = suite.profile(stem)
+                print(result["profile"].pop("table"), flush=True)
+        finally:
+            suite.close_runtime()
+        for name, method in (("loop", suite.loop), ("scaling", suite.scaling)):
+            if name in args.sections:
+                with common.load_recorded(sections.setdefault(name, {})) as record:
+                    method(record)
+    result["load_end"] = common.load_average()
+    result["targets"] = evaluate_targets(result)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    report = bench_report.markdown(result)
+    (args.out / f"{stem}.md").write_text(report + "\n")
+    bench_report.plot(result, args.out / f"{stem}.png")
+    print(report)
+    print(f"results: {args.out / stem}.json / .md / .png")
+    return result
+
+
+if __name__ == "__main__":
+    main()

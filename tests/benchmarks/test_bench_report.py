@@ -1,0 +1,80 @@
+"""The Markdown report and the plot, from a result shaped like run.py's (values made up, structure real)."""
+
+import bench_report
+from bench_common import summarise
+
+
+def step_row(variant: str, batch: int, rate: float, default: bool = False, implementation: str = "p2p_dist") -> dict:
+    return {"variant": variant, "implementation": implementation, "precision": "fp32", "requested_precision": "fp32",
+            "default": default, "batch_size": batch, "images_per_s": summarise([rate * 0.9, rate, rate * 1.1]),
+            "step_s": summarise([batch / rate]), "cpu_s_per_image": summarise([2 / rate]), "warmed_up": True, "steps_per_sample": 1, "flops_per_image": 86.9e9,
+            "resident_bytes": 2**30, "transient_peak_bytes": 2**29, "peak_memory_bytes": 3 * 2**29,
+            "achieved_flops": 86.9e9 * rate, "peak_flops": 1e11, "utilisation": 0.869 * rate}
+
+
+def full_result() -> dict:
+    loads = {"load_before": [1.0, 1.0, 1.0], "load_after": [2.0, 1.5, 1.0], "wall_s": 12.0}
+    run = {"steps": 10, "batch_size_per_process": 4, "precision": "fp32", "images_per_s": summarise([0.5, 0.6]),
+           "data_wait_fraction": summarise([0.001, 0.003]), "records_used": 4}
+    return {
+        "machine_name": "test-cpu-2c", "date": "2026-01-01", "command": "python benchmarks/run.py",
+        "load_start": [1.0, 1.0, 1.0], "load_end": [2.0, 2.0, 2.0],
+        "machine": {"cpu_model": "Test CPU", "cpu_cores": 2, "memory_gib": 24.0, "gpus": [], "torch": "2",
+                    "deepspeed": "0.19", "dali": "2.4", "webdataset": "1.0", "python": "3.11"},
+        "plan": {"resolution": 256, "model_overrides": [], "quick": False},
+        "targets": [{"target": "default >= 2x reference", "measured": "1.10x", "met": False}],
+        "sections": {
+            "data": {**loads, "loaders": [{"backend": "dali", "decode": "cpu", "batch_size": 4, "crop_size": 256,
+                                           "num_workers": 2, "images_per_s": summarise([100.0, 120.0])}],
+                     "packing": [{"workers": 2, "num_images": 32, "source_size": [2048, 1024],
+                                  "storage_size": "512x256", "images_per_s": summarise([9.0])}]},
+            "step": {**loads, "rows": [step_row("p2p_dist fp32 (default)", 1, 0.4, default=True),
+                                       {"variant": "p2p_dist bf16", "precision": "bf16", "batch_size": 16,
+                                        "skipped": "projected 900 s per step"}],
+                     "peaks": {"fp32": {"peak_flops": 1e11, "size": 2048}}, "notes": ["a note"]},
+            "baseline": {**loads, "comparison": [{"batch_size": 4, "reference": summarise([0.3]),
+                                                  "default": summarise([0.33]), "default_precision": "fp32",
+                                                  "ratio": 1.1}],
+                         "reference_rows": [step_row("reference eager fp32", 1, 0.3, implementation="reference")]},
+            "loop": {**loads, "run": run, "vs_isolated_step": 0.93},
+            "scaling": {**loads, "rows": [{"processes": n, "images_per_s": summarise([r]),
+                                           "per_process_images_per_s": r / n, "speedup": r / 0.6,
+                                           "efficiency": r / (0.6 * n),
+                                           "data_wait_fraction": summarise([0.0])}
+                                          for n, r in ((1, 0.6), (2, 0.54))],
+                        "note": "CPU processes share the cores."},
+            "candidates": {**loads, "rows": [{**step_row("channels_last off", 4, 0.5), "vs_default": 1.25}],
+                           "adam": [{"implementation": "fused", "step_s": summarise([0.1]), "speedup": 3.0,
+                                     "max_abs_diff": 1e-9}]},
+        },
+        "profile": {"variant": "p2p_dist default", "batch_size": 4, "steps": 2, "trace": "t.json",
+                    "top_ops": [{"name": "aten::convolution_backward", "calls": 58, "self_cpu_ms": 900.0,
+                                 "self_cpu_share": 0.4}]},
+    }
+
+
+def test_markdown_reports_every_section_with_its_numbers_and_load():
+    text = bench_report.markdown(full_result())
+    for heading in ("## Targets", "## 1. Data plane", "## 2. Training step", "## 3. Against the reference",
+                    "## 4. The real loop", "## 5. Data-parallel scaling", "## Candidates", "## Profile"):
+        assert heading in text, heading
+    assert "| NO |" in text  # an unmet target says so
+    assert "0.40 (0.36-0.44)" in text  # median (min-max)
+    assert "skipped: projected 900 s per step" in text
+    assert "1.10x" in text and "0.93x" in text and "45%" in text and "1.25x" in text
+    assert "load [1.0, 1.0, 1.0] -> [2.0, 1.5, 1.0]" in text
+    assert "aten::convolution_backward | 29 |" in text and "| 5.00 |" in text  # CPU s/image
+
+
+def test_markdown_leaves_out_sections_that_were_not_run():
+    result = full_result()
+    result["sections"] = {"data": result["sections"]["data"]}
+    del result["profile"]
+    text = bench_report.markdown(result)
+    assert "## 1. Data plane" in text and "## 2. Training step" not in text and "## Profile" not in text
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "plot.png"
+    bench_report.plot(full_result(), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

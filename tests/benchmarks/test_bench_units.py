@@ -1,0 +1,95 @@
+"""The benchmark suite's bookkeeping: summaries, budgets, names, metrics parsing, scaling maths, targets."""
+
+import os
+
+import pytest
+
+import bench_common as common
+import run as bench_run
+from bench_runs import scaling_rows, summarise_metrics
+
+
+def test_summarise_gives_median_min_max_and_keeps_the_samples():
+    summary = common.summarise([3.0, 1.0, 2.0, 10.0])
+    assert summary["median"] == 2.5 and summary["min"] == 1.0 and summary["max"] == 10.0
+    assert summary["n"] == 4 and summary["samples"] == [3.0, 1.0, 2.0, 10.0]
+
+
+def test_summarise_refuses_an_empty_list():
+    with pytest.raises(ValueError):
+        common.summarise([])
+
+
+def test_budget_cuts_repeats_to_fit_but_never_below_the_minimum():
+    budget = common.Budget(seconds=10.0)
+    assert budget.repeats(per_repeat_s=1.0, wanted=5, minimum=2) == 5
+    assert budget.repeats(per_repeat_s=3.0, wanted=5, minimum=2) == 3
+    assert budget.repeats(per_repeat_s=60.0, wanted=5, minimum=2) == 2
+
+
+def test_machine_name_prefers_the_gpu_and_is_a_safe_file_name():
+    cpu = {"gpu_name": None, "gpus": [], "cpu_model": "AMD EPYC 7B13 (64-Core)", "cpu_cores": 2}
+    assert common.machine_name(cpu) == "amd-epyc-7b13-64-core-2c"
+    gpu = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpus": ["NVIDIA H100 80GB HBM3"] * 8, "cpu_model": "x",
+           "cpu_cores": 64}
+    assert common.machine_name(gpu) == "8x-nvidia-h100-80gb-hbm3"
+
+
+def test_load_recorded_stores_load_averages_before_and_after_and_wall_time():
+    record = {}
+    with common.load_recorded(record):
+        pass
+    assert len(record["load_before"]) == 3 and len(record["load_after"]) == 3
+    assert record["wall_s"] >= 0
+
+
+def test_machine_facts_name_the_software_versions():
+    facts = common.machine_facts()
+    assert facts["cpu_cores"] == os.cpu_count()
+    assert facts["torch"] and facts["deepspeed"] and facts["dali"]
+
+
+def test_run_metrics_leave_out_the_start_up_record_and_evaluation_records():
+    records = [{"step": 2, "images_per_s": 1.0, "data_wait_fraction": 0.5},
+               {"step": 4, "images_per_s": 10.0, "data_wait_fraction": 0.01},
+               {"step": 4, "eval/l1": 0.3},
+               {"step": 6, "images_per_s": 12.0, "data_wait_fraction": 0.03}]
+    summary = summarise_metrics(records)
+    assert summary["images_per_s"]["median"] == 11.0 and summary["records_used"] == 2
+    assert summary["data_wait_fraction"]["max"] == 0.03
+    assert summary["first_record"]["images_per_s"] == 1.0
+
+
+def test_scaling_efficiency_is_throughput_over_n_times_one_process_and_cpu_ideal_is_one():
+    runs = [{"processes": 1, "images_per_s": common.summarise([10.0]), "data_wait_fraction": common.summarise([0.0])},
+            {"processes": 2, "images_per_s": common.summarise([16.0]), "data_wait_fraction": common.summarise([0.0])}]
+    gpu = scaling_rows(runs, cores_per_machine=16, accelerators=2)
+    assert gpu[1]["speedup"] == pytest.approx(1.6) and gpu[1]["efficiency"] == pytest.approx(0.8)
+    assert gpu[1]["resource_efficiency"] == pytest.approx(0.8)
+    cpu = scaling_rows(runs, cores_per_machine=2, accelerators=0)
+    assert cpu[1]["efficiency"] == pytest.approx(0.8) and cpu[1]["resource_efficiency"] == pytest.approx(1.6)
+    assert cpu[1]["cores_per_process"] == 1 and cpu[1]["per_process_images_per_s"] == 8.0
+
+
+def test_result_file_names_mark_quick_and_partial_runs():
+    assert bench_run.result_stem("m", "2026-01-02", False, list(bench_run.SECTIONS)) == "m-2026-01-02"
+    assert bench_run.result_stem("m", "2026-01-02", True, ["step", "loop"]) == "m-2026-01-02-quick-step-loop"
+
+
+def test_unknown_sections_are_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--sections", "step,warp"])
+    assert "warp" in capsys.readouterr().err
+
+
+def test_targets_are_judged_against_the_measured_values():
+    result = {"sections": {
+        "baseline": {"comparison": [{"batch_size": 1, "ratio": 3.0}, {"batch_size": 4, "ratio": 1.5}]},
+        "loop": {"run": {"data_wait_fraction": common.summarise([0.001, 0.004])}},
+        "scaling": {"rows": [{"processes": 1, "speedup": 1.0, "efficiency": 1.0},
+                             {"processes": 2, "speedup": 0.9, "efficiency": 0.45}]},
+    }}
+    ratio, wait, scaling = bench_run.evaluate_targets(result)
+    assert ratio["met"] is False and ratio["measured"] == "1.50x"
+    assert wait["met"] is True
+    assert scaling["met"] is None and "45%" in scaling["measured"]
