@@ -96,7 +96,7 @@ def make_plan(device: torch.device, quick: bool, resolution: int) -> Plan:
     # CPU: one 256x256 image costs ~87 GFLOP per step, seconds on two cores. Budgets keep the whole run near
     # 10-15 minutes on a quiet 2-core machine; what they cut is recorded in the rows (n, skipped).
     return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=[1, 4, 16], warmup=2, repeats=5,
-                min_repeats=2, budget_s=40, max_step_s=90, min_sample_s=0.0, data_batch=TARGET_BATCH,
+                min_repeats=2, budget_s=40, max_step_s=60, min_sample_s=0.0, data_batch=TARGET_BATCH,
                 data_batches=20, data_repeats=3, data_warmup=3, data_workers=2, pack_images=32, pack_size=(2048, 1024),
                 pack_repeats=2, run_batch=TARGET_BATCH, loop_steps=10, scaling_steps=6, log_every=2,
                 scaling_processes=processes, candidate_batch=TARGET_BATCH, profile_steps=2)
@@ -182,6 +182,9 @@ class Suite:
         defaults = {r["batch_size"]: r for r in rows if r["default"] and "images_per_s" in r}
         self.isolated_default = {b: r["images_per_s"]["median"] for b, r in defaults.items()}
         notes = []
+        if any(r.get("utilisation", 0) > 1 for r in rows):
+            notes.append("utilisation above 100%: that precision's matmul is slower on this device than its "
+                         "convolutions, so the matmul figure is no upper bound there")
         if not bs.has_fast_bf16(self.device):
             notes.append("this device has no native bf16 units: bf16 autocast falls back to slow reference kernels, "
                          "so precision=auto resolves to fp32 here; bf16 is measured with as few steps as the "
