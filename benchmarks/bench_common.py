@@ -124,6 +124,8 @@ def machine_facts() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        # OpenMP settings in effect (p2p_dist defaults OMP_WAIT_POLICY to PASSIVE): they change CPU timings.
+        "openmp_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "mkldnn": torch.backends.mkldnn.is_available(),
         "deepspeed": _version("deepspeed"),
         "dali": _dali_version(),

@@ -51,7 +51,7 @@ def markdown(result: dict) -> str:
     lines += [f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB"
               + (f"; GPU: {', '.join(m['gpus'])}" if m["gpus"] else "; no GPU"),
               f"- software: torch {m['torch']}, deepspeed {m['deepspeed']}, DALI {m['dali']}, "
-              f"webdataset {m['webdataset']}, Python {m['python']}",
+              f"webdataset {m['webdataset']}, Python {m['python']}; OpenMP env {m.get('openmp_env', '?')}",
               f"- model: pix2pix unet + PatchGAN at {plan['resolution']}x{plan['resolution']}"
               + (f", overrides {' '.join(plan['model_overrides'])}" if plan["model_overrides"] else
                  " (p2p_dist defaults: ngf=ndf=64, batch norm)") + ("; QUICK run (tiny, not a measurement)"

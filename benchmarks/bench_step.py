@@ -4,10 +4,10 @@ Every variant trains the same models (same seed, same initial weights) on the sa
 input decoding is excluded (the data section and the real loop measure it). Variants are measured in
 interleaved rounds (A, B, C, A, B, C, ...) so that load changing on a shared machine hits them alike.
 
-Per variant and batch size: images/s and seconds per step (median, min, max over repeats after warm-up),
-model FLOPs per image (torch.utils.flop_counter over one real step: forward and backward of both networks,
-all three discriminator passes), FLOP/s utilisation against the device's measured matmul peak, and peak
-memory: the resident state (parameters, gradients, optimizer state) plus the step's transient peak
+Per variant and batch size: images/s, seconds per step and process CPU seconds per image (median, min, max
+over repeats after warm-up), model FLOPs per image (torch.utils.flop_counter over one real step: forward
+and backward of both networks, all three discriminator passes), FLOP/s utilisation against the device's
+measured matmul peak, and peak memory: the resident state (parameters, gradients, optimizer state) plus the step's transient peak
 (``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak of tensor storage allocated inside the step,
 tracked per ATen op, since RSS cannot be reset per variant).
 """
