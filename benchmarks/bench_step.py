@@ -60,21 +60,21 @@ class Variant:
     name: str
     implementation: str  # "p2p_dist" (the DeepSpeed engines) or "reference" (eager, the reference recipe)
     precision: str = "auto"  # as requested in the config; resolved per device
-    channels_last: bool | None = None  # None: the config default
+    memory_format: str | None = None  # train.memory_format; None: the config default (reference: contiguous)
     norm: str | None = None  # None: the config default
     joint_d_forward: bool | None = None  # None: the engine's own choice (joint with instance norm)
     compile: bool = False
     threads: int | None = None  # None: leave torch's thread count alone
     mkldnn: bool = True
     zero_stage: int = 0
-    fused_adam: bool = False  # switch the engines' torch.optim.Adam to its fused implementation
-    skip_single_rank_allreduce: bool = False  # no gradient all-reduce (flatten, copy back) in a group of one
+    for_loop_adam: bool = False  # torch's per-tensor Adam (its CPU default) instead of the engines' fused one
+    single_rank_allreduce: bool = False  # DeepSpeed's gradient all-reduce even in a group of one (an identity)
     default: bool = False  # p2p_dist's default configuration (what a user gets without options)
 
     def overrides(self) -> list[str]:
         out = [f"precision={self.precision}", f"zero_stage={self.zero_stage}"]
-        if self.channels_last is not None:
-            out.append(f"train.channels_last={str(self.channels_last).lower()}")
+        if self.memory_format is not None:
+            out.append(f"train.memory_format={self.memory_format}")
         if self.norm is not None:
             out.append(f"model.norm={self.norm}")
         if self.compile:
@@ -87,7 +87,7 @@ def default_variant() -> Variant:
 
 
 def reference_variant() -> Variant:
-    return Variant("reference eager fp32", "reference", precision="fp32", channels_last=False)
+    return Variant("reference eager fp32", "reference", precision="fp32")
 
 
 def precision_variants(device: torch.device) -> list[Variant]:
@@ -142,24 +142,20 @@ class ReferenceStep:
 class EngineStep:
     """p2p_dist's training step (``Pix2Pix.train_step``: two DeepSpeed engines)."""
 
-    def __init__(self, cfg: Config, rt: Runtime, joint_d_forward: bool | None = None, fused_adam: bool = False,
-                 skip_single_rank_allreduce: bool = False) -> None:
+    def __init__(self, cfg: Config, rt: Runtime, joint_d_forward: bool | None = None, for_loop_adam: bool = False,
+                 single_rank_allreduce: bool = False) -> None:
         self.model = Pix2Pix(cfg, rt, STEPS_FOREVER)
         if joint_d_forward is not None:
             # Only meaningful with instance norm: with batch norm a joint forward changes the maths.
             self.model.joint_d_forward = joint_d_forward
-        if fused_adam:
-            # What `torch.optim.Adam(..., fused=True)` in the engines would do: Adam reads these per step.
+        if for_loop_adam:
+            # The engines build torch.optim.Adam(fused=True); Adam reads these flags at every step.
             for engine in (self.model.G, self.model.D):
                 for group in engine.optimizer.param_groups:
-                    group.update(fused=True, foreach=False)
-        if skip_single_rank_allreduce:
-            if rt.world_size != 1 or cfg.zero_stage != 0:
-                raise ValueError("skip_single_rank_allreduce is only the same maths for one rank at ZeRO-0")
-            # DeepSpeed still flattens every gradient into a buffer, all-reduces it over the one rank and
-            # copies it back; over one rank that is the identity.
+                    group.update(fused=False, foreach=False)
+        if single_rank_allreduce:
             for engine in (self.model.G, self.model.D):
-                engine.enable_backward_allreduce = False
+                engine.enable_backward_allreduce = True
 
     def __call__(self, batch: dict) -> None:
         self.model.train_step([batch])  # one optimiser step over one micro-batch (train.grad_accum=1)
@@ -193,13 +189,13 @@ def build_variant(variant: Variant, rt: Runtime, resolution: int, seed: int = 0,
     cfg = config_for(resolution, 1, *model_overrides, *variant.overrides())
     torch.manual_seed(seed)
     if variant.implementation == "reference":
-        step = ReferenceStep(cfg, rt.device, channels_last=bool(variant.channels_last))
+        step = ReferenceStep(cfg, rt.device, channels_last=variant.memory_format == "channels_last")
         return BuiltVariant(variant, step, "fp32", step.state_roots())
     if variant.implementation != "p2p_dist":
         raise ValueError(f"unknown implementation {variant.implementation!r} in variant {variant.name!r}")
     precision = resolve_precision(cfg.precision, cfg.zero_stage, rt.device)
     step = EngineStep(cfg, dataclasses.replace(rt, precision=precision), variant.joint_d_forward,
-                      variant.fused_adam, variant.skip_single_rank_allreduce)
+                      variant.for_loop_adam, variant.single_rank_allreduce)
     return BuiltVariant(variant, step, precision, step.state_roots())
 
 
@@ -490,16 +486,17 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
     cores = torch.get_num_threads()
     variants = [
         default_variant(),
-        Variant("channels_last off", "p2p_dist", channels_last=False),
-        Variant("fused Adam", "p2p_dist", fused_adam=True),
-        Variant("no gradient all-reduce in a group of one", "p2p_dist", skip_single_rank_allreduce=True),
-        Variant("channels_last off + fused Adam + no 1-rank all-reduce", "p2p_dist", channels_last=False,
-                fused_adam=True, skip_single_rank_allreduce=True),
+        Variant("channels_last inputs", "p2p_dist", memory_format="channels_last"),
+        Variant("for-loop Adam (torch's CPU default)", "p2p_dist", for_loop_adam=True),
+        Variant("DeepSpeed's all-reduce in a group of one", "p2p_dist", single_rank_allreduce=True),
+        Variant("all three: the default before 2026-11-25", "p2p_dist", memory_format="channels_last",
+                for_loop_adam=True, single_rank_allreduce=True),
         Variant("oneDNN (mkldnn) off", "p2p_dist", mkldnn=False),
         Variant("instance norm, joint D forward", "p2p_dist", norm="instance"),
         Variant("instance norm, separate D forwards", "p2p_dist", norm="instance", joint_d_forward=False),
         reference_variant(),
-        Variant("reference eager fp32 + channels_last inputs", "reference", precision="fp32", channels_last=True),
+        Variant("reference eager fp32 + channels_last inputs", "reference", precision="fp32",
+                memory_format="channels_last"),
     ]
     if device.type == "cpu" and cores > 1:
         variants.append(Variant(f"{cores // 2} thread(s) instead of {cores}", "p2p_dist", threads=cores // 2))

@@ -14,7 +14,7 @@ Sections:
              and the ratio of p2p_dist's default configuration to it
   loop       a short real `launch/train.py` run on the demo shards: images/s and data-wait share
   scaling    1 vs 2 (..N GPUs) processes under `deepspeed --num_gpus N launch/train.py`
-  candidates (not in the default set) channels_last, oneDNN, norm, joint D forward, threads, compile, Adam
+  candidates (not in the default set) memory format, Adam kernel, 1-rank all-reduce, oneDNN, norm, joint D forward, threads, compile; Adam implementations alone
 
 Writes benchmarks/results/<machine>-<date>[-quick][-<sections>].json, .md and .png, and prints the Markdown.
 """

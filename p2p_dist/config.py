@@ -75,7 +75,10 @@ class TrainConfig:
     lambda_l1: float = opt(100.0, "Weight of the L1 term in the generator loss.")
     gan_loss: str = opt("vanilla", "GAN objective: vanilla (BCE with logits, the paper) or lsgan.",
                         choices=("vanilla", "lsgan"))
-    channels_last: bool = opt(True, "Use channels_last memory format (faster convolutions, same maths).")
+    memory_format: str = opt("auto", "Layout of the images fed to the convolutions (same maths): auto = "
+                             "channels_last on CUDA (cuDNN's fast NHWC kernels), contiguous on CPU (oneDNN would "
+                             "re-lay out the contiguous weights at every convolution; measured slower).",
+                             choices=("auto", "channels_last", "contiguous"))
     compile: bool = opt(False, "torch.compile both networks (slow start, faster steps on GPU).")
 
 

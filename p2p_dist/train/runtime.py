@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +66,12 @@ def resolve_precision(requested: str, zero_stage: int, device: torch.device) -> 
             raise ConfigError("precision=fp16 needs a CUDA device (CPU fp16 kernels are not supported here); "
                               "use precision=bf16 or fp32")
     return requested
+
+
+def resolve_memory_format(requested: str, device: torch.device) -> torch.memory_format:
+    if requested == "auto":
+        return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[requested]
 
 
 def init_runtime(cfg: Config) -> Runtime:

@@ -43,7 +43,7 @@ def full_result() -> dict:
                                            "data_wait_fraction": summarise([0.0])}
                                           for n, r in ((1, 0.6), (2, 0.54))],
                         "note": "CPU processes share the cores."},
-            "candidates": {**loads, "rows": [{**step_row("channels_last off", 4, 0.5), "vs_default": 1.25}],
+            "candidates": {**loads, "rows": [{**step_row("channels_last inputs", 4, 0.5), "vs_default": 1.25}],
                            "adam": [{"implementation": "fused", "step_s": summarise([0.1]), "speedup": 3.0,
                                      "max_abs_diff": 1e-9}]},
         },

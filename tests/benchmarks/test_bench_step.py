@@ -99,7 +99,8 @@ def test_reference_step_trains_both_networks_and_leaves_d_frozen(one_thread):
 def test_reference_rows_have_per_image_flops_independent_of_batch_and_sane_memory(one_thread):
     built = [bs.build_variant(v, CPU_FP32, 128, model_overrides=TINY)
              for v in (bs.reference_variant(),
-                       bs.Variant("reference + channels_last", "reference", precision="fp32", channels_last=True))]
+                       bs.Variant("reference + channels_last", "reference", precision="fp32",
+                                  memory_format="channels_last"))]
     rows = bs.measure_variants(built, plan(batch_sizes=[1, 2], warmup=1, repeats=2), torch.device("cpu"),
                                log=lambda line: None)
     assert [(r["variant"], r["batch_size"]) for r in rows] == [
@@ -166,20 +167,22 @@ def test_default_engine_and_reference_train_the_same_flops_and_give_comparable_r
     assert default["images_per_s"]["median"] > 0 and reference["images_per_s"]["median"] > 0
 
 
-def test_fused_adam_variant_makes_the_engines_step_with_the_fused_kernel(engine_runtime):
-    variant = bs.Variant("fused Adam", "p2p_dist", fused_adam=True)
-    built = bs.build_variant(variant, engine_runtime, 128, model_overrides=TINY)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        built(bs.make_batch(1, 128, torch.device("cpu")))
-    assert sum(e.key == "aten::_fused_adam_" for e in prof.key_averages()) == 1  # G's and D's steps
+def test_engines_step_with_fused_adam_and_the_for_loop_variant_without_it(engine_runtime):
+    fused_calls = {}
+    for variant in (bs.default_variant(), bs.Variant("for-loop Adam", "p2p_dist", for_loop_adam=True)):
+        built = bs.build_variant(variant, engine_runtime, 128, model_overrides=TINY)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            built(bs.make_batch(1, 128, torch.device("cpu")))
+        fused_calls[variant.name] = sum(e.count for e in prof.key_averages() if e.key == "aten::_fused_adam_")
+    assert fused_calls == {"p2p_dist default": 2, "for-loop Adam": 0}  # G's and D's steps
 
 
 def test_skipping_the_one_rank_gradient_all_reduce_trains_bit_identically(engine_runtime):
-    variants = (bs.default_variant(), bs.Variant("no all-reduce", "p2p_dist", skip_single_rank_allreduce=True))
+    variants = (bs.default_variant(), bs.Variant("all-reduce", "p2p_dist", single_rank_allreduce=True))
     built = [bs.build_variant(v, engine_runtime, 128, model_overrides=TINY) for v in variants]
     for b in built:
         for step in range(2):
             torch.manual_seed(step)  # the same dropout masks in both
             b(bs.make_batch(1, 128, torch.device("cpu"), seed=step))
-    default, skipped = ([p.detach() for root in b.roots[:2] for p in root.parameters()] for b in built)
-    assert all(torch.equal(a, b) for a, b in zip(default, skipped))
+    skipped, reduced = ([p.detach() for root in b.roots[:2] for p in root.parameters()] for b in built)
+    assert all(torch.equal(a, b) for a, b in zip(skipped, reduced))
