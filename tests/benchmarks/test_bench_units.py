@@ -93,3 +93,15 @@ def test_targets_are_judged_against_the_measured_values():
     assert ratio["met"] is False and ratio["measured"] == "1.50x"
     assert wait["met"] is True
     assert scaling["met"] is None and "45%" in scaling["measured"]
+
+
+def test_the_speed_up_target_reports_the_bound_set_by_the_fp32_matmul_peak():
+    result = {"sections": {
+        "step": {"peaks": {"fp32": {"peak_flops": 150e9}}},
+        "baseline": {"comparison": [{"batch_size": 4, "ratio": 0.9}],
+                     "reference_rows": [{"batch_size": 4, "flops_per_image": 50e9,
+                                         "images_per_s": common.summarise([1.0, 1.0])}]},
+    }}
+    assert bench_run.fp32_ceiling(result) == pytest.approx(3.0)  # 150 GFLOP/s / (50 GFLOP x 1 image/s)
+    (ratio,) = bench_run.evaluate_targets(result)
+    assert ratio["measured"].startswith("0.90x; at unchanged fp32 maths at most 3.00x here")
