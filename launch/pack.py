@@ -5,7 +5,9 @@
   python launch/pack.py demo --out shards/demo                                # synthetic demo set
   python launch/pack.py verify shards/cityscapes [--full]
 
-Packing writes DIR/{split}/shard-NNNNNN.tar with a DALI index beside each, and DIR/manifest.json last.
+Packing writes DIR/{split}/shard-NNNNNN.tar with a DALI index beside each, and DIR/manifest.json last. The
+set is built in a hidden directory beside DIR and moved in once complete: a run that stops, even one with
+--overwrite, leaves DIR as it was.
 A bad source file is named and skipped (counted in the manifest), or stops the run with --strict.
 verify exits 1 and names the shard on any mismatch with the manifest.
 """
@@ -16,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from p2p_dist.cli import parse_size
 from p2p_dist.data.shards import (
     DEFAULT_SAMPLES_PER_SHARD,
     JPEG_SUBSAMPLING,
@@ -25,19 +28,11 @@ from p2p_dist.data.shards import (
     ShardError,
     ensure_demo_shards,
     pack_pairs,
-    parse_size,
     verify_shards,
 )
 from p2p_dist.data.sources import scan_aligned, scan_cityscapes
 
 SCANNERS = {"cityscapes": scan_cityscapes, "aligned": scan_aligned}
-
-
-def _size(text: str) -> tuple[int, int] | None:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _splits(text: str) -> tuple[str, ...]:
@@ -54,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     packing = argparse.ArgumentParser(add_help=False)
     packing.add_argument("--out", type=Path, required=True, help="shard set directory to write")
-    packing.add_argument("--size", type=_size, default="512x256",
+    packing.add_argument("--size", type=parse_size, default="512x256",
                          help="storage box WIDTHxHEIGHT, aspect ratio kept, or 'native' (default: 512x256)")
     packing.add_argument("--jpeg-quality", type=int, default=95, help="photo JPEG quality (default: 95)")
     packing.add_argument("--jpeg-subsampling", choices=JPEG_SUBSAMPLING, default="4:2:0",
@@ -72,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     from_source.add_argument("--splits", type=_splits, default=("train", "val"),
                              help="comma-separated splits to pack (default: train,val)")
     from_source.add_argument("--strict", action="store_true", help="stop at the first bad source file")
-    from_source.add_argument("--overwrite", action="store_true", help="replace a shard set already in --out")
+    from_source.add_argument("--overwrite", action="store_true",
+                             help="replace a shard set already in --out (only once the new one is complete)")
 
     commands.add_parser("cityscapes", parents=[from_source], help="official Cityscapes leftImg8bit/ + gtFine/",
                         description="Pack the official Cityscapes download (leftImg8bit/ and gtFine/ under ROOT).")
@@ -83,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "already holds it with these settings).")
     demo.add_argument("--num-train", type=int, default=300, help="training scenes (default: 300)")
     demo.add_argument("--num-val", type=int, default=100, help="validation scenes (default: 100)")
-    demo.add_argument("--demo-size", type=_size, default="512x256", help="generated image size (default: 512x256)")
+    demo.add_argument("--demo-size", type=parse_size, default="512x256", help="generated image size (default: 512x256)")
     demo.add_argument("--seed", type=int, default=0, help="scene generator seed (default: 0)")
 
     verify = commands.add_parser("verify", help="check a shard set against its manifest",

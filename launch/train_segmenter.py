@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from p2p_dist.config import BACKENDS
 from p2p_dist.eval.segmenter import SegmenterTrainConfig, ensure_segmenter, read_sidecar, train_segmenter
 
 DEFAULTS = SegmenterTrainConfig()
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=DEFAULTS.width,
                         help=f"channels of the first stage; parameters grow with its square "
                              f"(default: {DEFAULTS.width})")
-    parser.add_argument("--backend", choices=("dali", "webdataset"), default=DEFAULTS.backend,
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend,
                         help=f"data loader (default: {DEFAULTS.backend})")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"default: {DEFAULTS.seed}")
     parser.add_argument("--device", default=None, help="torch device (default: the current CUDA device, else cpu)")

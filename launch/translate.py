@@ -24,21 +24,10 @@ accepted sizes. With --input and --output it also translates.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``WxH`` -> (height, width)."""
-    match = SIZE_PATTERN.match(text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not of the form WxH (e.g. 512x256)")
-    width, height = int(match[1]), int(match[2])
-    return height, width
-
+from p2p_dist.cli import parse_size
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,9 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"generator: {checkpoint} (unet_{generator.size_multiple}, {cfg.data.label_encoding} labels) on "
               f"{next(generator.parameters()).device}", file=sys.stderr)
         if translating:
+            size = None if args.size is None else (args.size.height, args.size.width)  # torch order
             outputs = translate_paths(
                 generator, cfg, list_label_maps(args.input), args.output, batch_size=args.batch_size,
-                size=args.size, dropout=not args.no_dropout, norm_mode=args.norm_mode,
+                size=size, dropout=not args.no_dropout, norm_mode=args.norm_mode,
                 input_format=args.input_format, seed=args.seed, progress=not args.no_progress)
             print(f"wrote {len(outputs)} photos to {args.output}", file=sys.stderr)
         if args.export is not None:

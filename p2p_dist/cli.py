@@ -1,11 +1,35 @@
-"""Argument parsing shared by the launch/ scripts: `--config FILE.yaml` then dotted `key=value` overrides."""
+"""Argument parsing shared by the launch/ scripts: `--config FILE.yaml` then dotted `key=value` overrides, and
+image sizes written ``WxH``."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from typing import NamedTuple
 
 from p2p_dist.config import Config, ConfigError, describe, load_config
+
+_SIZE = re.compile(r"(\d+)x(\d+)")
+
+
+class ImageSize(NamedTuple):
+    """Named fields because PIL orders sizes (width, height) and torch shapes (height, width)."""
+
+    width: int
+    height: int
+
+
+def parse_size(text: str) -> ImageSize | None:
+    """argparse type: ``"512x256"`` (WxH) -> ImageSize(width=512, height=256); ``"native"`` -> None (each
+    image keeps its own size)."""
+    if text.strip().lower() == "native":
+        return None
+    match = _SIZE.fullmatch(text.strip().lower())
+    if not match or 0 in (int(match[1]), int(match[2])):
+        raise argparse.ArgumentTypeError(f"size {text!r} is not of the form WxH (WIDTHxHEIGHT, e.g. 512x256) "
+                                         f"or 'native'")
+    return ImageSize(int(match[1]), int(match[2]))
 
 
 def config_parser(description: str, default_config: str | None = None) -> argparse.ArgumentParser:

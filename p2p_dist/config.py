@@ -22,6 +22,14 @@ class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
 
 
+# Allowed values of choice options that modules implement. They are defined here, once, and the modules
+# import them: this file stays free of torch, so the launchers can validate a config before heavy imports.
+BACKENDS = ("dali", "webdataset")             # data.loader: p2p_dist.data.loader.build_loader
+LABEL_ENCODINGS = ("color", "onehot")         # data.label_encoding: p2p_dist.data.loader.encode_label
+NORMS = ("batch", "instance", "syncbatch")    # model.norm: p2p_dist.models.norm.make_norm
+GAN_MODES = ("vanilla", "lsgan")              # train.gan_loss: p2p_dist.models.losses.GANLoss
+
+
 def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:  # noqa: A002
     """A config field with its documentation, allowed values (checked by `validate`), and the alternative
     field that setting this one resets (train.steps and train.epochs: a later layer picks one of them)."""
@@ -34,14 +42,14 @@ def opt(default: Any, help: str, choices: tuple | None = None, clears: str | Non
 @dataclass
 class DataConfig:
     shards: str = opt("shards/demo", "Shard directory holding manifest.json (built by launch/pack.py). "
-                      "The demo shards are built here automatically when missing.")
+                      "At this default path the demo shards are built automatically when missing or stale.")
     loader: str = opt("dali", "Input pipeline: NVIDIA DALI (GPU decode on CUDA machines) or webdataset + "
-                      "torch DataLoader.", choices=("dali", "webdataset"))
+                      "torch DataLoader.", choices=BACKENDS)
     load_size: int = opt(286, "Images are resized to this square size before the random crop (paper: 286).")
     crop_size: int = opt(256, "Random crop size = training resolution; 128, 256 or 512 (the U-Net depth follows).")
     flip: bool = opt(True, "Random horizontal flip, the same draw for label map and photo.")
     label_encoding: str = opt("color", "Generator input: the paper's 3-channel colour label map, or one-hot ids "
-                              "(34 channels).", choices=("color", "onehot"))
+                              "(34 channels).", choices=LABEL_ENCODINGS)
     num_workers: int = opt(2, "Decoding threads (DALI) or DataLoader worker processes (webdataset) per rank.")
 
 
@@ -51,7 +59,7 @@ class ModelConfig:
     ndf: int = opt(64, "Discriminator width (filters in the first conv layer).")
     d_layers: int = opt(3, "PatchGAN depth: 3 gives the paper's 70x70 receptive field.")
     norm: str = opt("batch", "Normalisation layers. Use instance or syncbatch with more than one rank: plain "
-                    "batch norm keeps per-rank running statistics.", choices=("batch", "instance", "syncbatch"))
+                    "batch norm keeps per-rank running statistics.", choices=NORMS)
     dropout: bool = opt(True, "Dropout 0.5 in the three innermost decoder blocks (the paper's noise source).")
     init_gain: float = opt(0.02, "Std of the N(0, gain) weight initialisation.")
     pretrained_g: str = opt("", "Reference implementation checkpoint (latest_net_G.pth, unet_256) to start G from.")
@@ -74,7 +82,7 @@ class TrainConfig:
     beta2: float = opt(0.999, "Adam beta2 for both networks.")
     lambda_l1: float = opt(100.0, "Weight of the L1 term in the generator loss.")
     gan_loss: str = opt("vanilla", "GAN objective: vanilla (BCE with logits, the paper) or lsgan.",
-                        choices=("vanilla", "lsgan"))
+                        choices=GAN_MODES)
     memory_format: str = opt("auto", "Layout of the images fed to the convolutions (same maths): auto = "
                              "channels_last on CUDA (cuDNN's fast NHWC kernels), contiguous on CPU (oneDNN would "
                              "re-lay out the contiguous weights at every convolution; measured slower).",

@@ -123,8 +123,7 @@ def encode_labels(ids: torch.Tensor, encoding: str) -> torch.Tensor:
         raise ValueError(f"encoding must be one of {', '.join(LABEL_CHANNELS)}, got {encoding!r}")
     if ids.dim() != 3 or ids.dtype != torch.uint8:
         raise ValueError(f"ids must be a (B, H, W) uint8 tensor, got {tuple(ids.shape)} {ids.dtype}")
-    if ids.numel() and int(ids.max()) >= labels.NUM_IDS:
-        raise ValueError(f"label ids must lie in [0, {labels.NUM_IDS - 1}], got {int(ids.max())}")
+    labels.check_label_ids(ids, "ids")
     return encode_label(ids, encoding)
 
 
@@ -154,10 +153,9 @@ def read_label_ids(path: Path, input_format: str = "auto") -> np.ndarray:
         array = array[..., 0]
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
         raise TranslateError(f"{path}: label ids must be integers, got pixel type {array.dtype}")
-    if array.size and (array.min() < 0 or array.max() >= labels.NUM_IDS):
-        raise TranslateError(
-            f"{path}: label ids must lie in 0..{labels.NUM_IDS - 1} (a *_labelIds.png map), found "
-            f"{int(array.min())}..{int(array.max())}; trainIds and instanceIds maps are not label-id maps")
+    problem = labels.label_id_problem(array)
+    if problem:
+        raise TranslateError(f"{path}: {problem}")
     return array.astype(np.uint8)
 
 

@@ -61,12 +61,30 @@ def label_table() -> dict:
     }
 
 
+def label_id_problem(ids: ArrayOrTensor) -> str | None:
+    """None when every value of ``ids`` (a numpy array or a torch tensor) is a Cityscapes label id, else a
+    sentence naming the values that are not (for the caller to prefix with the file they came from)."""
+    outside = (ids < 0) | (ids >= NUM_IDS)
+    if not outside.any():
+        return None
+    values = sorted(set(ids[outside].tolist()))
+    listed = ", ".join(map(str, values[:8])) + (f" and {len(values) - 8} more" if len(values) > 8 else "")
+    return (f"values {listed} are not Cityscapes label ids 0..{NUM_IDS - 1} (a *_labelIds map holds them; "
+            f"trainIds and instanceIds maps hold other numbers)")
+
+
+def check_label_ids(ids: ArrayOrTensor, source: object) -> None:
+    """Raise a ValueError naming ``source`` (a file, or what the values are) and the offending values unless
+    every value of ``ids`` is a Cityscapes label id."""
+    problem = label_id_problem(ids)
+    if problem:
+        raise ValueError(f"{source}: {problem}")
+
+
 def ids_to_color(ids: np.ndarray) -> np.ndarray:
     """HxW label ids -> HxWx3 uint8 colour map (the official ``gtFine_color`` colours)."""
     ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= NUM_IDS):
-        bad = ids[(ids < 0) | (ids >= NUM_IDS)]
-        raise ValueError(f"label ids must lie in [0, {NUM_IDS - 1}], got value {int(bad.flat[0])}")
+    check_label_ids(ids, "ids_to_color")
     return np.take(PALETTE, ids, axis=0)  # several times faster than PALETTE[ids] for an image of ids
 
 

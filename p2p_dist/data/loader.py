@@ -31,12 +31,11 @@ from pathlib import Path
 
 import torch
 
+from p2p_dist.config import BACKENDS, LABEL_ENCODINGS
 from p2p_dist.data import labels
 from p2p_dist.data.order import EpochPlan, Geometry, SampleOrder
 from p2p_dist.data.shards import ShardSet
 
-BACKENDS = ("dali", "webdataset")
-LABEL_ENCODINGS = ("color", "onehot")
 CPU = torch.device("cpu")
 
 

@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ from PIL import Image
 from tqdm import tqdm
 from wds2idx import IndexCreator
 
+from p2p_dist.atomic_write import fsync_dir, write_atomically
 from p2p_dist.data import labels, synthetic
 from p2p_dist.data.sources import BadSourceFile, SourceProblem, SourceSample, SourceScan, scan_cityscapes
 
@@ -55,6 +57,8 @@ META_MEMBER = "json"
 LABEL_MEMBERS = {"png": "label.png", "raw": "label.pgm"}
 JPEG_SUBSAMPLING = ("4:4:4", "4:2:2", "4:2:0")
 DEFAULT_SIZE = (512, 256)
+# data.shards' default (p2p_dist/config.py): the one directory where training builds the demo set on demand.
+DEMO_SHARDS = Path("shards/demo")
 DEFAULT_SAMPLES_PER_SHARD = 256
 TAR_BLOCK = 512
 # Fixed tar header fields: with these the same inputs give byte-identical shards.
@@ -72,16 +76,6 @@ class PackError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- settings
-
-
-def parse_size(text: str) -> tuple[int, int] | None:
-    """``"512x256"`` -> (512, 256); ``"native"`` -> None (keep every image's own size)."""
-    if text.strip().lower() == "native":
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or 0 in (int(match[1]), int(match[2])):
-        raise ValueError(f"size {text!r} is neither WIDTHxHEIGHT (e.g. 512x256) nor 'native'")
-    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True)
@@ -182,12 +176,6 @@ def decode_photo(data: bytes | memoryview) -> np.ndarray:
         if image.mode != "RGB":
             raise ValueError(f"photo has mode {image.mode!r}, expected RGB")
         return np.asarray(image)
-
-
-def check_label_values(ids: np.ndarray) -> None:
-    if ids.size and ids.max() >= labels.NUM_IDS:
-        raise ValueError(f"label values {np.unique(ids[ids >= labels.NUM_IDS])[:8].tolist()} are not in the "
-                         f"label table (ids 0..{labels.NUM_IDS - 1})")
 
 
 # ------------------------------------------------------------------------------------------- index files
@@ -305,8 +293,7 @@ def _encode_sample(sample: SourceSample, settings: PackSettings, root: Path) -> 
 
 
 class _SplitWriter:
-    """Writes one split's shards. A shard gets its final name only when complete: it is written under a
-    hidden ``.partial`` name, indexed, hashed, fsynced, then renamed (index first, tar second)."""
+    """Writes one split's shards into the staging directory: each tar, then its DALI index, both fsynced."""
 
     def __init__(self, out_dir: Path, split: str, samples_per_shard: int) -> None:
         self.out_dir = out_dir
@@ -323,16 +310,12 @@ class _SplitWriter:
         stem = f"shard-{number:06d}"
         return self.split_dir / f"{stem}.tar", self.split_dir / f"{stem}.idx"
 
-    @staticmethod
-    def _partial(path: Path) -> Path:
-        return path.with_name(f".{path.name}{_PARTIAL_SUFFIX}")
-
     def add(self, sample: _Encoded) -> None:
         if self._writer is None:
             import webdataset as wds  # imports torch: seconds that the (spawned) encoding workers never need
 
             tar_path, _ = self._names(len(self.shards))
-            self._file = open(self._partial(tar_path), "wb")
+            self._file = open(tar_path, "wb")
             self._writer = wds.TarWriter(self._file, encoder=False, mtime=TAR_MTIME, user=TAR_USER,
                                          group=TAR_USER, mode=0o444)
         self._writer.write({"__key__": sample.key, **sample.members})
@@ -343,18 +326,15 @@ class _SplitWriter:
     def finish(self) -> list[dict]:
         if self._writer is not None:
             self._finish_shard()
-        _fsync_dir(self.split_dir)
+        fsync_dir(self.split_dir)
         return self.shards
 
     def abort(self) -> None:
-        """Remove everything this writer wrote: the shard in progress and the finished ones."""
+        """Close the shard in progress (the staging directory, with everything in it, is then removed)."""
         if self._writer is not None:
             with suppress(Exception):  # the shard is discarded: whether its tar trailer gets written is moot
                 self._writer.close()
             self._file.close()
-        for partial_file in self.split_dir.glob(f".*{_PARTIAL_SUFFIX}"):
-            partial_file.unlink()
-        _remove_shards(self.out_dir, self.shards)
 
     def _finish_shard(self) -> None:
         self._writer.close()
@@ -363,69 +343,76 @@ class _SplitWriter:
         self._file.close()
         self._writer = self._file = None
         tar_path, index_path = self._names(len(self.shards))
-        partial_tar, partial_index = self._partial(tar_path), self._partial(index_path)
-        build_index(partial_tar, partial_index)
-        index_text = partial_index.read_text()
-        indexed = parse_index(index_text, partial_index)
+        build_index(tar_path, index_path)
+        index_text = index_path.read_text()
+        indexed = parse_index(index_text, index_path)
         if [sample.key for sample in indexed] != self._keys:
             raise PackError(f"{tar_path}: the DALI index of the new shard does not list the samples written")
-        with open(partial_index, "rb+") as stream:
+        with open(index_path, "rb+") as stream:
             os.fsync(stream.fileno())
-        entry = {
+        self.shards.append({
             "tar": tar_path.relative_to(self.out_dir).as_posix(),
             "index": index_path.relative_to(self.out_dir).as_posix(),
             "num_samples": len(indexed),
-            "size_bytes": partial_tar.stat().st_size,
-            "sha256": _sha256_file(partial_tar),
+            "size_bytes": tar_path.stat().st_size,
+            "sha256": _sha256_file(tar_path),
             "index_sha256": hashlib.sha256(index_text.encode()).hexdigest(),
-            "sample_crc32": _sample_crcs(partial_tar, indexed),
-        }
-        os.replace(partial_index, index_path)
-        os.replace(partial_tar, tar_path)
-        self.shards.append(entry)
+            "sample_crc32": _sample_crcs(tar_path, indexed),
+        })
         self._keys = []
 
 
-def _remove_shards(out_dir: Path, shards: list[dict]) -> None:
-    for shard in shards:
-        for name in (shard["index"], shard["tar"]):
-            (out_dir / name).unlink(missing_ok=True)
+def _set_files(out_dir: Path) -> list[Path]:
+    """The files of the shard set in ``out_dir``, manifest first: what an overwrite replaces."""
+    manifest = [out_dir / MANIFEST_NAME] if (out_dir / MANIFEST_NAME).exists() else []
+    return manifest + sorted(out_dir.glob("*/shard-*.tar")) + sorted(out_dir.glob("*/shard-*.idx"))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    partial_path = path.with_name(f".{path.name}{_PARTIAL_SUFFIX}")
-    with open(partial_path, "w") as stream:
-        json.dump(data, stream, indent=1, sort_keys=True)
-        stream.write("\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial_path, path)
-    _fsync_dir(path.parent)
-
-
-def _prepare_out_dir(out_dir: Path, splits: Iterable[str], overwrite: bool) -> None:
-    """Refuse to mix with an existing shard set unless ``overwrite``; then clear the old one (manifest first,
-    so an interrupted overwrite never leaves a manifest describing half-replaced shards)."""
+def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Check ``out_dir`` and return an empty hidden sibling to pack into. A sibling is on the same file
+    system, so the finished set moves into ``out_dir`` by renames (``_swap_in``)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise PackError(f"output {out_dir} exists and is not a directory")
-    old = [out_dir / MANIFEST_NAME] if (out_dir / MANIFEST_NAME).exists() else []
-    old += sorted(out_dir.glob("*/shard-*.tar")) + sorted(out_dir.glob("*/shard-*.idx"))
+    old = _set_files(out_dir)
     if old and not overwrite:
         raise PackError(f"output {out_dir} already holds a shard set ({old[0]}, ...); pass --overwrite to "
                         f"replace it or choose another --out")
-    for path in old:
+    resolved = out_dir.resolve()
+    staging = resolved.with_name(f".{resolved.name}{_PARTIAL_SUFFIX}")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    staging.mkdir(parents=True)
+    if out_dir.exists() and staging.stat().st_dev != resolved.stat().st_dev:
+        staging.rmdir()
+        raise PackError(f"output {out_dir} is a mount point: the new set could not be moved in by renames; "
+                        f"pack into a directory inside it")
+    return staging
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace the shard set in ``out_dir`` with the complete one in ``staging``. Other files in ``out_dir``
+    (a segmenter cache, notes) stay. The old manifest goes first and the new one comes last, so even a crash
+    during these renames leaves no manifest describing shards other than its own."""
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        fsync_dir(staging.parent)
+        return
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    fsync_dir(out_dir)
+    old_shards = _set_files(out_dir)
+    for path in old_shards:
         path.unlink()
-    for path in out_dir.glob(f"*/.*{_PARTIAL_SUFFIX}"):  # left by a killed run
-        path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for split_dir in {path.parent for path in old_shards}:
+        with suppress(OSError):  # keeps a split directory that holds anything else
+            split_dir.rmdir()
+    for split_dir in sorted(path for path in staging.iterdir() if path.is_dir()):
+        target = out_dir / split_dir.name
+        target.mkdir(exist_ok=True)
+        for path in sorted(split_dir.iterdir()):
+            os.replace(path, target / path.name)
+        fsync_dir(target)
+    os.replace(staging / MANIFEST_NAME, out_dir / MANIFEST_NAME)
+    fsync_dir(out_dir)
+    shutil.rmtree(staging)
 
 
 @contextmanager
@@ -488,7 +475,10 @@ def pack_pairs(
 
     A bad source file (and every file a scan left out, e.g. a photo without a label map) is named on stderr
     and recorded under the split's ``skipped`` in the manifest; with ``strict`` the first one stops the run.
-    A run that stops (error, ``strict``, interrupt) removes every shard it wrote and writes no manifest.
+
+    The set is packed in a hidden sibling directory and moved into ``out_dir`` only once complete, replacing
+    the set there with ``overwrite`` (``_swap_in``). A run that stops (error, ``strict``, interrupt) removes
+    what it wrote and leaves ``out_dir`` as it was.
     """
     out_dir = Path(out_dir)
     workers = workers or os.cpu_count() or 1
@@ -500,7 +490,7 @@ def pack_pairs(
     total = sum(len(samples) for samples in scan.samples.values())
     if total == 0:
         raise PackError(f"no samples found under {scan.root} for splits {sorted(scan.samples)}")
-    _prepare_out_dir(out_dir, scan.samples, overwrite)
+    staging = _staging_dir(out_dir, overwrite)
     storage, encoder = settings.manifest_entries()
     manifest = {
         "format": FORMAT_NAME,
@@ -515,19 +505,18 @@ def pack_pairs(
     started = time.perf_counter()
     encode = partial(_encode_sample, settings=settings, root=scan.root)
     progress_bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr)
-    with progress_bar, _ordered_map(workers) as ordered_map:
-        try:
+    try:
+        with progress_bar, _ordered_map(workers) as ordered_map:
             for split, samples in scan.samples.items():
                 progress_bar.set_description(f"pack {split}")
                 results = ordered_map(encode, samples)
-                manifest["splits"][split] = _pack_split(results, out_dir, split, settings,
+                manifest["splits"][split] = _pack_split(results, staging, split, settings,
                                                         scan.problems.get(split, []), strict, progress_bar)
-        except BaseException:
-            # An incomplete set is removed: the next run starts clean without needing --overwrite.
-            for entry in manifest["splits"].values():
-                _remove_shards(out_dir, entry["shards"])
-            raise
-    _write_json_atomically(out_dir / MANIFEST_NAME, manifest)
+        write_atomically(staging / MANIFEST_NAME, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, out_dir)
     seconds = time.perf_counter() - started
     packed = sum(entry["num_samples"] for entry in manifest["splits"].values())
     num_skipped = sum(entry["num_skipped"] for entry in manifest["splits"].values())
@@ -743,7 +732,7 @@ def _decode_members(tar: Path, samples: list[IndexedSample], label_format: str) 
                     members[name] = stream.read(size)
                 photo = decode_photo(members[PHOTO_MEMBER])
                 ids = decode_label(members[label_member], label_format)
-                check_label_values(ids)
+                labels.check_label_ids(ids, "label map")
                 if ids.shape != photo.shape[:2]:
                     raise ValueError(f"label map {ids.shape} and photo {photo.shape[:2]} differ in size")
                 meta = json.loads(members[META_MEMBER])
@@ -777,7 +766,7 @@ def verify_shards(shards_dir: Path, full: bool = False, *, workers: int | None =
 
 
 def ensure_demo_shards(
-    out_dir: Path = Path("shards/demo"),
+    out_dir: Path = DEMO_SHARDS,
     *,
     num_train: int = 300,
     num_val: int = 100,
@@ -793,11 +782,13 @@ def ensure_demo_shards(
     generator = {"num_train": num_train, "num_val": num_val, "image_size": list(image_size), "seed": seed,
                  "version": synthetic.GENERATOR_VERSION}
     storage, encoder = settings.manifest_entries()
+    reason = "none there yet"
     if (out_dir / MANIFEST_NAME).is_file():
         manifest = read_manifest(out_dir)
         if manifest["source"].get("kind") != "demo":
             raise PackError(f"{out_dir} holds a {manifest['source'].get('kind')!r} shard set, not the demo set; "
                             f"choose another directory")
+        reason = "the set there was built with other settings or an older scene generator"
         wanted = (generator, storage, encoder)
         if (manifest["source"].get("generator"), manifest["storage"], manifest["encoder"]) == wanted:
             try:
@@ -805,8 +796,8 @@ def ensure_demo_shards(
                     ShardSet(out_dir, split)
                 return out_dir
             except ShardError as exc:
-                print(f"rebuilding the demo shards: {exc}", file=sys.stderr)
-
+                reason = str(exc)
+    print(f"building the demo shards in {out_dir} ({reason})", file=sys.stderr, flush=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-source-", dir=out_dir.parent) as source_root:
         synthetic.write_demo_cityscapes(Path(source_root), num_train=num_train, num_val=num_val, size=image_size,
@@ -815,3 +806,10 @@ def ensure_demo_shards(
                    overwrite=True, progress=progress, source={"kind": "demo", "generator": generator})
     return out_dir
 
+
+def ensure_demo_shards_if_default(shards: str | Path) -> None:
+    """When ``shards`` is ``DEMO_SHARDS`` (data.shards' default), build the demo set there, or rebuild it
+    when stale (``ensure_demo_shards``; cheap when current). Any other directory is left alone: a sweep
+    calls this before its trials, which get absolute paths and so never race to rebuild the set."""
+    if Path(shards) == DEMO_SHARDS:
+        ensure_demo_shards(DEMO_SHARDS)

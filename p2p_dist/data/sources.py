@@ -91,7 +91,7 @@ class CityscapesPair(SourceSample):
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         photo = read_photo(self.photo_path)
-        ids = read_label_ids(self.label_path)
+        ids = read_single_channel_label_ids(self.label_path)
         if ids.shape != photo.shape[:2]:
             raise BadSourceFile(
                 self.label_path,
@@ -146,8 +146,10 @@ def read_photo(path: Path) -> np.ndarray:
         raise BadSourceFile(path, f"cannot decode image: {exc}") from exc
 
 
-def read_label_ids(path: Path) -> np.ndarray:
-    """Decode a single-channel label-id map (``*_labelIds.png``) and check every value is a label id."""
+def read_single_channel_label_ids(path: Path) -> np.ndarray:
+    """Decode a single-channel label-id map (``*_labelIds.png``) and check every value is a label id. Strict
+    on purpose: a colour map here is a mix-up to report, not to convert, because several ids share a colour
+    (``p2p_dist.inference.read_label_ids``, for translation, also takes colour maps)."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -159,10 +161,9 @@ def read_label_ids(path: Path) -> np.ndarray:
     if mode not in ("L", "P", "I", "I;16"):
         raise BadSourceFile(path, f"label map has image mode {mode!r}; expected single-channel label ids "
                                   f"(a colour map such as *_gtFine_color.png cannot be used here)")
-    if values.size and (values.min() < 0 or values.max() >= labels.NUM_IDS):
-        bad = np.unique(values[(values < 0) | (values >= labels.NUM_IDS)])
-        raise BadSourceFile(path, f"label values {bad[:8].tolist()} are not Cityscapes label ids "
-                                  f"0..{labels.NUM_IDS - 1}")
+    problem = labels.label_id_problem(values)
+    if problem:
+        raise BadSourceFile(path, problem)
     return values.astype(np.uint8)
 
 

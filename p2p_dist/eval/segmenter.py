@@ -22,7 +22,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from p2p_dist.atomic_write import write_atomically
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
 
@@ -170,18 +170,6 @@ def manifest_sha256(shards_dir: str | os.PathLike) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        try:
-            write(tmp)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
-
-
 def save_segmenter(model: SegmenterNet, path: Path, sidecar: dict) -> None:
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -190,8 +178,8 @@ def save_segmenter(model: SegmenterNet, path: Path, sidecar: dict) -> None:
     }
     # The sidecar marks a complete cache entry: drop the old one first, write the new one last.
     sidecar_path(path).unlink(missing_ok=True)
-    _atomic_write(path, lambda f: torch.save(checkpoint, f))
-    _atomic_write(sidecar_path(path), lambda f: f.write(json.dumps(sidecar, indent=2).encode()))
+    write_atomically(path, lambda f: torch.save(checkpoint, f))
+    write_atomically(sidecar_path(path), json.dumps(sidecar, indent=2).encode())
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-GanMode = Literal["vanilla", "lsgan"]
-GAN_MODES: tuple[str, ...] = get_args(GanMode)
+from p2p_dist.config import GAN_MODES
 
 
 class GANLoss(nn.Module):

@@ -12,15 +12,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-Norm = Literal["batch", "instance", "syncbatch"]
-NORMS: tuple[str, ...] = get_args(Norm)
+from p2p_dist.config import NORMS
 
 
 def check_norm(norm: str) -> None:
@@ -95,4 +92,4 @@ def _per_channel(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(1, -1, *([1] * (ndim - 2)))
 
 
-__all__ = ["NORMS", "Norm", "SyncBatchNorm2d", "check_norm", "conv_bias", "make_norm"]
+__all__ = ["NORMS", "SyncBatchNorm2d", "check_norm", "conv_bias", "make_norm"]

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from p2p_dist.atomic_write import write_atomically
+
 ENGINE_TAG = "engine"
 
 
@@ -37,14 +39,6 @@ class TrainerState:
     batch_size: int = 1
     zero_stage: int = 0
     elapsed_s: float = 0.0    # training wall time before this process started
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    with open(tmp) as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -89,7 +83,7 @@ def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> P
         (partial / "trainer.json").write_text(json.dumps(asdict(state), indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
-        _atomic_write(ckpt_root / "latest", name)
+        write_atomically(ckpt_root / "latest", name.encode())
         for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()

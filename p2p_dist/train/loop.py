@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from p2p_dist.config import Config, save_config
 from p2p_dist.data.loader import build_loader
-from p2p_dist.data.shards import ensure_demo_shards
+from p2p_dist.data.shards import ensure_demo_shards_if_default
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
 from p2p_dist.eval.segmenter import default_checkpoint_path, ensure_segmenter, load_segmenter
@@ -26,7 +26,6 @@ from p2p_dist.train.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
 from p2p_dist.train.schedule import total_steps
 
-DEMO_SHARDS = Path("shards/demo")
 NO_BAD_STEP = 2**62
 
 
@@ -55,10 +54,9 @@ class StopFlag:
 
 def _shards_dir(cfg: Config, rt: Runtime) -> Path:
     shards = Path(cfg.data.shards)
-    if shards == DEMO_SHARDS:
-        if rt.is_main:  # builds them when missing or stale; cheap when they are current
-            ensure_demo_shards(shards)
-        dist.barrier()
+    if rt.is_main:
+        ensure_demo_shards_if_default(shards)
+    dist.barrier()  # the other ranks open the shards only once rank 0 has (re)built them
     if not (shards / "manifest.json").is_file():
         raise FileNotFoundError(f"data.shards={shards}: no manifest.json there; pack a data set with launch/pack.py")
     return shards

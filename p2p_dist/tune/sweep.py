@@ -15,14 +15,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialScheduler
 
 from p2p_dist.config import Config, ConfigError, load_config, save_config
-from p2p_dist.data.shards import ensure_demo_shards, read_manifest
+from p2p_dist.data.shards import ensure_demo_shards_if_default, read_manifest
 from p2p_dist.train.schedule import total_steps
 from p2p_dist.tune import results
 from p2p_dist.tune.space import check_sweep_config, mutations, objective, search_space, searched_keys
 from p2p_dist.tune.trial import TrialSetup, run_distributed_trial, run_trial, trial_dirname
 
 SWEEP_CONFIG = "sweep_config.yaml"  # the config the sweep was started with; --resume continues with it
-DEMO_SHARDS = Path("shards/demo")   # the trainer builds the demo set here when missing; so does the sweep
 DRIVER_MEMORY = 512 * 2**20       # bytes: what a distributed trial's own process (it imports torch) holds
 PATH_KEYS = (("data", "shards"), ("eval", "segmenter"), ("model", "pretrained_g"), ("model", "pretrained_d"),
              ("tune", "storage_path"))
@@ -70,9 +69,7 @@ def absolute_paths(cfg: Config) -> Config:
 def prepare_inputs(user_cfg: Config) -> tuple[Config, float | None]:
     """The trials' base config, after building what concurrent trials would otherwise race to build: the
     demo shards and the FCN-score segmenter. Returns it with the seconds spent training the segmenter."""
-    if Path(user_cfg.data.shards) == DEMO_SHARDS and not (DEMO_SHARDS / "manifest.json").is_file():
-        print(f"demo shards missing: building them in {DEMO_SHARDS}", flush=True)
-        ensure_demo_shards(DEMO_SHARDS)
+    ensure_demo_shards_if_default(user_cfg.data.shards)
     cfg = absolute_paths(user_cfg)
     if not (cfg.eval.fcn and not cfg.eval.segmenter):
         return cfg, None

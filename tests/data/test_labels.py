@@ -16,6 +16,7 @@ from p2p_dist.data.labels import (
     NUM_TRAIN_CLASSES,
     PALETTE,
     TRAIN_CLASS_NAMES,
+    check_label_ids,
     color_to_ids,
     ids_to_color,
     label_table,
@@ -120,6 +121,19 @@ def test_jpeg_compressed_colour_maps_decode_to_mostly_the_right_ids():
 def test_ids_to_color_rejects_ids_beyond_the_table():
     with pytest.raises(ValueError, match="34"):
         ids_to_color(np.array([[7, 34]], dtype=np.uint8))
+
+
+@pytest.mark.parametrize("make", [np.array, torch.tensor], ids=["numpy", "torch"])
+def test_label_id_check_names_the_source_and_each_bad_value_once(make):
+    check_label_ids(make([[0, 7], [33, 26]]), "fine.png")
+    with pytest.raises(ValueError, match=r"^city_trainIds\.png: values -1, 34, 255 are not Cityscapes label ids "
+                                         r"0\.\.33"):
+        check_label_ids(make([[255, 7, 34], [255, -1, 33]]), "city_trainIds.png")
+
+
+def test_label_id_check_lists_the_first_bad_values_and_counts_the_rest():
+    with pytest.raises(ValueError, match=r"values 34, 35, 36, 37, 38, 39, 40, 41 and 2 more are not"):
+        check_label_ids(np.arange(30, 44, dtype=np.uint8), "many.png")
 
 
 def test_color_to_ids_rejects_images_that_are_not_rgb():

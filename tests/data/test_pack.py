@@ -9,8 +9,10 @@ import pytest
 from markerdata import MARKER_IDS, STORAGE, TEST_SETTINGS, write_cityscapes_tree
 from PIL import Image
 
+from p2p_dist.config import Config
 from p2p_dist.data import labels
 from p2p_dist.data.shards import (
+    DEMO_SHARDS,
     MANIFEST_NAME,
     PackError,
     PackSettings,
@@ -18,16 +20,25 @@ from p2p_dist.data.shards import (
     decode_label,
     decode_pgm,
     ensure_demo_shards,
+    ensure_demo_shards_if_default,
     pack_pairs,
-    parse_size,
     read_manifest,
     verify_shards,
 )
 from p2p_dist.data.sources import scan_aligned, scan_cityscapes
 
 
+def staging(out: Path) -> Path:
+    """Where a set for ``out`` is packed until it is complete."""
+    return out.with_name(f".{out.name}.partial")
+
+
 def leftovers(out: Path) -> list[Path]:
-    return sorted(path for path in out.rglob("*") if path.name.endswith(".partial"))
+    """Anything a pack into ``out`` may leave behind when it stops: its staging directory, partial files."""
+    found = [staging(out)] if staging(out).exists() else []
+    if out.exists():
+        found += [path for path in out.rglob("*") if path.name.endswith((".partial", ".tmp"))]
+    return sorted(found)
 
 
 def test_pack_writes_shards_indexes_and_a_manifest_describing_them(marker_shards):
@@ -120,8 +131,7 @@ def test_strict_stops_at_a_corrupt_source_and_leaves_no_manifest_or_partial_shar
     with pytest.raises(PackError, match=str(bad)):
         pack_pairs(scan_cityscapes(root, ("train",)), out, settings=TEST_SETTINGS, workers=1, strict=True,
                    progress=False)
-    assert not (out / MANIFEST_NAME).exists()
-    assert leftovers(out) == [] and not list(out.rglob("*.tar"))
+    assert not out.exists() and leftovers(out) == []
 
 
 def test_unmatched_photo_is_recorded_as_skipped_and_stops_strict_before_writing(tmp_path):
@@ -147,7 +157,9 @@ def test_interrupted_pack_removes_what_it_wrote_and_writes_no_manifest(tmp_path,
     def add_then_interrupt(self, sample):
         calls.append(sample.key)
         if len(calls) == 15:  # the last val sample: after train's three shards and val's first one
-            assert (out / "train" / "shard-000002.tar").is_file() and (out / "val" / "shard-000000.tar").is_file()
+            packing = staging(out)
+            assert (packing / "train" / "shard-000002.tar").is_file()
+            assert (packing / "val" / "shard-000000.tar").is_file() and not out.exists()
             raise KeyboardInterrupt
         original_add(self, sample)
 
@@ -155,7 +167,7 @@ def test_interrupted_pack_removes_what_it_wrote_and_writes_no_manifest(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         pack_pairs(scan_cityscapes(cityscapes_tree), out, settings=TEST_SETTINGS, workers=1, progress=False)
     assert len(calls) == 15
-    assert [path for path in out.rglob("*") if path.is_file()] == []
+    assert sorted(tmp_path.iterdir()) == []
     monkeypatch.undo()  # the next run needs no --overwrite
     pack_pairs(scan_cityscapes(cityscapes_tree), out, settings=TEST_SETTINGS, workers=1, progress=False)
 
@@ -164,12 +176,31 @@ def test_existing_shard_set_is_replaced_only_with_overwrite(tmp_path, cityscapes
     out = tmp_path / "out"
     scan = scan_cityscapes(cityscapes_tree)
     pack_pairs(scan, out, settings=TEST_SETTINGS, workers=1, progress=False)
+    notes = out / "segmenter" / "notes.txt"  # not part of the set: an overwrite keeps it
+    notes.parent.mkdir()
+    notes.write_text("kept")
     with pytest.raises(PackError, match="--overwrite"):
         pack_pairs(scan, out, settings=TEST_SETTINGS, workers=1, progress=False)
     bigger_shards = PackSettings(size=STORAGE, samples_per_shard=100)
     pack_pairs(scan, out, settings=bigger_shards, workers=1, progress=False, overwrite=True)
     assert sorted(path.name for path in (out / "train").iterdir()) == ["shard-000000.idx", "shard-000000.tar"]
+    assert read_manifest(out)["encoder"]["tar"]["samples_per_shard"] == 100
     assert verify_shards(out, workers=1).ok
+    assert notes.read_text() == "kept" and leftovers(out) == []
+
+
+def test_an_overwrite_that_stops_leaves_the_old_set_intact_and_verifiable(tmp_path):
+    root = write_cityscapes_tree(tmp_path / "src", {"train": 5, "val": 2})
+    out = tmp_path / "out"
+    pack_pairs(scan_cityscapes(root), out, settings=TEST_SETTINGS, workers=1, progress=False)
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    bad = corrupt_one_photo(root)
+    with pytest.raises(PackError, match=str(bad)):
+        pack_pairs(scan_cityscapes(root), out, settings=PackSettings(size=STORAGE, samples_per_shard=100),
+                   workers=1, strict=True, overwrite=True, progress=False)
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert verify_shards(out, full=True, workers=1).ok
+    assert leftovers(out) == []
 
 
 def test_aligned_source_packs_with_ids_recovered_from_colours(tmp_path, aligned_tree):
@@ -205,6 +236,37 @@ def test_demo_never_overwrites_another_shard_set(shard_copy):
         ensure_demo_shards(shard_copy, num_train=4, num_val=2, workers=1, progress=False)
 
 
+def test_the_demo_directory_is_the_default_of_data_shards():
+    assert Path(Config().data.shards) == DEMO_SHARDS
+
+
+def tiny_demo(out: Path) -> Path:
+    """A demo set with other settings than the default one: stale where the default set is expected."""
+    return ensure_demo_shards(out, num_train=2, num_val=1, image_size=(64, 32),
+                              settings=PackSettings(size=STORAGE, samples_per_shard=4), workers=1, progress=False)
+
+
+def test_a_demo_set_outside_the_default_directory_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tiny_demo(tmp_path / "mine")
+    written = (out / MANIFEST_NAME).read_bytes()
+    for path in (out, "mine", "./mine"):
+        ensure_demo_shards_if_default(path)
+    assert (out / MANIFEST_NAME).read_bytes() == written
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine"]
+
+
+@pytest.mark.slow
+def test_a_stale_demo_set_in_the_default_directory_is_rebuilt(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny_demo(DEMO_SHARDS)
+    ensure_demo_shards_if_default(f"./{DEMO_SHARDS}")  # spelled as a user may write it in a config
+    assert "other settings" in capsys.readouterr().err
+    manifest = read_manifest(DEMO_SHARDS)
+    assert manifest["source"]["generator"]["num_train"] == 300 and manifest["storage"]["size"] == "512x256"
+    assert verify_shards(DEMO_SHARDS, workers=2).ok
+
+
 @pytest.mark.parametrize("box,source,expected", [
     ((512, 256), (2048, 1024), (512, 256)),
     ((512, 256), (256, 256), (256, 256)),
@@ -213,12 +275,6 @@ def test_demo_never_overwrites_another_shard_set(shard_copy):
 ])
 def test_storage_size_fits_the_box_keeping_the_aspect_ratio(box, source, expected):
     assert PackSettings(size=box).storage_size(*source) == expected
-
-
-def test_size_argument_parses_native_and_rejects_nonsense():
-    assert parse_size("native") is None and parse_size("64x32") == (64, 32)
-    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
-        parse_size("64")
 
 
 def test_pack_with_no_samples_is_an_error(tmp_path):

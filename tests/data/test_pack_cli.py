@@ -59,6 +59,21 @@ def test_strict_pack_of_a_bad_source_exits_with_an_error_naming_it(tmp_path, pac
     assert str(label) in capsys.readouterr().err
 
 
+def test_a_strict_overwrite_that_stops_keeps_the_old_set_verifiable(tmp_path, pack_cli, capsys):
+    source = write_cityscapes_tree(tmp_path / "src", {"train": 3, "val": 1})
+    out = tmp_path / "out"
+    assert pack_cli.main(["cityscapes", str(source), "--out", str(out), *TINY]) == 0
+    manifest = (out / "manifest.json").read_bytes()
+    label = sorted((source / "gtFine" / "train").glob("*/*_labelIds.png"))[1]
+    label.write_bytes(b"not a png")
+    argv = ["cityscapes", str(source), "--out", str(out), "--overwrite", "--strict", *TINY]
+    assert pack_cli.main(argv) == 2
+    assert str(label) in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert pack_cli.main(["verify", str(out), "--full", "--workers", "1"]) == 0
+    assert "OK (2 shards, 4 samples, every member decoded)" in capsys.readouterr().out
+
+
 def test_demo_command_builds_a_verified_set(tmp_path, pack_cli, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--num-train", "2", "--num-val", "1", "--demo-size", "64x32", *TINY]
