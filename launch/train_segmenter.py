@@ -3,11 +3,14 @@
   python launch/train_segmenter.py --shards shards/demo --crop-size 128     # demo set (128x128 training)
   python launch/train_segmenter.py --shards shards/cityscapes --epochs 30   # Cityscapes, 256x256
 
-The segmenter (a compact U-Net, ~1.2M parameters) is cached as SHARDS/segmenter/segmenter.pt with a JSON
-sidecar holding the settings, the checksum of SHARDS/manifest.json and the FCN-score of the real val
+The segmenter (a compact U-Net, ~1.2M parameters) is cached as SHARDS/segmenter/segmenter_<CROP>.pt with a
+JSON sidecar holding the settings, the checksum of SHARDS/manifest.json and the FCN-score of the real val
 photos: the ceiling a generator's FCN-score is read against. A cache made from the same shards with the
-same settings is reused unless --force is given. Train it at the resolution the generator is evaluated at
-(--crop-size = the config's data.crop_size).
+same settings is reused unless --force is given. Segmenters for different crop sizes live side by side.
+
+Training runs, sweeps and launch/evaluate.py use the cached segmenter for their shards at their data.crop_size,
+whatever settings trained it, and train one with the defaults when there is none: train it here first to
+choose other settings (--crop-size = the config's data.crop_size).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--shards", type=Path, required=True, help="shard set directory (holds manifest.json)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="checkpoint path (default: SHARDS/segmenter/segmenter.pt; sidecar .json beside it)")
+                        help="checkpoint path (default: SHARDS/segmenter/segmenter_<CROP>.pt, the cache runs read; "
+                             "sidecar .json beside it)")
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=f"default: {DEFAULTS.epochs}")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help=f"default: {DEFAULTS.batch_size}")
     parser.add_argument("--crop-size", type=int, default=DEFAULTS.crop_size,

@@ -28,6 +28,10 @@ import sys
 from pathlib import Path
 
 from p2p_dist.cli import parse_size
+from p2p_dist.inference import (EXPORT_FORMATS, INPUT_FORMATS, TranslateError, export_generator, list_label_maps,
+                                load_generator, resolve_checkpoint, translate_paths)
+from p2p_dist.models.test_time import NORM_MODES
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: each map's own size")
     parser.add_argument("--no-dropout", action="store_true",
                         help="turn dropout off at test time (deterministic output); default: on, as the paper")
-    parser.add_argument("--norm-mode", choices=("eval", "train"), default="eval",
+    parser.add_argument("--norm-mode", choices=NORM_MODES, default="eval",
                         help="norm layers with running statistics (eval, default) or batch statistics (train)")
-    parser.add_argument("--input-format", choices=("auto", "ids", "color"), default="auto",
+    parser.add_argument("--input-format", choices=INPUT_FORMATS, default="auto",
                         help="label-id maps or colour maps (default: auto, by the image's channels)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the dropout noise (default: unseeded)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--export", choices=("torchscript", "onnx"), default=None,
+    parser.add_argument("--export", choices=EXPORT_FORMATS, default=None,
                         help="also write a standalone generator in this format (see --export-path)")
     parser.add_argument("--export-path", type=Path, default=None,
                         help="file for --export (a .json sidecar is written next to it)")
@@ -70,10 +74,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--export needs --export-path")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-
-    # Heavy imports (torch, DeepSpeed's accelerator probe) only once the arguments are known good.
-    from p2p_dist.inference import (TranslateError, export_generator, list_label_maps, load_generator,
-                                    resolve_checkpoint, translate_paths)
 
     try:
         checkpoint = resolve_checkpoint(args.run, args.checkpoint)

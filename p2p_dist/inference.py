@@ -39,10 +39,9 @@ from p2p_dist.config import Config, load_config
 from p2p_dist.data import labels
 from p2p_dist.data.loader import encode_label
 from p2p_dist.data.wds_loader import nearest_indices
-from p2p_dist.models import UNetGenerator, build_generator
-from p2p_dist.models.test_time import NORM_MODES, apply_test_time_modes, translation_modes
+from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, build_generator, to_uint8
+from p2p_dist.models.test_time import apply_test_time_modes, translation_modes
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
-from p2p_dist.train.engines import LABEL_CHANNELS, PHOTO_CHANNELS
 
 INPUT_FORMATS = ("auto", "ids", "color")
 EXPORT_FORMATS = ("torchscript", "onnx")
@@ -269,12 +268,6 @@ def _batches(jobs: list[_Job], batch_size: int) -> Iterator[list[_Job]]:
             yield group[start: start + batch_size]
 
 
-def to_uint8_images(photos: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) photos in [-1, 1] -> (B, H, W, 3) uint8."""
-    scaled = (photos.detach().float().clamp(-1, 1) + 1) * 127.5
-    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def translate_paths(
     generator: UNetGenerator,
     cfg: Config,
@@ -316,7 +309,7 @@ def translate_paths(
                 array = read_label_ids(job.source, input_format)
                 ids.append(array if array.shape == job.size else resize_ids(array, job.size))
             label = encode_labels(torch.from_numpy(np.stack(ids)).to(device), encoding)
-            for job, image in zip(batch, to_uint8_images(generator(label))):
+            for job, image in zip(batch, to_uint8(generator(label)).permute(0, 2, 3, 1).cpu().numpy()):
                 try:
                     Image.fromarray(image).save(job.output)
                 except OSError as err:
@@ -369,8 +362,9 @@ def _has_active_dropout(module: nn.Module) -> bool:
     return any(isinstance(layer, nn.modules.dropout._DropoutNd) and layer.training for layer in module.modules())
 
 
-def sidecar_path(path: Path) -> Path:
-    """Where `export_generator` describes the exported file: ``generator.onnx`` -> ``generator.json``."""
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON file describing a model file beside it: ``generator.onnx`` -> ``generator.json`` (exports
+    here, the FCN-score segmenter's checkpoints in p2p_dist.eval.segmenter)."""
     return Path(path).with_suffix(".json")
 
 

@@ -28,6 +28,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 from torchmetrics.utilities.data import dim_zero_cat
 
+from p2p_dist.models import to_uint8
+
 INCEPTION_FEATURES = 2048  # the standard FID / KID features; 64, 192 and 768 are earlier, cheaper layers
 FEATURE_SIZES = (64, 192, 768, 2048)
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "p2p_dist"
@@ -187,11 +189,6 @@ def inception_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _check_feature(feature: int) -> None:
-    if feature not in FEATURE_SIZES:
-        raise ValueError(f"Inception feature size must be one of {FEATURE_SIZES}, got {feature}")
-
-
 def build_inception(
     device: torch.device | str = "cpu",
     cache_dir: str | os.PathLike | None = None,
@@ -201,7 +198,8 @@ def build_inception(
 
     ``feature`` 2048 (the pool features) is the standard; the others are pooled earlier layers.
     """
-    _check_feature(feature)
+    if feature not in FEATURE_SIZES:
+        raise ValueError(f"Inception feature size must be one of {FEATURE_SIZES}, got {feature}")
     extractor = NoTrainInceptionV3(
         name="inception-v3-compat",
         features_list=[str(feature)],
@@ -209,43 +207,6 @@ def build_inception(
         antialias=False,
     )
     return extractor.to(device)
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Float images in [-1, 1] -> uint8 in [0, 255] (clamped, rounded to nearest)."""
-    if not images.is_floating_point() or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"expected float images of shape (B,3,H,W) in [-1, 1], got {images.dtype} {tuple(images.shape)}"
-        )
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def build_fid(
-    device: torch.device | str = "cpu",
-    cache_dir: str | os.PathLike | None = None,
-    feature: int = INCEPTION_FEATURES,
-) -> FrechetInceptionDistance:
-    """A plain torchmetrics FID from the cached weights: ``update(uint8_images, real=...)``."""
-    _check_feature(feature)
-    return FrechetInceptionDistance(
-        feature=feature,
-        feature_extractor_weights_path=str(inception_weights_path(cache_dir)),
-        antialias=False,
-    ).to(device)
-
-
-def build_kid(
-    device: torch.device | str = "cpu",
-    subset_size: int = 1000,
-    subsets: int = 100,
-    cache_dir: str | os.PathLike | None = None,
-    feature: int = INCEPTION_FEATURES,
-) -> KernelInceptionDistance:
-    """A plain torchmetrics KID from the cached weights: ``update(uint8_images, real=...)``.
-
-    torchmetrics' KID cannot take a weights path, so it gets the extractor as a custom feature module.
-    """
-    return _kid_metric(build_inception(device, cache_dir, feature), subsets, subset_size).to(device)
 
 
 def _kid_metric(feature: nn.Module, subsets: int, subset_size: int) -> KernelInceptionDistance:

@@ -41,9 +41,11 @@ def to_unit_range(images: Tensor) -> Tensor:
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
-def build_confusion_matrix(device: torch.device | str = "cpu") -> MulticlassConfusionMatrix:
-    """Confusion matrix over the 19 train ids; rows are labels, columns predictions; label 255 skipped."""
-    return MulticlassConfusionMatrix(num_classes=NUM_TRAIN_CLASSES, ignore_index=IGNORE_INDEX).to(device)
+def build_confusion_matrix(device: torch.device | str = "cpu", *, sync: bool = True) -> MulticlassConfusionMatrix:
+    """Confusion matrix over the 19 train ids; rows are labels, columns predictions; label 255 skipped.
+    ``compute()`` sums it over all ranks of the process group unless ``sync=False``."""
+    return MulticlassConfusionMatrix(num_classes=NUM_TRAIN_CLASSES, ignore_index=IGNORE_INDEX,
+                                     sync_on_compute=sync).to(device)
 
 
 def fcn_scores(confusion: Tensor) -> dict[str, float]:

@@ -5,20 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from p2p_dist.data.loader import build_loader
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
-from p2p_dist.eval.segmenter import default_checkpoint_path, ensure_segmenter, load_segmenter
+from p2p_dist.eval.segmenter import run_segmenter_path, segmenter_for
 from p2p_dist.inference import load_generator, resolve_checkpoint
 from p2p_dist.models.test_time import translation_modes
 from p2p_dist.train.runtime import init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
 
 GRID_IMAGES = 6
+# The generator's weights load as fp32 and evaluation runs them so, whatever the run trained with: the training
+# precision may not exist on this machine (fp16 needs CUDA) and must not stop an evaluation.
+EVAL_PRECISION = "fp32"
 
 
 def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "val", shards: Path | None = None,
@@ -26,40 +28,54 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
                  fcn: bool = True, fid: bool = True, kid_subset_size: int = 100, dropout: bool = True,
                  norm_mode: str = "eval", seed: int = 0) -> dict:
     """Metrics of the generated photos (and the FCN ceiling of the real ones) over the split, on every rank;
-    rank 0 writes RUN/eval/<tag>.json and .md and prints the table."""
+    rank 0 writes RUN/eval/<tag>.json and .md and prints the table. `max_images` scores the split's first N
+    images only."""
     ckpt = resolve_checkpoint(run_dir, checkpoint)
     generator, cfg = load_generator(run_dir, ckpt, device="cpu")
+    # The options stand in for the run's own settings, so the segmenter is found as the run's would be.
+    if shards is not None:
+        cfg.data.shards = str(shards)
+    if segmenter is not None:
+        cfg.eval.segmenter = str(segmenter)
+    trained_precision, cfg.precision = cfg.precision, EVAL_PRECISION
     rt = init_runtime(cfg)
     try:
         generator.to(rt.device)
-        shards = Path(shards or cfg.data.shards)
+        if rt.is_main and trained_precision != EVAL_PRECISION:
+            print(f"evaluating in {EVAL_PRECISION} (the run trained with precision={trained_precision})", flush=True)
         d = cfg.data
-        loader = build_loader(shards, split, backend=d.loader, batch_size=batch_size, rank=rt.rank,
+        loader = build_loader(Path(d.shards), split, backend=d.loader, batch_size=batch_size, rank=rt.rank,
                               world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
                               crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding, device=rt.device,
                               num_workers=d.num_workers)
-        seg = _segmenter(segmenter, shards, cfg, rt) if fcn else None
-        max_batches = None if max_images is None else -(-max_images // (batch_size * rt.world_size))
-        num_images = min(loader.num_samples, max_images or loader.num_samples)
-        kid_subset_size = min(kid_subset_size, num_images)
-        generated = Evaluator(rt.device, fid_kid=fid, fcn=fcn, kid_subset_size=kid_subset_size)
-        torch.manual_seed(seed + rt.rank)  # the test-time dropout noise
-        progress = (lambda it: tqdm(it, total=max_batches or loader.batches_per_epoch, desc=f"evaluate {split}",
-                                    unit="batch")) if rt.is_main else None
-        with translation_modes(generator, dropout=dropout, norm_mode=norm_mode):
-            metrics = evaluate(lambda batch: generator(batch["label"]), loader, generated, seg, max_batches, progress)
+        try:
+            seg = segmenter_for(cfg, rt) if fcn else None
+            num_images = min(loader.num_samples, max_images or loader.num_samples)
+            kid_subset_size = min(kid_subset_size, num_images)
+            generated = Evaluator(rt.device, fid_kid=fid, fcn=fcn, kid_subset_size=kid_subset_size)
+            torch.manual_seed(seed + rt.rank)  # the test-time dropout noise
+            progress = (lambda it, total: tqdm(it, total=total, desc=f"evaluate {split}", unit="batch")) \
+                if rt.is_main else None
+            with translation_modes(generator, dropout=dropout, norm_mode=norm_mode):
+                metrics = evaluate(lambda batch: generator(batch["label"]), loader, generated, seg, max_images,
+                                   progress)
+                # Every rank runs the generator for the grid, not only rank 0, which saves it: batch norm in
+                # train mode (--norm-mode train) with model.norm=syncbatch all-reduces its statistics, and
+                # would wait forever for ranks that do not join.
+                grid = _grid(generator, loader)
             ceiling = None
             if seg is not None:  # the same segmenter on the real photos: the paper's "ground truth" row
                 scores = evaluate(lambda batch: batch["photo"], loader, Evaluator(rt.device, fid_kid=False),
-                                  seg, max_batches)
+                                  seg, max_images)
                 ceiling = {k: v for k, v in scores.items() if k.startswith("fcn/")}
-            grid = _grid(generator, loader) if rt.is_main else None
+        finally:
+            loader.close()
         result = {"run_dir": str(run_dir), "checkpoint": ckpt.name, "num_images": num_images, "metrics": metrics,
                   "ceiling": ceiling, "world_size": rt.world_size,
-                  "settings": {"split": split, "shards": str(shards), "dropout": dropout, "norm_mode": norm_mode,
-                               "segmenter": str(segmenter or (default_checkpoint_path(shards) if fcn else "")),
+                  "settings": {"split": split, "shards": d.shards, "dropout": dropout, "norm_mode": norm_mode,
+                               "segmenter": str(run_segmenter_path(cfg)) if fcn else "",
                                "width": d.crop_size, "height": d.crop_size, "seed": seed,
-                               "kid_subset_size": kid_subset_size if fid else None}}
+                               "precision": EVAL_PRECISION, "kid_subset_size": kid_subset_size if fid else None}}
         if rt.is_main:
             out_dir = run_dir / "eval"
             save_grid(grid, out_dir / f"{ckpt.name}_samples.png")
@@ -71,18 +87,10 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
         shutdown()
 
 
-def _segmenter(path: Path | None, shards: Path, cfg, rt):
-    if path is not None:
-        return load_segmenter(path, rt.device)
-    if rt.is_main:
-        ensure_segmenter(shards, crop_size=cfg.data.crop_size, backend=cfg.data.loader, device=rt.device)
-    dist.barrier()
-    return load_segmenter(default_checkpoint_path(shards), rt.device)
-
-
 def _grid(generator, loader) -> torch.Tensor:
+    """This rank's first batch translated whole (batch statistics as in the evaluation), its first rows shown."""
     batch = next(iter(loader.epoch(0)))
     n = min(GRID_IMAGES, len(batch["key"]))
     with torch.no_grad():
-        fake = generator(batch["label"][:n])
+        fake = generator(batch["label"])[:n]
     return sample_grid(batch["ids"][:n], fake, batch["photo"][:n])

@@ -1,12 +1,18 @@
 """The segmenter behind the FCN-score: a compact U-Net trained on REAL photos of the train split.
 
 No public package ships Cityscapes segmentation weights, so the project trains its own (a few minutes on
-a CPU for the demo set) and caches it next to the shards:
+a CPU for the demo set) and caches it next to the shards, one per crop size (a segmenter scores best at the
+resolution it was trained at, so runs at 128 and 256 pixels each get their own):
 
-    <shards>/segmenter/segmenter.pt     checkpoint: {"format", "config", "state_dict"}
-    <shards>/segmenter/segmenter.json   sidecar: train settings, sha256 of the shards' manifest.json (a
-                                        stale cache is detected when the shards change), and the FCN-score
-                                        of REAL val photos, the ceiling any generator's score is read against
+    <shards>/segmenter/segmenter_<crop>.pt     checkpoint: {"format", "config", "state_dict"}
+    <shards>/segmenter/segmenter_<crop>.json   sidecar: train settings, sha256 of the shards' manifest.json (a
+                                               stale cache is detected when the shards change), and the
+                                               FCN-score of REAL val photos, the ceiling any generator's score
+                                               is read against
+
+Training runs, launch/evaluate.py and sweeps all get their segmenter from :func:`ensure_run_segmenter` /
+:func:`segmenter_for`: the config's ``eval.segmenter`` if set, else the cached one for ``data.shards`` at
+``data.crop_size``.
 
 ``load_segmenter`` also accepts a user-supplied segmenter:
 
@@ -26,21 +32,32 @@ import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from p2p_dist.atomic_write import write_atomically
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
+from p2p_dist.data.shards import MANIFEST_NAME
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
+from p2p_dist.inference import sidecar_path
+
+if TYPE_CHECKING:
+    from p2p_dist.config import Config
+    from p2p_dist.train.runtime import Runtime
 
 CHECKPOINT_FORMAT = "p2p_dist.segmenter/1"
 CACHE_SUBDIR = "segmenter"
-CHECKPOINT_NAME = "segmenter.pt"
-MANIFEST_NAME = "manifest.json"
+# How long the other ranks wait for rank 0 to train the segmenter: hours on a CPU for a full data set, far
+# past the default 30-minute collective timeout. A week means "never time out"; a rank 0 that dies still
+# ends the wait at once (its gloo connections close, and the launcher stops the job).
+TRAINING_WAIT = timedelta(days=7)
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -119,8 +136,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, photos: Tenso
 
 @torch.no_grad()
 def score_segmenter(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> dict:
-    """FCN-score of a segmenter over (photos in [-1, 1], Cityscapes label ids) batches."""
-    confusion = build_confusion_matrix(device)
+    """FCN-score of a segmenter over (photos in [-1, 1], Cityscapes label ids) batches, in this process alone."""
+    # No sync: in a distributed run rank 0 trains and scores the segmenter while the other ranks wait, and
+    # would never join the all-gather of a synced compute().
+    confusion = build_confusion_matrix(device, sync=False)
     num_images = 0
     for photos, ids in batches:
         train_ids = to_train_ids(ids.to(device)).long()
@@ -154,12 +173,9 @@ class SegmenterTrainConfig:
             raise ValueError(f"segmenter setting lr must be positive, got {self.lr}")
 
 
-def default_checkpoint_path(shards_dir: str | os.PathLike) -> Path:
-    return Path(shards_dir) / CACHE_SUBDIR / CHECKPOINT_NAME
-
-
-def sidecar_path(checkpoint_path: str | os.PathLike) -> Path:
-    return Path(checkpoint_path).with_suffix(".json")
+def default_checkpoint_path(shards_dir: str | os.PathLike, crop_size: int) -> Path:
+    """The cache entry for segmenters trained on these shards at ``crop_size``."""
+    return Path(shards_dir) / CACHE_SUBDIR / f"segmenter_{crop_size}.pt"
 
 
 def manifest_sha256(shards_dir: str | os.PathLike) -> str:
@@ -272,14 +288,11 @@ def _photo_and_ids(loader, epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
 
 
 def _each_sample_once(loader) -> Iterable[tuple[Tensor, Tensor]]:
-    """Epoch 0 without the repeats the loader adds to fill the last batch (they share a key)."""
-    seen: set[str] = set()
+    """Epoch 0 without the repeats the loader adds to fill the last batch (marked ``is_repeat``)."""
     for batch in loader.epoch(0):
-        fresh = [i for i, key in enumerate(batch["key"]) if key not in seen]
-        seen.update(batch["key"])
-        if fresh:
-            index = torch.tensor(fresh, device=batch["photo"].device)
-            yield batch["photo"][index], batch["ids"][index]
+        fresh = ~batch["is_repeat"]
+        if fresh.any():
+            yield batch["photo"][fresh], batch["ids"][fresh]
 
 
 def _fit(model: SegmenterNet, loader, config: SegmenterTrainConfig, device: torch.device, progress: bool) -> float:
@@ -321,12 +334,12 @@ def train_segmenter(
 
     Adam with a cosine learning-rate decay to zero, cross-entropy over the train ids (255 ignored),
     pix2pix's augmentation (resize to 286/256 of the crop, random crop, flip). Returns the checkpoint path
-    (default ``<shards>/segmenter/segmenter.pt``); the sidecar JSON beside it holds the settings, the
-    manifest's sha256 and ``val_scores``, the FCN-score ceiling.
+    (default ``<shards>/segmenter/segmenter_<crop_size>.pt``); the sidecar JSON beside it holds the settings,
+    the manifest's sha256 and ``val_scores``, the FCN-score ceiling.
     """
     config = SegmenterTrainConfig(epochs, batch_size, crop_size, lr, width, backend, seed)
     shards_dir = Path(shards_dir)
-    out_path = Path(out_path) if out_path is not None else default_checkpoint_path(shards_dir)
+    out_path = Path(out_path) if out_path is not None else default_checkpoint_path(shards_dir, crop_size)
     device = torch.device(device) if device is not None else _default_device()
     digest = manifest_sha256(shards_dir)
     torch.manual_seed(seed)
@@ -375,12 +388,62 @@ def ensure_segmenter(
     Stale: the shards' manifest.json changed, or the requested train settings (``train_kwargs``, same names
     as :func:`train_segmenter`; ``device`` and ``progress`` do not count) differ from the cached ones.
     """
-    out_path = Path(out_path) if out_path is not None else default_checkpoint_path(shards_dir)
     setting_names = set(SegmenterTrainConfig.__dataclass_fields__)
     unknown = set(train_kwargs) - setting_names - {"device", "progress"}
     if unknown:
         raise TypeError(f"ensure_segmenter got unknown settings: {sorted(unknown)}")
     config = SegmenterTrainConfig(**{k: v for k, v in train_kwargs.items() if k in setting_names})
+    out_path = Path(out_path) if out_path is not None else default_checkpoint_path(shards_dir, config.crop_size)
     if cache_is_valid(shards_dir, out_path, config):
         return out_path
     return train_segmenter(shards_dir, out_path=out_path, **train_kwargs)
+
+
+# ------------------------------------------------------------------------------- the segmenter of a run
+
+
+def run_segmenter_path(cfg: Config) -> Path:
+    """The segmenter file a run's FCN-score uses: ``eval.segmenter`` if set, else the cache entry for
+    ``data.shards`` at ``data.crop_size``."""
+    if cfg.eval.segmenter:
+        return Path(cfg.eval.segmenter)
+    return default_checkpoint_path(cfg.data.shards, cfg.data.crop_size)
+
+
+def run_segmenter_ready(cfg: Config) -> bool:
+    """True when a run has its segmenter without training one: ``eval.segmenter`` is set, or the cache holds a
+    segmenter trained on these very shards at the run's crop size (by launch/train_segmenter.py with any
+    settings, or by an earlier run)."""
+    if cfg.eval.segmenter:
+        return True
+    sidecar = read_sidecar(run_segmenter_path(cfg))
+    return sidecar is not None and sidecar.get("manifest_sha256") == manifest_sha256(cfg.data.shards)
+
+
+def ensure_run_segmenter(cfg: Config, device: torch.device | str | None = None) -> Path:
+    """The path of a run's segmenter, training it first (default settings at the run's crop size, with the
+    run's loader) when :func:`run_segmenter_ready` says there is none."""
+    path = run_segmenter_path(cfg)
+    if not run_segmenter_ready(cfg):
+        print(f"training the FCN-score segmenter on {cfg.data.shards} at {cfg.data.crop_size}x{cfg.data.crop_size} "
+              f"(once: cached as {path})", file=sys.stderr, flush=True)
+        train_segmenter(cfg.data.shards, crop_size=cfg.data.crop_size, backend=cfg.data.loader, device=device)
+    return path
+
+
+def segmenter_for(cfg: Config, rt: Runtime) -> nn.Module:
+    """A run's segmenter on ``rt.device``, in eval mode. Collective (call it on every rank): rank 0 trains
+    it first when needed while the others wait, then every rank loads it."""
+    if not cfg.eval.segmenter:
+        # Rank 0 alone decides whether to train (ranks checking the cache themselves could disagree, one
+        # seeing it before rank 0 writes it, another after). A barrier on the default group would time out
+        # (30 minutes) during a long training: this group exists only for this wait; gloo works beside an
+        # NCCL default group and needs no device.
+        waiting = dist.new_group(backend="gloo", timeout=TRAINING_WAIT)
+        try:
+            if rt.is_main:
+                ensure_run_segmenter(cfg, rt.device)
+            dist.barrier(group=waiting)
+        finally:
+            dist.destroy_process_group(waiting)
+    return load_segmenter(run_segmenter_path(cfg), rt.device)

@@ -1,7 +1,11 @@
 """pix2pix networks: the U-Net generator, the PatchGAN discriminator, their init, losses and the import of
-reference-implementation checkpoints. `build_generator` / `build_discriminator` return initialised models."""
+reference-implementation checkpoints. `build_generator` / `build_discriminator` return initialised models.
+What the generator takes and gives: `LABEL_CHANNELS` per label encoding, `PHOTO_CHANNELS`, and photos in
+[-1, 1], which `to_uint8` turns into image bytes."""
 
 from __future__ import annotations
+
+import torch
 
 from p2p_dist.models.init import init_weights
 from p2p_dist.models.losses import GAN_MODES, GANLoss
@@ -14,8 +18,22 @@ from p2p_dist.models.reference import (
 )
 from p2p_dist.models.unet import UNetGenerator
 
+PHOTO_CHANNELS = 3
+# Generator input channels per label encoding: the Cityscapes palette colour, or one channel per label id.
+LABEL_CHANNELS = {"color": 3, "onehot": 34}
+
 # Training resolution -> U-Net depth: the bottleneck is 1x1 at this square size (unet_128, unet_256, ...).
 NUM_DOWNS_BY_IMAGE_SIZE = {128: 7, 256: 8, 512: 9}
+
+
+def to_uint8(photos: torch.Tensor) -> torch.Tensor:
+    """Float photos (B,3,H,W) in [-1, 1] -> uint8 in [0, 255] (clamped, rounded to nearest): how generated
+    photos are saved, and what the FID Inception network reads."""
+    if not photos.is_floating_point() or photos.dim() != 4 or photos.shape[1] != PHOTO_CHANNELS:
+        raise ValueError(
+            f"expected float photos of shape (B,3,H,W) in [-1, 1], got {photos.dtype} {tuple(photos.shape)}"
+        )
+    return ((photos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def build_generator(
@@ -46,8 +64,10 @@ def build_discriminator(
 
 __all__ = [
     "GAN_MODES",
+    "LABEL_CHANNELS",
     "NORMS",
     "NUM_DOWNS_BY_IMAGE_SIZE",
+    "PHOTO_CHANNELS",
     "GANLoss",
     "PatchDiscriminator",
     "ReferenceCheckpointError",
@@ -58,4 +78,5 @@ __all__ = [
     "init_weights",
     "load_reference_discriminator",
     "load_reference_generator",
+    "to_uint8",
 ]

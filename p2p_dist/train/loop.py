@@ -17,7 +17,7 @@ from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import ensure_demo_shards_if_default
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
-from p2p_dist.eval.segmenter import default_checkpoint_path, ensure_segmenter, load_segmenter
+from p2p_dist.eval.segmenter import segmenter_for
 from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
@@ -215,27 +215,17 @@ class PeriodicEvaluation:
 
     def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
         d = cfg.data
-        self.segmenter = self._segmenter(cfg, rt, shards) if cfg.eval.fcn else None
+        self.segmenter = segmenter_for(cfg, rt) if cfg.eval.fcn else None
         self.loader = build_loader(shards, "val", backend=d.loader, batch_size=cfg.train.batch_size, rank=rt.rank,
                                    world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
                                    crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding,
                                    device=rt.device, num_workers=d.num_workers)
-        per_step = cfg.train.batch_size * rt.world_size
-        self.max_batches = min(self.loader.batches_per_epoch, -(-cfg.eval.num_images // per_step))
+        self.num_images = cfg.eval.num_images
         self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
-
-    @staticmethod
-    def _segmenter(cfg: Config, rt: Runtime, shards: Path):
-        if cfg.eval.segmenter:
-            return load_segmenter(cfg.eval.segmenter, rt.device)
-        if rt.is_main:  # trained once per shard set and resolution, cached next to the shards
-            ensure_segmenter(shards, crop_size=cfg.data.crop_size, backend=cfg.data.loader, device=rt.device)
-        dist.barrier()
-        return load_segmenter(default_checkpoint_path(shards), rt.device)
 
     def __call__(self, model: Pix2Pix) -> dict:
         return evaluate(lambda batch: model.translate(batch["label"]), self.loader, self.evaluator, self.segmenter,
-                        self.max_batches)
+                        self.num_images)
 
 
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:

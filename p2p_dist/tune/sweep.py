@@ -73,15 +73,12 @@ def prepare_inputs(user_cfg: Config) -> tuple[Config, float | None]:
     cfg = absolute_paths(user_cfg)
     if not (cfg.eval.fcn and not cfg.eval.segmenter):
         return cfg, None
-    from p2p_dist.eval.segmenter import SegmenterTrainConfig, cache_is_valid, default_checkpoint_path, ensure_segmenter
+    from p2p_dist.eval.segmenter import ensure_run_segmenter, run_segmenter_ready
 
-    shards = Path(cfg.data.shards)
-    cached = cache_is_valid(shards, default_checkpoint_path(shards), SegmenterTrainConfig())
-    if not cached:
-        print(f"training the FCN-score segmenter on {shards} (once; cached next to the shards)", flush=True)
+    ready = run_segmenter_ready(cfg)
     start = time.perf_counter()
-    cfg.eval.segmenter = str(ensure_segmenter(shards))
-    return cfg, None if cached else time.perf_counter() - start
+    cfg.eval.segmenter = str(ensure_run_segmenter(cfg))
+    return cfg, None if ready else time.perf_counter() - start
 
 
 def run_length(cfg: Config) -> int:

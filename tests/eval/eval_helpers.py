@@ -1,6 +1,13 @@
-"""Image sets for the metric tests (a module of its own: `conftest` names clash across test folders)."""
+"""Image sets and plain torchmetrics FID/KID for the metric tests (a module of its own: `conftest` names clash
+across test folders)."""
+
+import warnings
 
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from p2p_dist.eval.fid import build_inception, inception_weights_path
 
 
 def smooth_photos(num: int, size: int, seed: int) -> torch.Tensor:
@@ -13,3 +20,18 @@ def smooth_photos(num: int, size: int, seed: int) -> torch.Tensor:
 def white_noise(num: int, size: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(num, 3, size, size, generator=generator) * 2 - 1
+
+
+def plain_fid(feature: int, cache_dir) -> FrechetInceptionDistance:
+    """torchmetrics' own FID pipeline on the converted weights: ``update(uint8_images, real=...)``."""
+    return FrechetInceptionDistance(feature=feature, antialias=False,
+                                    feature_extractor_weights_path=str(inception_weights_path(cache_dir)))
+
+
+def plain_kid(feature: int, cache_dir, subset_size: int, subsets: int) -> KernelInceptionDistance:
+    """torchmetrics' own KID pipeline: ``update(uint8_images, real=...)``. It cannot take a weights path, so it
+    gets the extractor as a custom feature module."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        return KernelInceptionDistance(feature=build_inception("cpu", cache_dir, feature), subsets=subsets,
+                                       subset_size=subset_size)

@@ -4,18 +4,16 @@ import math
 
 import pytest
 import torch
-from eval_helpers import smooth_photos, white_noise
+from eval_helpers import plain_fid, plain_kid, smooth_photos, white_noise
 
 from p2p_dist.eval.fid import (
     CONVERTED_FILE_NAME,
     InceptionMetrics,
-    build_fid,
     build_inception,
-    build_kid,
     inception_weights_path,
     load_fid_helper_torchscript,
-    to_uint8,
 )
+from p2p_dist.models import to_uint8
 
 
 def test_converted_extractor_features_equal_the_torchscript_original(inception_cache):
@@ -49,7 +47,7 @@ def test_weights_are_converted_once_and_reused(tmp_path):
 def test_to_uint8_maps_minus_one_to_0_and_one_to_255_rounding_and_clamping():
     images = torch.tensor([-1.5, -1.0, 0.0, 0.99, 1.0, 2.0]).view(1, 3, 1, 2)
     assert to_uint8(images).flatten().tolist() == [0, 0, 128, 254, 255, 255]
-    with pytest.raises(ValueError, match="float images"):
+    with pytest.raises(ValueError, match="float photos"):
         to_uint8(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
 
 
@@ -59,7 +57,7 @@ def test_shared_forward_fid_equals_plain_torchmetrics_fid(inception_cache):
     shared = InceptionMetrics(feature=64, cache_dir=inception_cache, kid_subset_size=6)
     shared.update(real, real=True)
     shared.update(fake, real=False)
-    plain = build_fid(feature=64, cache_dir=inception_cache)
+    plain = plain_fid(64, inception_cache)
     plain.update(to_uint8(real), real=True)
     plain.update(to_uint8(fake), real=False)
     assert shared.compute()["fid"] == pytest.approx(float(plain.compute()), rel=1e-5)
@@ -71,7 +69,7 @@ def test_shared_forward_kid_equals_plain_torchmetrics_kid_when_subsets_are_the_w
     shared = InceptionMetrics(feature=64, cache_dir=inception_cache, kid_subset_size=4, kid_subsets=2)
     shared.update(real, real=True)
     shared.update(fake, real=False)
-    plain = build_kid(feature=64, cache_dir=inception_cache, subset_size=4, subsets=2)
+    plain = plain_kid(64, inception_cache, subset_size=4, subsets=2)
     plain.update(to_uint8(real), real=True)
     plain.update(to_uint8(fake), real=False)
     plain_mean, _ = plain.compute()

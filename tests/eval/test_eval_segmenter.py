@@ -2,28 +2,39 @@
 
 import importlib.util
 import json
+import shutil
+import socket
 import warnings
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from p2p_dist.config import load_config
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES
 from p2p_dist.eval.segmenter import (
     SegmenterNet,
     SegmenterTrainConfig,
     cache_is_valid,
+    default_checkpoint_path,
+    ensure_run_segmenter,
     ensure_segmenter,
     load_segmenter,
     manifest_sha256,
     read_sidecar,
+    run_segmenter_ready,
     save_segmenter,
     score_segmenter,
     segmentation_loss,
-    sidecar_path,
+    segmenter_for,
     train_step,
 )
+from p2p_dist.inference import sidecar_path
+from p2p_dist.train.runtime import Runtime
 
 ROAD, BUILDING = 7, 11  # Cityscapes ids of train ids 0 and 2
 
@@ -133,7 +144,7 @@ def test_loading_something_else_names_the_file(tmp_path):
 
 
 def _cache(shards_dir, config: SegmenterTrainConfig):
-    path = shards_dir / "segmenter" / "segmenter.pt"
+    path = default_checkpoint_path(shards_dir, config.crop_size)
     sidecar = {"train_config": asdict(config), "manifest_sha256": manifest_sha256(shards_dir)}
     save_segmenter(SegmenterNet(width=config.width), path, sidecar)
     return path
@@ -196,12 +207,12 @@ def demo_shards(tmp_path_factory):
 def test_train_segmenter_on_demo_shards_writes_checkpoint_and_ceiling_sidecar(demo_shards, backend, tmp_path):
     from p2p_dist.eval.segmenter import train_segmenter
 
-    path = train_segmenter(demo_shards, out_path=tmp_path / "seg.pt", epochs=1, batch_size=4, crop_size=64,
+    path = train_segmenter(demo_shards, out_path=tmp_path / "seg.pt", epochs=1, batch_size=8, crop_size=64,
                            width=4, backend=backend, device="cpu", progress=False)
     sidecar = read_sidecar(path)
     assert sidecar["train_config"]["backend"] == backend
     assert sidecar["manifest_sha256"] == manifest_sha256(demo_shards)
-    # 6 val images in batches of 4: the 2 repeats padding the last batch are not scored twice.
+    # 6 val images in one batch of 8: the 2 repeats padding it (beside their originals) are not scored twice.
     assert sidecar["val_scores"]["num_images"] == 6
     assert 0.0 <= sidecar["val_scores"]["fcn/pixel_acc"] <= 1.0
     assert load_segmenter(path)(torch.zeros(1, 3, 64, 64)).shape == (1, NUM_TRAIN_CLASSES, 64, 64)
@@ -221,10 +232,85 @@ def test_cli_trains_once_then_reuses_the_cache(demo_shards, capsys):
     args = ["--shards", str(demo_shards), "--epochs", "1", "--batch-size", "4", "--crop-size", "64",
             "--width", "4", "--quiet"]
     main(args)
-    checkpoint = demo_shards / "segmenter" / "segmenter.pt"
+    checkpoint = demo_shards / "segmenter" / "segmenter_64.pt"
     first = json.loads(capsys.readouterr().out)
     written_at = checkpoint.stat().st_mtime_ns
     main(args)
     second = json.loads(capsys.readouterr().out)
     assert first == second and first["checkpoint"] == str(checkpoint)
     assert checkpoint.stat().st_mtime_ns == written_at
+
+
+def run_config(shards, crop_size: int):
+    return load_config(None, [f"data.shards={shards}", f"data.crop_size={crop_size}", f"data.load_size={crop_size}",
+                              "train.steps=1"])
+
+
+def _cpu_runtime(rank: int, world_size: int) -> Runtime:
+    return Runtime(rank, rank, world_size, world_size, torch.device("cpu"), "fp32")
+
+
+def test_segmenters_for_two_crop_sizes_coexist_and_each_run_gets_the_one_for_its_crop_size(demo_shards, tmp_path):
+    main = _cli_main()
+    paths = {}
+    for crop in (128, 256):
+        main(["--shards", str(demo_shards), "--epochs", "1", "--batch-size", "4", "--crop-size", str(crop),
+              "--width", "4", "--quiet"])
+        paths[crop] = demo_shards / "segmenter" / f"segmenter_{crop}.pt"
+    written_at = {crop: path.stat().st_mtime_ns for crop, path in paths.items()}
+    # A store of our own: this test's process must not join (or leave behind) a process group for others.
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        for crop, path in paths.items():
+            cfg = run_config(demo_shards, crop)
+            # Trained with settings other than the defaults (1 epoch, width 4): still the run's segmenter.
+            assert run_segmenter_ready(cfg)
+            assert ensure_run_segmenter(cfg, device="cpu") == path
+            loaded = segmenter_for(cfg, _cpu_runtime(0, 1))
+            expected = load_segmenter(path)
+            assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), expected.state_dict().values()))
+    finally:
+        dist.destroy_process_group()
+    assert {crop: path.stat().st_mtime_ns for crop, path in paths.items()} == written_at  # reused, not retrained
+    assert {read_sidecar(path)["train_config"]["crop_size"] for path in paths.values()} == {128, 256}
+
+
+def test_a_given_segmenter_is_the_runs_without_looking_at_the_cache(tmp_path):
+    cfg = run_config(tmp_path / "no_shards_here", 128)
+    cfg.eval.segmenter = str(tmp_path / "mine.pt")
+    assert run_segmenter_ready(cfg)
+    assert ensure_run_segmenter(cfg) == tmp_path / "mine.pt"
+
+
+def _wait_rank_main(rank: int, port: int, shards: str, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two ranks on a shared 2-core machine
+    store = dist.TCPStore("127.0.0.1", port, 2, is_master=rank == 0, timeout=timedelta(minutes=5))
+    # Both ranks meet first, so that the group's short timeout does not count their start-up skew.
+    store.set(f"started{rank}", "1")
+    store.wait(["started0", "started1"])
+    # Collectives of the default group time out after 1 s: far less than rank 0 needs to train.
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2, timeout=timedelta(seconds=1))
+    try:
+        segmenter = segmenter_for(run_config(shards, 128), _cpu_runtime(rank, 2))
+        torch.save(segmenter.state_dict(), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two spawned interpreters, and rank 0 trains a default segmenter (20 epochs): ~1 min
+def test_other_ranks_wait_out_a_training_longer_than_the_collective_timeout(demo_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards, ignore=shutil.ignore_patterns("segmenter"))
+    mp.spawn(_wait_rank_main, args=(_free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    cached = default_checkpoint_path(shards, 128)
+    assert read_sidecar(cached)["train_seconds"] > 1  # longer than the default group's timeout
+    expected = load_segmenter(cached).state_dict()
+    for rank in range(2):
+        weights = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert all(torch.equal(weights[k], v) for k, v in expected.items()), rank

@@ -1,11 +1,13 @@
 """`launch/evaluate.py` on a real (tiny) training run: report files, the FCN ceiling, distributed = single."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from p2p_dist.config import load_config, save_config
 from runs import DEEPSPEED, ROOT, free_port, run_training, train_env
 
 EVALUATE = str(ROOT / "launch" / "evaluate.py")
@@ -59,6 +61,44 @@ def test_two_process_evaluation_gives_the_same_numbers_as_one(tiny_run, tiny_seg
     for key, value in single["metrics"].items():
         assert double["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert double["ceiling"] == pytest.approx(single["ceiling"], rel=1e-5, abs=1e-6)
+
+
+def test_train_norm_mode_with_syncbatch_on_two_processes_matches_one_process_over_the_first_n_images(
+        tmp_path_factory, tiny_shards):
+    """Two processes with batch 2 see the global batch one process with batch 4 sees: synced batch statistics
+    make their photos, and so the metrics of the first 3 images, the same. The sample grid, made on every
+    rank, must not leave rank 0 alone in a batch-norm all-reduce (it hung)."""
+    run = tmp_path_factory.mktemp("eval_syncbatch") / "run"
+    run_training(run, tiny_shards, "train.steps=2", "model.norm=syncbatch")
+    common = ("--no-fcn", "--no-fid", "--no-dropout", "--norm-mode", "train", "--max-images", "3")
+    evaluate(run, *common, "--batch-size", "4")
+    single = json.loads((run / "eval" / "step_000002.json").read_text())
+    evaluate(run, *common, "--batch-size", "2", nprocs=2)
+    double = json.loads((run / "eval" / "step_000002.json").read_text())
+    assert single["num_images"] == double["num_images"] == 3 and double["world_size"] == 2
+    assert double["metrics"] == pytest.approx(single["metrics"], rel=1e-4, abs=1e-6)
+    assert (run / "eval" / "step_000002_samples.png").stat().st_size > 0
+
+
+def test_an_fp16_run_evaluates_in_fp32_on_cpu_with_the_segmenter_cached_for_its_crop_size(
+        tiny_run, tiny_shards, tmp_path):
+    from p2p_dist.eval.segmenter import train_segmenter
+
+    run = tmp_path / "fp16_run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    save_config(load_config(run / "config.yaml", ["precision=fp16", "zero_stage=1"]), run / "config.yaml")
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("segmenter"))
+    cached = {crop: train_segmenter(shards, epochs=1, batch_size=4, crop_size=crop, width=4, progress=False)
+              for crop in (128, 256)}
+    written_at = cached[128].stat().st_mtime_ns
+
+    result = evaluate(run, "--shards", str(shards), "--no-fid", "--batch-size", "2")
+    report = json.loads((run / "eval" / "step_000002.json").read_text())
+    assert "evaluating in fp32 (the run trained with precision=fp16)" in result.stdout
+    assert report["settings"]["precision"] == "fp32"
+    assert report["settings"]["segmenter"] == str(cached[128])  # the run's crop size, beside the 256 one
+    assert cached[128].stat().st_mtime_ns == written_at  # used as it was, not retrained
 
 
 def test_evaluate_help_explains_the_options():

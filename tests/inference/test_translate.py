@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from inference_helpers import block_ids, read_rgb, save_colour, save_ids
-from p2p_dist.inference import (TranslateError, encode_labels, load_generator, resize_ids, to_uint8_images,
-                                translate_paths, translation_modes)
+from p2p_dist.inference import (TranslateError, encode_labels, load_generator, resize_ids, translate_paths,
+                                translation_modes)
+from p2p_dist.models import to_uint8
 from p2p_dist.train.checkpoint import load_weights
 
 
@@ -49,7 +50,7 @@ def test_id_maps_and_colour_maps_of_the_same_scene_give_the_same_photo_without_d
     # The files hold the generator's output for the loader's encoding of the map, quantised to uint8.
     with torch.no_grad():
         direct = generator(encode_labels(torch.from_numpy(scenes[0])[None], cfg.data.label_encoding))
-    assert np.abs(to_uint8_images(direct)[0].astype(int) - photos[0]).max() <= 1
+    assert np.abs(to_uint8(direct)[0].permute(1, 2, 0).numpy().astype(int) - photos[0]).max() <= 1
 
 
 def test_maps_of_different_sizes_are_batched_by_size_and_keep_their_size(color_run, tmp_path):

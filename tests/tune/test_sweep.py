@@ -18,7 +18,8 @@ import pytest
 
 from p2p_dist.config import load_config
 from runs import free_port, train_env
-from tune_helpers import experiment, read_jsonl, run_sweep_cli, start_sweep_cli, wait_for_first_result
+from tune_helpers import (CONFIG, TINY_SWEEP, experiment, read_jsonl, run_sweep_cli, start_sweep_cli,
+                          wait_for_first_result)
 
 
 def results_table(storage: Path) -> list[dict]:
@@ -36,6 +37,23 @@ def records_after(trial_dir: Path, restore: dict) -> list[dict]:
     later = [r["metrics_line"] for r in restores if r["metrics_line"] > restore["metrics_line"]]
     lines = (trial_dir / "run" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines[restore["metrics_line"]:min(later, default=len(lines))]]
+
+
+def test_trials_get_the_segmenter_cached_for_their_crop_size_and_none_is_trained(tmp_path, tiny_shards):
+    from p2p_dist.eval.segmenter import train_segmenter
+    from p2p_dist.tune.sweep import prepare_inputs
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("segmenter"))
+    cached = {crop: train_segmenter(shards, epochs=1, batch_size=4, crop_size=crop, width=4, progress=False)
+              for crop in (128, 256)}
+    written_at = cached[128].stat().st_mtime_ns
+    cfg = load_config(CONFIG, [*TINY_SWEEP, f"data.shards={shards}", "eval.fcn=true", "tune.metric=fcn_miou"])
+    assert cfg.data.crop_size == 128
+
+    trials_cfg, segmenter_train_s = prepare_inputs(cfg)
+    assert trials_cfg.eval.segmenter == str(cached[128])
+    assert segmenter_train_s is None and cached[128].stat().st_mtime_ns == written_at
 
 
 def test_asha_sweep_trains_each_trial_with_its_sampled_values_and_writes_table_best_config_and_plot(
