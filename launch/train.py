@@ -1,6 +1,6 @@
 """Train pix2pix under DeepSpeed.
 
-  deepspeed launch/train.py                                  # demo shards (built if missing), GPU if present
+  deepspeed launch/train.py                                  # demo shards (built if missing or stale), GPU if present
   deepspeed launch/train.py --config configs/cityscapes.yaml run.dir=runs/cs
   deepspeed --num_gpus 2 launch/train.py train.steps=1000    # data parallel (CPU processes without GPUs)
 

@@ -278,7 +278,7 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= t.decay_start <= 1.0:
         raise ConfigError(f"train.decay_start: {t.decay_start} is not in [0, 1]")
     positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.lr_g": t.lr_g,
-                "train.lr_d": t.lr_d, "train.lambda_l1": t.lambda_l1 + 1e-30, "data.num_workers": d.num_workers,
+                "train.lr_d": t.lr_d, "data.num_workers": d.num_workers,
                 "model.ngf": cfg.model.ngf, "model.ndf": cfg.model.ndf, "model.d_layers": cfg.model.d_layers,
                 "run.log_every": cfg.run.log_every, "run.sample_every": cfg.run.sample_every,
                 "run.checkpoint_every": cfg.run.checkpoint_every, "run.keep_checkpoints": cfg.run.keep_checkpoints}

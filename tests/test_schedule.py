@@ -14,5 +14,10 @@ def test_lr_is_constant_then_decays_linearly_like_the_reference():
 
 
 def test_total_steps_come_from_steps_or_epochs():
-    assert total_steps(steps=50, epochs=0, steps_per_epoch=10) == 50
-    assert total_steps(steps=0, epochs=2.5, steps_per_epoch=10) == 25
+    assert total_steps(steps=50, epochs=0, batches_per_epoch=10, grad_accum=1) == 50
+    assert total_steps(steps=0, epochs=2.5, batches_per_epoch=10, grad_accum=1) == 25
+
+
+def test_epochs_with_gradient_accumulation_cover_all_the_configured_data():
+    # 75 micro-batches per epoch, 4 per step: 10 epochs are 187.5 steps, not 10 * (75 // 4) = 180.
+    assert total_steps(steps=0, epochs=10, batches_per_epoch=75, grad_accum=4) == 188

@@ -56,6 +56,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     pointer = ckpt_root / "latest"
     if not pointer.is_file():
@@ -68,7 +76,7 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> Path:
     """Every rank calls this (DeepSpeed saves are collective)."""
-    name = f"step_{state.step:06d}"
+    name = checkpoint_name(state.step)
     partial = ckpt_root / f".partial-{name}"
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
@@ -84,7 +92,7 @@ def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> P
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         write_atomically(ckpt_root / "latest", name.encode())
-        for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
+        for old in sorted(ckpt_root.glob("step_*"), key=_step_of)[:-keep]:  # by number: step_1000000 > step_999999
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
@@ -93,6 +101,10 @@ def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> P
 def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> TrainerState:
     """Restore both engines (weights, optimizer, lr schedule, loss scale) and this rank's RNG."""
     state = TrainerState(**json.loads((path / "trainer.json").read_text()))
+    if state.zero_stage != model.cfg.zero_stage:
+        raise RuntimeError(
+            f"{path} was written at ZeRO stage {state.zero_stage}; resuming at zero_stage={model.cfg.zero_stage} "
+            f"cannot load its optimizer state. Resume with zero_stage={state.zero_stage}, or start a new run.dir.")
     if state.world_size != world_size and state.zero_stage > 0:
         raise RuntimeError(
             f"{path} was written by {state.world_size} ranks at ZeRO stage {state.zero_stage}; its optimizer state "

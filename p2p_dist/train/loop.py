@@ -65,10 +65,13 @@ def _shards_dir(cfg: Config, rt: Runtime) -> Path:
 def _batches(loader, state: TrainerState):
     """Micro-batches forever from the saved data position, advancing it as they are handed out."""
     while True:
+        # A checkpoint at an epoch's end says "all batches consumed"; resumed with another world or batch
+        # size, that count may even exceed this grouping's batches per epoch.
+        if state.batch_in_epoch >= loader.batches_per_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         for batch in loader.epoch(state.epoch, start_batch=state.batch_in_epoch):
             state.batch_in_epoch += 1
             yield batch
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
 def _mean_over_ranks(values: torch.Tensor) -> list[float]:
@@ -103,8 +106,8 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None) -> dict:
                           world_size=rt.world_size, seed=cfg.seed, train=True, load_size=d.load_size,
                           crop_size=d.crop_size, flip=d.flip, label_encoding=d.label_encoding, device=rt.device,
                           num_workers=d.num_workers)
-    steps_per_epoch = max(1, loader.batches_per_epoch // t.grad_accum)
-    total = total_steps(t.steps, t.epochs, steps_per_epoch)
+    steps_per_epoch = loader.batches_per_epoch / t.grad_accum
+    total = total_steps(t.steps, t.epochs, loader.batches_per_epoch, t.grad_accum)
 
     torch.manual_seed(cfg.seed)  # identical initial weights everywhere (DeepSpeed also broadcasts them)
     model = Pix2Pix(cfg, rt, total)

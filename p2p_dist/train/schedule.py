@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 
-def total_steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
-    """Optimiser steps of the run, from train.steps or train.epochs (exactly one is set)."""
-    return steps if steps > 0 else max(1, round(epochs * steps_per_epoch))
+def total_steps(steps: int, epochs: float, batches_per_epoch: int, grad_accum: int) -> int:
+    """Optimiser steps of the run, from train.steps or train.epochs (exactly one is set). An epoch is
+    `batches_per_epoch` micro-batches per rank, `grad_accum` of them per step: the count is rounded once over
+    the whole run, so every configured epoch of data is seen even when grad_accum does not divide an epoch."""
+    return steps if steps > 0 else max(1, round(epochs * batches_per_epoch / grad_accum))
 
 
 def lr_factor(step: int, total: int, decay_start: float) -> float:

@@ -88,7 +88,7 @@ def run_length(cfg: Config) -> int:
         return t.steps
     num_train = read_manifest(Path(cfg.data.shards))["splits"]["train"]["num_samples"]
     batches_per_epoch = math.ceil(num_train / (cfg.tune.workers_per_trial * t.batch_size))
-    return total_steps(t.steps, t.epochs, max(1, batches_per_epoch // t.grad_accum))
+    return total_steps(t.steps, t.epochs, batches_per_epoch, t.grad_accum)
 
 
 def make_scheduler(cfg: Config, length: int) -> TrialScheduler:

@@ -33,7 +33,7 @@ from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
 from p2p_dist.config import Config
-from p2p_dist.train.checkpoint import TrainerState
+from p2p_dist.train.checkpoint import TrainerState, checkpoint_name
 from p2p_dist.tune.space import Objective, objective, trial_config
 
 RUN_SUBDIR = "run"
@@ -81,7 +81,7 @@ def place_checkpoint(checkpoint: tune.Checkpoint, run_dir: Path) -> int:
     root.mkdir(parents=True)
     with checkpoint.as_directory() as source:
         step = TrainerState(**json.loads((Path(source) / "trainer.json").read_text())).step
-        name = f"step_{step:06d}"
+        name = checkpoint_name(step)
         shutil.copytree(source, root / name)
     (root / "latest").write_text(name)
     return step
