@@ -97,7 +97,7 @@ class RunConfig:
     sample_every: int = opt(200, "Steps between label | generated | real sample grids in samples/.")
     checkpoint_every: int = opt(500, "Steps between checkpoints (one is always written at the end).")
     keep_checkpoints: int = opt(3, "Checkpoints kept in checkpoints/; older ones are deleted.")
-    num_samples: int = opt(4, "Validation pairs shown in each sample grid.")
+    sample_rows: int = opt(4, "Validation pairs shown in each sample grid (one row each).")
 
 
 @dataclass
@@ -281,7 +281,8 @@ def validate(cfg: Config) -> None:
                 "train.lr_d": t.lr_d, "data.num_workers": d.num_workers,
                 "model.ngf": cfg.model.ngf, "model.ndf": cfg.model.ndf, "model.d_layers": cfg.model.d_layers,
                 "run.log_every": cfg.run.log_every, "run.sample_every": cfg.run.sample_every,
-                "run.checkpoint_every": cfg.run.checkpoint_every, "run.keep_checkpoints": cfg.run.keep_checkpoints}
+                "run.checkpoint_every": cfg.run.checkpoint_every, "run.keep_checkpoints": cfg.run.keep_checkpoints,
+                "run.sample_rows": cfg.run.sample_rows}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")

@@ -19,6 +19,7 @@ the loaders.
 from __future__ import annotations
 
 import io
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,16 @@ class _EpochRequests(Sampler):
         return len(self.batches)
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:  # noqa: ARG001
+    # Ctrl-C and a scheduler's SIGTERM reach every process of the job. The trainer answers them with a checkpoint
+    # and a clean exit, and shuts its workers down itself; a worker killed by them first would make the
+    # DataLoader abort the run before that checkpoint. Forked workers inherit the trainer's handlers, but not
+    # ones started by spawn or forkserver (Python 3.14's default on Linux), nor ones forked before the trainer
+    # installed its handlers.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class WebDatasetLoader(ShardLoader):
     def __init__(self, shards_dir: Path, split: str, options: LoaderOptions) -> None:
         super().__init__(shards_dir, split, options)
@@ -110,6 +121,7 @@ class WebDatasetLoader(ShardLoader):
             num_workers=workers,
             pin_memory=options.device.type == "cuda",
             persistent_workers=workers > 0,
+            worker_init_fn=_leave_stop_signals_to_the_trainer,
             prefetch_factor=2 if workers > 0 else None,
         )
 

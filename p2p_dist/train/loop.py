@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -90,22 +91,25 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict:
     report (p2p_dist.tune)."""
     rt = init_runtime(cfg)
     try:
-        return _train(cfg, rt, reporter)
+        # Loaders hold DALI threads or DataLoader worker processes: release them even when a trial in a
+        # long-lived Ray worker ends with an error.
+        with contextlib.ExitStack() as loaders:
+            return _train(cfg, rt, reporter, loaders)
     finally:
         shutdown()
 
 
-def _train(cfg: Config, rt: Runtime, reporter: Reporter | None) -> dict:
+def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: contextlib.ExitStack) -> dict:
     run_dir, ckpt_root = Path(cfg.run.dir), Path(cfg.run.dir) / "checkpoints"
     if rt.is_main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         checkpoint.clean_partial(ckpt_root)
     shards = _shards_dir(cfg, rt)
     d, t = cfg.data, cfg.train
-    loader = build_loader(shards, "train", backend=d.loader, batch_size=t.batch_size, rank=rt.rank,
-                          world_size=rt.world_size, seed=cfg.seed, train=True, load_size=d.load_size,
-                          crop_size=d.crop_size, flip=d.flip, label_encoding=d.label_encoding, device=rt.device,
-                          num_workers=d.num_workers)
+    loader = loaders.enter_context(contextlib.closing(build_loader(
+        shards, "train", backend=d.loader, batch_size=t.batch_size, rank=rt.rank, world_size=rt.world_size,
+        seed=cfg.seed, train=True, load_size=d.load_size, crop_size=d.crop_size, flip=d.flip,
+        label_encoding=d.label_encoding, device=rt.device, num_workers=d.num_workers)))
     steps_per_epoch = loader.batches_per_epoch / t.grad_accum
     total = total_steps(t.steps, t.epochs, loader.batches_per_epoch, t.grad_accum)
 
@@ -128,6 +132,8 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None) -> dict:
 
     samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
     periodic_eval = PeriodicEvaluation(cfg, rt, shards) if cfg.eval.every > 0 else None
+    if periodic_eval is not None:
+        loaders.callback(periodic_eval.loader.close)
     logger = RunLogger(run_dir, total, enabled=rt.is_main)
     stop = StopFlag()
     meter = Throughput()
@@ -234,10 +240,11 @@ class PeriodicEvaluation:
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
     """The first validation pairs, unaugmented: the same rows in every sample grid of the run."""
     d = cfg.data
-    val = build_loader(shards, "val", backend=d.loader, batch_size=cfg.run.num_samples, rank=0, world_size=1,
+    val = build_loader(shards, "val", backend=d.loader, batch_size=cfg.run.sample_rows, rank=0, world_size=1,
                        seed=cfg.seed, train=False, load_size=d.crop_size, crop_size=d.crop_size, flip=False,
                        label_encoding=d.label_encoding, device=rt.device, num_workers=1)
-    return next(iter(val.epoch(0)))
+    with contextlib.closing(val):
+        return next(iter(val.epoch(0)))
 
 
 def _write_samples(model: Pix2Pix, samples: dict, run_dir: Path, logger: RunLogger, step: int) -> None:

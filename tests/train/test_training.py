@@ -1,6 +1,7 @@
 """`launch/train.py` end to end on CPU: outputs, resume, preemption, failure, data parallel."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -74,6 +75,25 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path, ti
     resumed = run_training(run, tiny_shards, f"train.steps={stopped_at + 2}")
     assert f"resumed from" in resumed.stdout
     assert json.loads((run / "summary.json").read_text())["steps"] == stopped_at + 2
+
+
+def test_ctrl_c_to_the_whole_process_group_checkpoints_even_with_dataloader_worker_processes(tmp_path, tiny_shards):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_command(run, tiny_shards, "train.steps=500", "run.sample_every=1000",
+                                          "data.loader=webdataset", "data.num_workers=2"),
+                            env=train_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the trainer and its workers alike
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    stopped_at = json.loads((run / "summary.json").read_text())["steps"]
+    assert 2 <= stopped_at < 500 and latest_checkpoint(run / "checkpoints").name == f"step_{stopped_at:06d}"
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_shards):
