@@ -78,16 +78,20 @@ def test_shared_forward_kid_equals_plain_torchmetrics_kid_when_subsets_are_the_w
     assert abs(float(plain_mean)) > 1e-3  # a real comparison (4 samples: the unbiased estimate may be < 0)
 
 
+def _against_itself_and_against_noise(metrics, photos, noise):
+    results = []
+    for fake in (photos, noise):
+        metrics.reset()
+        metrics.update(photos, real=True)
+        metrics.update(fake, real=False)
+        results.append(metrics.compute())
+    return results
+
+
 def test_fid_and_kid_are_near_zero_for_a_set_against_itself_and_large_against_noise(inception_cache):
     photos, noise = smooth_photos(8, 64, seed=3), white_noise(8, 64, seed=4)
     metrics = InceptionMetrics(feature=64, cache_dir=inception_cache, kid_subset_size=8, kid_subsets=10)
-    metrics.update(photos, real=True)
-    metrics.update(photos, real=False)
-    same = metrics.compute()
-    metrics.reset()
-    metrics.update(photos, real=True)
-    metrics.update(noise, real=False)
-    different = metrics.compute()
+    same, different = _against_itself_and_against_noise(metrics, photos, noise)
     assert abs(same["fid"]) < 1e-3
     assert different["fid"] > 1.0
     # The KID estimator is unbiased, so a set against itself may come out slightly negative.
@@ -124,13 +128,7 @@ def test_standard_2048_fid_is_near_zero_against_itself_and_large_against_noise(i
     """The standard 2048-d FID (slow on CPU: the 2048x2048 matrix square root takes tens of seconds)."""
     photos, noise = smooth_photos(8, 64, seed=7), white_noise(8, 64, seed=8)
     metrics = InceptionMetrics(cache_dir=inception_cache, kid_subset_size=8, kid_subsets=10)
-    metrics.update(photos, real=True)
-    metrics.update(photos, real=False)
-    same = metrics.compute()
-    metrics.reset()
-    metrics.update(photos, real=True)
-    metrics.update(noise, real=False)
-    different = metrics.compute()
+    same, different = _against_itself_and_against_noise(metrics, photos, noise)
     assert abs(same["fid"]) < 0.01
     assert different["fid"] > 100
     assert different["kid_mean"] > 0.1 > abs(same["kid_mean"])

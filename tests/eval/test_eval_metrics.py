@@ -2,12 +2,12 @@
 
 import json
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from runs import free_port
 from eval_helpers import smooth_photos
 
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
@@ -183,16 +183,10 @@ def _rank_main(rank: int, world_size: int, port: int, inception_cache: str, out_
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two spawned interpreters importing torch: 25-50 s on the shared 2-core machine
 def test_two_gloo_ranks_give_the_same_metrics_as_one_process(inception_cache, tmp_path):
     single = _evaluate(range(0, 8), str(inception_cache))
-    mp.spawn(_rank_main, args=(2, _free_port(), str(inception_cache), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(inception_cache), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         distributed = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert distributed.keys() == single.keys()

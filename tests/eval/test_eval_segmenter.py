@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import shutil
-import socket
 import warnings
 from dataclasses import asdict
 from datetime import timedelta
@@ -13,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from runs import free_port
 
 from p2p_dist.config import load_config
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES
@@ -297,17 +297,11 @@ def _wait_rank_main(rank: int, port: int, shards: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two spawned interpreters, and rank 0 trains a default segmenter (20 epochs): ~1 min
 def test_other_ranks_wait_out_a_training_longer_than_the_collective_timeout(demo_shards, tmp_path):
     shards = tmp_path / "shards"
     shutil.copytree(demo_shards, shards, ignore=shutil.ignore_patterns("segmenter"))
-    mp.spawn(_wait_rank_main, args=(_free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_wait_rank_main, args=(free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
     cached = default_checkpoint_path(shards, 128)
     assert read_sidecar(cached)["train_seconds"] > 1  # longer than the default group's timeout
     expected = load_segmenter(cached).state_dict()

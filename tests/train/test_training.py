@@ -54,16 +54,20 @@ def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
 
+def _wait_for_log_records(run, proc, count):
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count("\n") >= count:
+            return
+        time.sleep(0.05)
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path, tiny_shards):
     run = tmp_path / "run"
     proc = subprocess.Popen(train_command(run, tiny_shards, "train.steps=500", "run.sample_every=1000"),
                             env=train_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists() and metrics.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
+    _wait_for_log_records(run, proc, 2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
@@ -83,12 +87,7 @@ def test_ctrl_c_to_the_whole_process_group_checkpoints_even_with_dataloader_work
                                           "data.loader=webdataset", "data.num_workers=2"),
                             env=train_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists() and metrics.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
+    _wait_for_log_records(run, proc, 2)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the trainer and its workers alike
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
