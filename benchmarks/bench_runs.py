@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,9 @@ DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MAST
                    "CROSS_RANK", "CROSS_SIZE")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".venv" / "torch_extensions"))
     return env
 
 
@@ -46,7 +38,7 @@ def train_command(config_path: Path, nprocs: int, launcher: str) -> list[str]:
             raise ValueError(f"launcher 'python' runs one process, not {nprocs}")
         return [sys.executable, str(TRAIN_SCRIPT), "--config", str(config_path)]
     deepspeed = str(Path(sys.executable).with_name("deepspeed"))
-    return [deepspeed, "--num_gpus", str(nprocs), "--master_port", str(_free_port()), str(TRAIN_SCRIPT),
+    return [deepspeed, "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(TRAIN_SCRIPT),
             "--config", str(config_path)]
 
 

@@ -150,11 +150,12 @@ class Suite:
     # ---------------------------------------------------------------------------------------------- data
     def data(self, record: dict) -> None:
         from bench_data import measure_loaders, measure_packing
+        from bench_step import LOAD_SIZE_RATIO
 
         p = self.plan
         print(f"[data] loaders at {p.resolution}px, batch {p.data_batch}", flush=True)
         record["loaders"] = measure_loaders(self.shards, batch_size=p.data_batch, resolution=p.resolution,
-                                            load_size=round(p.resolution * 286 / 256), batches=p.data_batches,
+                                            load_size=round(p.resolution * LOAD_SIZE_RATIO), batches=p.data_batches,
                                             repeats=p.data_repeats, warmup=p.data_warmup,
                                             num_workers=p.data_workers, device=self.device)
         cores = os.cpu_count() or 1

@@ -1,4 +1,5 @@
-"""Suite-wide settings: GPU tests skip themselves without CUDA; DeepSpeed reuses the op built by `make install`."""
+"""Suite-wide settings: GPU tests skip themselves without CUDA; DeepSpeed reuses the op built by `make install`;
+`one_thread` for tests of small models."""
 
 import os
 from pathlib import Path
@@ -15,6 +16,16 @@ def tiny_shards(tmp_path_factory) -> Path:
     from runs import make_tiny_shards
 
     return make_tiny_shards(tmp_path_factory.mktemp("shards") / "demo")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: small models on a CPU shared with other processes run fastest and most steadily so
+    (OpenMP threads spin-waiting for each other made them several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,7 +2,6 @@
 shards, `launch/train.py` runs and their final weights. The `tiny_shards` fixture is in tests/conftest.py."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 
 from p2p_dist.data.shards import PackSettings, ensure_demo_shards
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
+from p2p_dist.train.runtime import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "launch" / "train.py")
@@ -25,12 +25,6 @@ def make_tiny_shards(out: Path) -> Path:
     """12 train and 4 val demo scenes stored at 128x64: seconds to build."""
     return ensure_demo_shards(out, num_train=12, num_val=4, image_size=(128, 64),
                               settings=PackSettings(size=(128, 64)), workers=2, progress=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_env() -> dict:

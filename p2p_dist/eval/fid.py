@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 from torchmetrics.utilities.data import dim_zero_cat
 
+from p2p_dist.atomic_write import write_atomically
 from p2p_dist.models import to_uint8
 
 INCEPTION_FEATURES = 2048  # the standard FID / KID features; 64, 192 and 768 are earlier, cheaper layers
@@ -181,11 +181,8 @@ def inception_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
     path = directory / CONVERTED_FILE_NAME
     if path.is_file():
         return path
-    directory.mkdir(parents=True, exist_ok=True)
     state_dict = convert_fid_helper_state_dict(load_fid_helper_torchscript().state_dict())
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{CONVERTED_FILE_NAME}.", delete=False) as tmp:
-        torch.save(state_dict, tmp)
-    os.replace(tmp.name, path)
+    write_atomically(path, lambda stream: torch.save(state_dict, stream))
     return path
 
 

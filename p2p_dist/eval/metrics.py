@@ -34,6 +34,7 @@ from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.eval.fid import INCEPTION_FEATURES, InceptionMetrics
 
 FCN_KEYS = ("fcn/pixel_acc", "fcn/class_acc", "fcn/mean_iou")
+CEILING_PREFIX = "ceiling/"
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -106,7 +107,8 @@ class Evaluator(nn.Module):
 
     Keys of ``compute()``: ``ssim``, ``psnr``, ``mse``, ``l1`` always; ``fid``, ``kid_mean``, ``kid_std`` unless
     ``fid_kid=False`` (Inception is the slow part); ``fcn/pixel_acc``, ``fcn/class_acc``, ``fcn/mean_iou`` unless
-    ``fcn=False``. ``inception_feature`` (default 2048, the standard) selects the Inception layer of FID/KID;
+    ``fcn=False``; with ``fcn_ceiling=True`` also ``ceiling/fcn/...``, the same segmenter's score on the REAL
+    photos of the same samples (the paper's ceiling row). ``inception_feature`` (default 2048, the standard) selects the Inception layer of FID/KID;
     see :class:`~p2p_dist.eval.fid.InceptionMetrics`. KID options are documented there too.
     """
 
@@ -116,6 +118,7 @@ class Evaluator(nn.Module):
         *,
         fid_kid: bool = True,
         fcn: bool = True,
+        fcn_ceiling: bool = False,
         kid_subset_size: int = 1000,
         kid_subsets: int = 100,
         inception_feature: int = INCEPTION_FEATURES,
@@ -139,6 +142,7 @@ class Evaluator(nn.Module):
             else None
         )
         self.confusion = build_confusion_matrix() if fcn else None
+        self.ceiling_confusion = build_confusion_matrix() if fcn and fcn_ceiling else None
         self.to(self.device)
 
     @torch.no_grad()
@@ -192,6 +196,8 @@ class Evaluator(nn.Module):
             train_ids = to_train_ids(ids.to(self.device)).long()
             predictions = predict_train_ids(segmenter, fake, tuple(train_ids.shape[-2:]))
             self.confusion.update(predictions, train_ids)
+        if self.ceiling_confusion is not None:
+            self.ceiling_confusion.update(predict_train_ids(segmenter, real, tuple(train_ids.shape[-2:])), train_ids)
 
     def compute(self) -> dict[str, float]:
         """All metrics over every rank's updates, as a flat dict of floats (same on every rank)."""
@@ -205,9 +211,11 @@ class Evaluator(nn.Module):
             results.update(self.inception.compute())
         if self.confusion is not None:
             results.update(fcn_scores(self.confusion.compute()))
+        if self.ceiling_confusion is not None:
+            results.update({f"{CEILING_PREFIX}{k}": v for k, v in fcn_scores(self.ceiling_confusion.compute()).items()})
         return results
 
     def reset(self) -> None:
-        for metric in (self.ssim, self.psnr, self.mse, self.l1, self.inception, self.confusion):
+        for metric in (self.ssim, self.psnr, self.mse, self.l1, self.inception, self.confusion, self.ceiling_confusion):
             if metric is not None:
                 metric.reset()

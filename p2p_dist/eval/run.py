@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from p2p_dist.data.loader import build_loader
 from p2p_dist.eval.evaluate import evaluate
-from p2p_dist.eval.metrics import Evaluator
+from p2p_dist.eval.metrics import CEILING_PREFIX, Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
 from p2p_dist.eval.segmenter import run_segmenter_path, segmenter_for
 from p2p_dist.inference import load_generator, resolve_checkpoint
@@ -52,7 +52,8 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
             seg = segmenter_for(cfg, rt) if fcn else None
             num_images = min(loader.num_samples, max_images or loader.num_samples)
             kid_subset_size = min(kid_subset_size, num_images)
-            generated = Evaluator(rt.device, fid_kid=fid, fcn=fcn, kid_subset_size=kid_subset_size)
+            # The same segmenter on the real photos too: the paper's "ground truth" row, in the same pass.
+            generated = Evaluator(rt.device, fid_kid=fid, fcn=fcn, fcn_ceiling=fcn, kid_subset_size=kid_subset_size)
             torch.manual_seed(seed + rt.rank)  # the test-time dropout noise
             progress = (lambda it, total: tqdm(it, total=total, desc=f"evaluate {split}", unit="batch")) \
                 if rt.is_main else None
@@ -63,11 +64,8 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
                 # train mode (--norm-mode train) with model.norm=syncbatch all-reduces its statistics, and
                 # would wait forever for ranks that do not join.
                 grid = _grid(generator, loader)
-            ceiling = None
-            if seg is not None:  # the same segmenter on the real photos: the paper's "ground truth" row
-                scores = evaluate(lambda batch: batch["photo"], loader, Evaluator(rt.device, fid_kid=False),
-                                  seg, max_images)
-                ceiling = {k: v for k, v in scores.items() if k.startswith("fcn/")}
+            ceiling = {key.removeprefix(CEILING_PREFIX): metrics.pop(key)
+                       for key in [k for k in metrics if k.startswith(CEILING_PREFIX)]} or None
         finally:
             loader.close()
         result = {"run_dir": str(run_dir), "checkpoint": ckpt.name, "num_images": num_images, "metrics": metrics,

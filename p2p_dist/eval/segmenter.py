@@ -44,9 +44,10 @@ from tqdm import tqdm
 
 from p2p_dist.atomic_write import write_atomically
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
+from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import MANIFEST_NAME
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
-from p2p_dist.inference import sidecar_path
+from p2p_dist.inference import default_device, sidecar_path
 
 if TYPE_CHECKING:
     from p2p_dist.config import Config
@@ -259,12 +260,7 @@ def cache_is_valid(shards_dir: str | os.PathLike, checkpoint_path: Path, config:
 # ------------------------------------------------------------------------------------------ training
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _build_loader(shards_dir: Path, split: str, config: SegmenterTrainConfig, device: torch.device, train: bool):
-    from p2p_dist.data.loader import build_loader  # the loader pulls in DALI: import only when training
 
     # Same 286/256 resize-then-crop augmentation as pix2pix itself; validation is resized, not cropped.
     load_size = round(config.crop_size * 286 / 256) if train else config.crop_size
@@ -340,7 +336,7 @@ def train_segmenter(
     config = SegmenterTrainConfig(epochs, batch_size, crop_size, lr, width, backend, seed)
     shards_dir = Path(shards_dir)
     out_path = Path(out_path) if out_path is not None else default_checkpoint_path(shards_dir, crop_size)
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else default_device()
     digest = manifest_sha256(shards_dir)
     torch.manual_seed(seed)
 

@@ -131,9 +131,8 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
               f"run dir {run_dir}", flush=True)
 
     samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
-    periodic_eval = PeriodicEvaluation(cfg, rt, shards) if cfg.eval.every > 0 else None
-    if periodic_eval is not None:
-        loaders.callback(periodic_eval.loader.close)
+    periodic_eval = (loaders.enter_context(contextlib.closing(PeriodicEvaluation(cfg, rt, shards)))
+                     if cfg.eval.every > 0 else None)
     logger = RunLogger(run_dir, total, enabled=rt.is_main)
     stop = StopFlag()
     meter = Throughput()
@@ -235,6 +234,9 @@ class PeriodicEvaluation:
     def __call__(self, model: Pix2Pix) -> dict:
         return evaluate(lambda batch: model.translate(batch["label"]), self.loader, self.evaluator, self.segmenter,
                         self.num_images)
+
+    def close(self) -> None:
+        self.loader.close()
 
 
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:

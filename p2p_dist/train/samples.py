@@ -9,6 +9,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from p2p_dist.data.labels import ids_to_color
+from p2p_dist.eval.metrics import to_unit_range
 
 
 def label_colors(ids: torch.Tensor) -> torch.Tensor:
@@ -18,8 +19,8 @@ def label_colors(ids: torch.Tensor) -> torch.Tensor:
 
 
 def sample_grid(ids: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    to_unit = lambda x: (x.detach().float().cpu().clamp(-1, 1) + 1) / 2  # noqa: E731
-    rows = torch.stack([label_colors(ids), to_unit(fake), to_unit(real)], 1).flatten(0, 1)
+    rows = torch.stack([label_colors(ids), to_unit_range(fake.detach().cpu()), to_unit_range(real.cpu())], 1)
+    rows = rows.flatten(0, 1)
     return make_grid(rows, nrow=3, padding=2, pad_value=1.0)
 
 

@@ -32,13 +32,14 @@ class SweepReport:
     experiment_dir: Path
     rows: list[results.TrialSummary]  # best first
     markdown: str
-    results_csv: Path
-    results_md: Path
     best_config: Path | None          # None when no trial reported a finite objective
-    plot: Path
     segmenter_train_s: float | None   # time spent training the FCN segmenter first; None if cached or unused
     sweep_s: float                    # Tuner.fit wall time
-    unfinished: int                   # trials an interruption (Ctrl-C) left running or pending
+
+    @property
+    def unfinished(self) -> int:
+        """Trials an interruption (Ctrl-C) left running or pending."""
+        return sum(row.status == "unfinished" for row in self.rows)
 
     def render(self) -> str:
         segmenter = ("" if self.segmenter_train_s is None
@@ -48,8 +49,9 @@ class SweepReport:
                        f"continue with the same command plus --resume\n")
         best = f"  best config:  {self.best_config}\n" if self.best_config else "  no trial reported a finite result\n"
         return (f"{self.markdown}\n\n{interrupted}{segmenter}sweep finished in {self.sweep_s:.0f} s\n"
-                f"  results:      {self.results_csv}\n                {self.results_md}\n{best}"
-                f"  plot:         {self.plot}\n  trials:       {self.experiment_dir}/trial_*/run/")
+                f"  results:      {self.experiment_dir / results.RESULTS_CSV}\n"
+                f"                {self.experiment_dir / results.RESULTS_MD}\n{best}"
+                f"  plot:         {self.experiment_dir / results.PLOT}\n  trials:       {self.experiment_dir}/trial_*/run/")
 
 
 def experiment_dir(cfg: Config) -> Path:
@@ -179,7 +181,7 @@ def run_sweep(user_cfg: Config, resume: bool = False) -> SweepReport:
     started_ray = start_ray(cfg)
     try:
         t, goal, length = cfg.tune, objective(cfg.tune), run_length(cfg)
-        setup = TrialSetup(cfg, str(exp_dir), t.workers_per_trial, t.cpus_per_worker, resolve_use_gpu(cfg))
+        setup = TrialSetup(cfg, str(exp_dir), resolve_use_gpu(cfg))
         trainable = make_trainable(setup)
         start = time.perf_counter()
         if resume:
@@ -225,7 +227,5 @@ def write_results(user_cfg: Config, grid, length: int, exp_dir: Path, segmenter_
     best_config = (results.write_best_config(user_cfg, best, goal, user_cfg.tune.name, exp_dir / results.BEST_CONFIG)
                    if best else None)
     title = f"{user_cfg.tune.name}: {user_cfg.tune.scheduler.upper()}, {len(rows)} trials"
-    plot = results.plot_curves(rows, goal, title, exp_dir / results.PLOT)
-    unfinished = sum(row.status == "unfinished" for row in rows)
-    return SweepReport(exp_dir, rows, markdown, exp_dir / results.RESULTS_CSV, exp_dir / results.RESULTS_MD,
-                       best_config, plot, segmenter_train_s, sweep_s, unfinished)
+    results.plot_curves(rows, goal, title, exp_dir / results.PLOT)
+    return SweepReport(exp_dir, rows, markdown, best_config, segmenter_train_s, sweep_s)

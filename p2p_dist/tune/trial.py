@@ -32,6 +32,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
+from p2p_dist.atomic_write import write_atomically
 from p2p_dist.config import Config
 from p2p_dist.train.checkpoint import TrainerState, checkpoint_name
 from p2p_dist.tune.space import Objective, objective, trial_config
@@ -47,9 +48,15 @@ class TrialSetup:
 
     base: Config            # the sweep's config, paths made absolute
     experiment_dir: str     # <storage_path>/<name>, on storage every node can reach
-    workers: int = 1
-    cpus_per_worker: int = 1
     use_gpu: bool = False
+
+    @property
+    def workers(self) -> int:
+        return self.base.tune.workers_per_trial
+
+    @property
+    def cpus_per_worker(self) -> int:
+        return self.base.tune.cpus_per_worker
 
     def trial_dir(self, trial_id: str) -> Path:
         return Path(self.experiment_dir) / trial_dirname_for(trial_id)
@@ -83,7 +90,7 @@ def place_checkpoint(checkpoint: tune.Checkpoint, run_dir: Path) -> int:
         step = TrainerState(**json.loads((Path(source) / "trainer.json").read_text())).step
         name = checkpoint_name(step)
         shutil.copytree(source, root / name)
-    (root / "latest").write_text(name)
+    write_atomically(root / "latest", name.encode())
     return step
 
 

@@ -14,15 +14,6 @@ CPU_FP32 = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, devic
 TINY = ("model.ngf=4", "model.ndf=4")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine run fastest, and most steadily, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fake_variant(name: str, calls: list[str], seconds_per_image: float = 0.0) -> bs.BuiltVariant:
     def step(batch: dict) -> None:
         calls.append(name)

@@ -1,17 +1,11 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run these tests' torch ops on one thread: on a CPU shared with other processes, two OpenMP threads
-    spin-waiting for each other made small models ~10x slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def every_test_on_one_thread(one_thread):
+    """Small models throughout: see `one_thread`."""
 
 
 @pytest.fixture(scope="session")

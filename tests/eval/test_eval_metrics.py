@@ -77,6 +77,27 @@ def test_fcn_scores_are_nan_when_no_pixel_is_labelled():
     assert all(math.isnan(scores[key]) for key in FCN_KEYS)
 
 
+def test_evaluator_ceiling_is_the_segmenter_score_on_the_real_photos_of_the_same_samples():
+    def segmenter(photos):  # bright pixels are road (train id 0), dark ones sidewalk (1)
+        logits = torch.zeros(photos.shape[0], NUM_TRAIN_CLASSES, *photos.shape[2:])
+        logits[:, 0], logits[:, 1] = photos.mean(1), -photos.mean(1)
+        return logits
+
+    torch.manual_seed(0)
+    real = torch.rand(3, 3, 16, 16) * 2 - 1
+    fake = -real
+    ids = torch.tensor([ROAD, SIDEWALK, BUILDING, UNLABELED]).repeat(3, 4, 4)[:, :16, :16]
+    keep = torch.tensor([True, False, True])
+    both = Evaluator(fid_kid=False, fcn_ceiling=True)
+    both.update(fake, real, ids, segmenter, keep=keep)
+    scores = both.compute()
+    real_alone = Evaluator(fid_kid=False)
+    real_alone.update(real, real, ids, segmenter, keep=keep)
+    expected = real_alone.compute()
+    assert {key: scores[f"ceiling/{key}"] for key in FCN_KEYS} == {key: expected[key] for key in FCN_KEYS}
+    assert scores["fcn/pixel_acc"] != scores["ceiling/fcn/pixel_acc"]  # the generated photos' own score
+
+
 def test_evaluator_fcn_score_on_a_hand_worked_case_ignores_label_255():
     # The same confusion matrix as above, laid out as label ids and predictions (1 image, 2x4 pixels);
     # the last row's two pixels are 'unlabeled' (train id 255) and predicted as class 2: must not count.

@@ -1,20 +1,14 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from inference_helpers import write_run_dir
 from runs import run_training
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a CPU shared with other processes, OpenMP threads spin-waiting for each other
-    make small models several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def every_test_on_one_thread(one_thread):
+    """Small models throughout: see `one_thread`."""
 
 
 @pytest.fixture(scope="session")
