@@ -80,7 +80,8 @@ class Pix2Pix:
         model = model.to(self.rt.device)
         t = self.cfg.train
         # Fused: one kernel over all parameters instead of torch's per-tensor loop on CPU (G's 54M-parameter
-        # Adam step measured 0.8 s -> 0.3 s on the 2-core CPU); same update up to float rounding.
+        # Adam step 3x faster on the 2-core CPU, benchmarks/results/amd-epyc-2c-2026-11-25-candidates.md);
+        # the same update up to float rounding.
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, t.decay_start))
