@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU communication op on first use; build it once here, not in every run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-as-avx2-cpu test-as-native-bf16-cpu test-all bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -23,6 +23,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu" tests
+
+# The suite as the other kind of CPU would see it: every automatic choice (precision=auto, ...) reads these
+# simulated flags instead of /proc/cpuinfo (p2p_dist.train.runtime.cpu_flags). Testing only.
+test-as-avx2-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c
+test-as-avx2-cpu: test
+test-as-native-bf16-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16
+test-as-native-bf16-cpu: test
 
 test-all: install
 	$(PY) -m pytest tests

@@ -42,17 +42,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Automatic choices read the CPU's feature flags through `cpu_flags`. Setting this variable replaces the flags
+# (a space- or comma-separated list), so that the whole suite can run as a CPU of another kind would see it:
+# `P2P_DIST_CPU_FLAGS="avx2"` (AVX2-only) or `"avx2 avx512f avx512_bf16"` (native bf16). Testing only.
+SIMULATED_CPU_FLAGS_ENV = "P2P_DIST_CPU_FLAGS"
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo), or the simulated ones of P2P_DIST_CPU_FLAGS when set."""
+    simulated = os.environ.get(SIMULATED_CPU_FLAGS_ENV)
+    if simulated is not None:
+        return frozenset(simulated.replace(",", " ").split())
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def has_fast_bf16(device: torch.device) -> bool:
     """bf16 autocast keeps fp32 master weights and needs no loss scaling, but pays off only with native bf16
     units: CUDA Ampere or newer, or CPUs with AVX512-BF16/AMX. Elsewhere oneDNN has no bf16 convolution and
     PyTorch falls back to a slow reference kernel (measured 20x slower than fp32 on an AVX2-only EPYC)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(cpu_flags() & NATIVE_BF16_CPU_FLAGS)
 
 
 def resolve_precision(requested: str, zero_stage: int, device: torch.device) -> str:
@@ -67,6 +84,21 @@ def resolve_precision(requested: str, zero_stage: int, device: torch.device) -> 
             raise ConfigError("precision=fp16 needs a CUDA device (CPU fp16 kernels are not supported here); "
                               "use precision=bf16 or fp32")
     return requested
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container or `taskset` may allow fewer than
+    os.cpu_count() reports)."""
+    return len(os.sched_getaffinity(0))
+
+
+def threads_per_rank(cores: int, local_world_size: int, omp_num_threads: str | None) -> int | None:
+    """Torch threads for one of `local_world_size` CPU ranks sharing `cores`: an equal share, since
+    oversubscribed threads cost more than they give. None (leave torch's setting) when OMP_NUM_THREADS is set,
+    by the user or by Ray for each trial's CPUs."""
+    if omp_num_threads:
+        return None
+    return max(1, cores // local_world_size)
 
 
 def resolve_memory_format(requested: str, device: torch.device) -> torch.memory_format:
@@ -89,10 +121,9 @@ def init_runtime(cfg: Config) -> Runtime:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        # Ranks on one machine share its cores; oversubscribed threads cost more than they give. An explicit
-        # OMP_NUM_THREADS (set by the user, or by Ray for each trial's CPUs) wins.
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+        threads = threads_per_rank(usable_cores(), local_world_size, os.environ.get("OMP_NUM_THREADS"))
+        if threads is not None:
+            torch.set_num_threads(threads)
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     precision = resolve_precision(cfg.precision, cfg.zero_stage, device)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bench_step as bs
-from p2p_dist.train.runtime import Runtime
+from p2p_dist.train.runtime import SIMULATED_CPU_FLAGS_ENV, Runtime
 
 CPU_FP32 = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"),
                    precision="fp32")
@@ -144,10 +144,13 @@ def engine_runtime():
         torch.set_num_threads(threads)
 
 
-def test_default_engine_and_reference_train_the_same_flops_and_give_comparable_rows(engine_runtime):
+@pytest.mark.parametrize("cpu_flags, auto_precision", [("avx2 fma", "fp32"), ("avx2 avx512f avx512_bf16", "bf16")])
+def test_default_engine_and_reference_train_the_same_flops_and_give_comparable_rows(engine_runtime, monkeypatch,
+                                                                                  cpu_flags, auto_precision):
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, cpu_flags)
     built = [bs.build_variant(v, engine_runtime, 128, model_overrides=TINY)
              for v in (bs.default_variant(), bs.reference_variant())]
-    assert built[0].resolved_precision == "fp32"  # precision=auto on a CPU without native bf16 units
+    assert built[0].resolved_precision == auto_precision  # the default is precision=auto
     weights = [[p.detach().clone() for p in b.roots[0].parameters()] for b in built]
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # same seed, same initial generator
     default, reference = bs.measure_variants(built, plan(warmup=1, repeats=2), torch.device("cpu"),

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from p2p_dist.config import ConfigError
-from p2p_dist.train import runtime
-from p2p_dist.train.runtime import resolve_memory_format, resolve_precision
+from p2p_dist.train.runtime import (SIMULATED_CPU_FLAGS_ENV, cpu_flags, resolve_memory_format, resolve_precision,
+                                    threads_per_rank)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -15,10 +15,44 @@ def test_auto_memory_format_is_channels_last_on_cuda_and_contiguous_on_cpu():
     assert resolve_memory_format("contiguous", CUDA) == torch.contiguous_format
 
 
-@pytest.mark.parametrize("fast_bf16, expected", [(True, "bf16"), (False, "fp32")])
-def test_auto_precision_is_bf16_only_where_the_device_has_native_bf16_units(monkeypatch, fast_bf16, expected):
-    monkeypatch.setattr(runtime, "has_fast_bf16", lambda device: fast_bf16)
+AVX2_ONLY = "fpu sse4_2 avx avx2 fma f16c"
+AVX512_WITHOUT_BF16 = AVX2_ONLY + " avx512f avx512bw avx512_vnni"
+NATIVE_BF16 = AVX512_WITHOUT_BF16 + " avx512_bf16"
+AMX = AVX512_WITHOUT_BF16 + " amx_tile amx_bf16"
+
+
+@pytest.mark.parametrize("flags, expected", [(AVX2_ONLY, "fp32"), (AVX512_WITHOUT_BF16, "fp32"),
+                                             (NATIVE_BF16, "bf16"), (AMX, "bf16")])
+def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16_units(monkeypatch, flags, expected):
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
     assert resolve_precision("auto", 0, CPU) == expected
+
+
+def test_explicit_precisions_are_kept_whatever_the_cpu(monkeypatch):
+    for flags in (AVX2_ONLY, NATIVE_BF16):
+        monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
+        assert resolve_precision("fp32", 0, CPU) == "fp32"
+        assert resolve_precision("bf16", 0, CPU) == "bf16"
+
+
+def test_simulated_cpu_flags_replace_the_real_ones_and_accept_commas(monkeypatch):
+    monkeypatch.delenv(SIMULATED_CPU_FLAGS_ENV, raising=False)
+    real = cpu_flags()
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, "avx2,avx512_bf16  fma")
+    assert cpu_flags() == {"avx2", "avx512_bf16", "fma"}
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, "")
+    assert cpu_flags() == frozenset()
+    monkeypatch.delenv(SIMULATED_CPU_FLAGS_ENV)
+    assert cpu_flags() == real
+
+
+@pytest.mark.parametrize("cores, local_ranks, expected", [(2, 1, 2), (2, 2, 1), (16, 3, 5), (1, 4, 1), (64, 8, 8)])
+def test_cpu_ranks_on_one_machine_share_its_cores_equally(cores, local_ranks, expected):
+    assert threads_per_rank(cores, local_ranks, omp_num_threads=None) == expected
+
+
+def test_an_explicit_omp_num_threads_leaves_the_thread_count_alone():
+    assert threads_per_rank(16, 1, omp_num_threads="3") is None
 
 
 def test_fp16_is_refused_at_zero0_and_on_cpu_with_the_way_out_in_the_message():

@@ -122,10 +122,13 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path, ti
     assert losses["one"].shape == losses["two"].shape == (3, 3)
     torch.testing.assert_close(losses["two"], losses["one"], rtol=1e-5, atol=1e-6)
 
-    # The trained generators compute the same function. (Raw parameters are not compared: the bias of a conv
-    # followed by InstanceNorm has an exactly-zero gradient that Adam turns into +-lr steps of rounding noise,
-    # different for every summation order, and without any effect on the output.)
-    torch.manual_seed(0)
+    # The trained generators moved the same way. fp32 sums in another order (batch 4 on one rank against 2 + 2
+    # all-reduced; oneDNN also picks kernels by batch shape and CPU) differ in the last bits, and Adam's
+    # normalised update turns a gradient component that is rounding noise into a whole +-lr step (measured: up
+    # to 1.6 lr on an AVX512-BF16 CPU), so parameters and outputs cannot agree to float precision. The outputs
+    # of the two runs must differ by a small fraction of how far training moved them from the initial weights.
+    torch.manual_seed(0)  # the engine's seed and order: G is built first
+    initial = build_generator(3, 3, 128, ngf=8, norm="instance", dropout=False, init_gain=0.02).eval()
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     outputs = []
     for name in ("one", "two"):
@@ -133,7 +136,10 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path, ti
         generator.load_state_dict({k[2:]: v for k, v in final_weights(tmp_path / name).items() if k[:2] == "G."})
         with torch.no_grad():
             outputs.append(generator(x))
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-4)
+    with torch.no_grad():
+        moved = (outputs[0] - initial(x)).abs().mean()
+    assert moved > 1e-3  # three steps changed the function measurably
+    assert (outputs[1] - outputs[0]).abs().mean() < 0.02 * moved  # measured: 0.5%
 
 
 def test_a_zero0_checkpoint_resumes_at_another_world_size(tmp_path, tiny_shards):
