@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU communication op on first use; build it once here, not in every run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench gpu-wheels clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -29,6 +29,10 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# Wheels the lent GPU machine's image lacks (DeepSpeed, webdataset, ...), for CPython 3.12: carry .whl there.
+gpu-wheels:
+	bash benchmarks/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) shards/demo runs
