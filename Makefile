@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU communication op on first use; build it once here, not in every run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install demo test test-all bench gpu-wheels clean
+.PHONY: install demo test test-all bench gpu-wheels gpu-check clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -33,6 +33,11 @@ bench: install
 # Wheels the lent GPU machine's image lacks (DeepSpeed, webdataset, ...), for CPython 3.12: carry .whl there.
 gpu-wheels:
 	bash benchmarks/gpu_wheels.sh
+
+# On a GPU: the gpu tests and the benchmark's GPU sections in one bounded shot (~8 min). It runs with the machine's
+# own python3 and the carried .whl, so it must not depend on `install`. Without CUDA it says so and exits 0.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) shards/demo runs
