@@ -72,6 +72,18 @@ class Clock:
         return min(wanted_s, self.total_s - REPORT_RESERVE_S - self.elapsed())
 
 
+_running: list[subprocess.Popen] = []  # the part in flight, for the SIGTERM handler
+
+
+def _stop_on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    """gpu_check.sh's hard limit (timeout) sends SIGTERM: take the part's own process group down with us (it runs
+    in a session of its own, which the lent machine would otherwise leave running)."""
+    for proc in _running:
+        _kill_group(proc)
+    print("gpu-check: stopped by SIGTERM (the hard time limit)", flush=True)
+    raise SystemExit(143)
+
+
 def run_part(name: str, command: list[str], limit_s: float, env: dict) -> dict:
     """Run ``command``, streaming its output prefixed with [name]; kill its process group at ``limit_s``."""
     shown = " ".join("<script>" if "\n" in arg else arg for arg in command)
@@ -79,6 +91,7 @@ def run_part(name: str, command: list[str], limit_s: float, env: dict) -> dict:
     started = time.monotonic()
     proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", start_new_session=True)
+    _running.append(proc)
     tail: deque[str] = deque(maxlen=40)
 
     def pump() -> None:
@@ -95,6 +108,7 @@ def run_part(name: str, command: list[str], limit_s: float, env: dict) -> dict:
         timed_out = True
         _kill_group(proc)
     reader.join(timeout=10)
+    _running.remove(proc)
     wall = time.monotonic() - started
     if timed_out:
         status = f"timed out after {limit_s:.0f} s"
@@ -239,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     import run as bench_run
     import bench_report
 
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
     clock = Clock(args.budget_s)
     gpus = torch.cuda.device_count() if cuda else 0

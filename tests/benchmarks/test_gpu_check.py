@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -102,3 +104,30 @@ def test_the_clock_gives_each_part_its_limit_or_what_is_left():
     clock = gpu_check.Clock(total_s=100)
     assert clock.limit_for(30) == 30
     assert 100 - gpu_check.REPORT_RESERVE_S - 1 < clock.limit_for(1000) <= 100 - gpu_check.REPORT_RESERVE_S
+
+
+def test_sigterm_to_the_driver_takes_the_running_part_down_with_it(tmp_path):
+    """gpu_check.sh's hard limit sends SIGTERM; parts run in their own sessions and must not outlive the driver."""
+    marker = tmp_path / "part.pid"
+    code = (f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
+    driver = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, gpu_check, os\n"
+        "signal.signal(signal.SIGTERM, gpu_check._stop_on_sigterm)\n"
+        f"gpu_check.run_part('sleepy', [sys.executable, '-c', {code!r}], 100, dict(os.environ))\n")],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'benchmarks'}:{REPO_ROOT}"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(200):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.1)
+    part_pid = int(marker.read_text())
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 143 and "stopped by SIGTERM" in out
+    for _ in range(100):
+        try:
+            os.kill(part_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the part (pid {part_pid}) outlived the driver")
