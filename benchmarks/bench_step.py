@@ -411,6 +411,11 @@ class _Active:
     repeats: int
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
+    failed: str | None = None
+
+
+def _failure(exc: BaseException) -> str:
+    return f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
 def _row(built: BuiltVariant, batch_size: int, **values) -> dict:
@@ -419,45 +424,54 @@ def _row(built: BuiltVariant, batch_size: int, **values) -> dict:
             "requested_precision": v.precision, "default": v.default, "batch_size": batch_size, **values}
 
 
+def failed_rows(variant: Variant, batch_sizes: list[int], message: str) -> list[dict]:
+    """Rows for a variant that could not be built: the others are still measured (a one-shot GPU run)."""
+    stub = BuiltVariant(variant, lambda batch: None, variant.precision, [])
+    return [_row(stub, batch_size, skipped=message) for batch_size in batch_sizes]
+
+
 def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.device,
                      log: Callable[[str], None] = print) -> list[dict]:
-    """Rows of images/s, step time, FLOPs and memory per (variant, batch size), variants interleaved."""
+    """Rows of images/s, step time, FLOPs and memory per (variant, batch size), variants interleaved. A variant
+    whose step raises is reported as failed (the row says why) and left out of later rounds and batch sizes; the
+    others go on."""
     rows = []
     per_image_s: dict[str, float] = {}  # from the last batch size measured: projects the next one
+    failed: dict[str, str] = {}  # variant -> why
     for batch_size in plan.batch_sizes:
         batch = make_batch(batch_size, plan.resolution, device, seed=plan.seed)
         active: list[_Active] = []
         for b in built:
-            projected = per_image_s.get(b.variant.name, 0.0) * batch_size
-            if projected > plan.max_step_s:
-                rows.append(_row(b, batch_size, skipped=f"projected {projected:.0f} s per step "
-                                                       f"(> {plan.max_step_s:.0f} s limit)"))
-                log(f"  {b.variant.name} @ batch {batch_size}: skipped, projected {projected:.0f} s/step")
+            if b.variant.name in failed:
+                rows.append(_row(b, batch_size, skipped=failed[b.variant.name]))
                 continue
-            probe = probe_step(b, batch, device)
-            if probe.seconds > plan.max_step_s:
-                # Too slow to repeat: the probe step stands as one unwarmed sample, and larger batches are skipped.
-                active.append(_Active(b, probe, 1, 0, [probe.seconds], [probe.cpu_seconds]))
-                per_image_s[b.variant.name] = probe.seconds / batch_size
-                log(f"  {b.variant.name} @ batch {batch_size}: {probe.seconds:.1f} s/step (one unwarmed step)")
+            try:
+                setup = _set_up(b, batch, batch_size, plan, device, per_image_s, log)
+            except Exception as exc:  # noqa: BLE001 (CUDA out of memory, a DeepSpeed error: the others go on)
+                failed[b.variant.name] = _failure(exc)
+                rows.append(_row(b, batch_size, skipped=failed[b.variant.name]))
+                log(f"  {b.variant.name} @ batch {batch_size}: {failed[b.variant.name]}")
                 continue
-            # The probe was the first warm-up step; when more would eat over half the timing budget, it is
-            # warm-up enough (slow steps amortise their one-off costs anyway).
-            extra_warmup = plan.warmup - 1 if probe.seconds * (plan.warmup - 1) <= plan.budget_s / 2 else 0
-            last = probe.seconds
-            for _ in range(extra_warmup):
-                last = time_call(lambda: b(batch), device)
-            steps = max(1, math.ceil(plan.min_sample_s / max(last, 1e-9)))
-            repeats = Budget(plan.budget_s).repeats(last * steps, plan.repeats, plan.min_repeats)
-            active.append(_Active(b, probe, steps, repeats))
+            if isinstance(setup, dict):
+                rows.append(setup)
+            else:
+                active.append(setup)
         for round_index in range(max((a.repeats for a in active), default=0)):
             for a in active:
-                if round_index < a.repeats:
-                    wall, cpu = time_call_with_cpu(lambda: [a.built(batch) for _ in range(a.steps_per_sample)],
-                                                   device)
+                if round_index < a.repeats and a.failed is None:
+                    try:
+                        wall, cpu = time_call_with_cpu(
+                            lambda: [a.built(batch) for _ in range(a.steps_per_sample)], device)
+                    except Exception as exc:  # noqa: BLE001
+                        a.failed = failed[a.built.variant.name] = _failure(exc)
+                        log(f"  {a.built.variant.name} @ batch {batch_size}: {a.failed}")
+                        continue
                     a.seconds.append(wall / a.steps_per_sample)
                     a.cpu_seconds.append(cpu / a.steps_per_sample)
         for a in active:
+            if a.failed is not None:
+                rows.append(_row(a.built, batch_size, skipped=a.failed))
+                continue
             step_s = summarise(a.seconds)
             per_image_s[a.built.variant.name] = step_s["median"] / batch_size
             images = summarise([batch_size / s for s in a.seconds])
@@ -471,6 +485,30 @@ def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.de
             log(f"  {a.built.variant.name} @ batch {batch_size}: {images['median']:.2f} images/s "
                 f"(min {images['min']:.2f}, max {images['max']:.2f}, n={images['n']})")
     return rows
+
+
+def _set_up(b: BuiltVariant, batch: dict, batch_size: int, plan: StepPlan, device: torch.device,
+            per_image_s: dict[str, float], log: Callable[[str], None]) -> _Active | dict:
+    """Probe and warm up one variant at one batch size: what to time, or the row of a skipped one."""
+    projected = per_image_s.get(b.variant.name, 0.0) * batch_size
+    if projected > plan.max_step_s:
+        log(f"  {b.variant.name} @ batch {batch_size}: skipped, projected {projected:.0f} s/step")
+        return _row(b, batch_size, skipped=f"projected {projected:.0f} s per step (> {plan.max_step_s:.0f} s limit)")
+    probe = probe_step(b, batch, device)
+    if probe.seconds > plan.max_step_s:
+        # Too slow to repeat: the probe step stands as one unwarmed sample, and larger batches are skipped.
+        per_image_s[b.variant.name] = probe.seconds / batch_size
+        log(f"  {b.variant.name} @ batch {batch_size}: {probe.seconds:.1f} s/step (one unwarmed step)")
+        return _Active(b, probe, 1, 0, [probe.seconds], [probe.cpu_seconds])
+    # The probe was the first warm-up step; when more would eat over half the timing budget, it is
+    # warm-up enough (slow steps amortise their one-off costs anyway).
+    extra_warmup = plan.warmup - 1 if probe.seconds * (plan.warmup - 1) <= plan.budget_s / 2 else 0
+    last = probe.seconds
+    for _ in range(extra_warmup):
+        last = time_call(lambda: b(batch), device)
+    steps = max(1, math.ceil(plan.min_sample_s / max(last, 1e-9)))
+    repeats = Budget(plan.budget_s).repeats(last * steps, plan.repeats, plan.min_repeats)
+    return _Active(b, probe, steps, repeats)
 
 
 def add_utilisation(rows: list[dict], peaks: dict[str, dict]) -> None:

@@ -200,11 +200,18 @@ class Suite:
             if want_baseline:
                 variants += bs.reference_peers(self.device) if self.plan.reference_peers else [bs.reference_variant()]
             print(f"[step] building {len(variants)} variants", flush=True)
-            built = [bs.build_variant(v, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
-                     for v in variants]
+            built, unbuilt = [], []
+            for v in variants:  # one variant that cannot be built (say, on a new GPU stack) leaves the others
+                try:
+                    built.append(bs.build_variant(v, rt, self.plan.resolution,
+                                                  model_overrides=tuple(self.plan.model_overrides)))
+                except Exception as exc:  # noqa: BLE001
+                    message = f"failed to build: {type(exc).__name__}: {exc}"[:300]
+                    print(f"  {v.name}: {message}", flush=True)
+                    unbuilt += bs.failed_rows(v, self.plan.step_batches, message)
             print(f"[step] interleaved measurement at batch sizes {self.plan.step_batches}", flush=True)
             rows = bs.measure_variants(built, step_plan(self.plan, self.plan.step_batches), self.device,
-                                       log=lambda line: print(line, flush=True))
+                                       log=lambda line: print(line, flush=True)) + unbuilt
             peaks = self.peaks()
             bs.add_utilisation(rows, peaks)
             del built

@@ -199,3 +199,23 @@ def test_skipping_the_one_rank_gradient_all_reduce_trains_bit_identically(engine
             b(bs.make_batch(1, 128, torch.device("cpu"), seed=step))
     skipped, reduced = ([p.detach() for root in b.roots[:2] for p in root.parameters()] for b in built)
     assert all(torch.equal(a, b) for a, b in zip(skipped, reduced))
+
+
+def test_a_variant_that_raises_is_reported_failed_and_the_others_are_still_measured():
+    calls: list[str] = []
+
+    def broken(batch: dict) -> None:
+        calls.append("broken")
+        if len(calls) > 2:  # the probe and the warm-up pass, then a timed round fails (say, out of memory)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore text")
+
+    variants = [fake_variant("a", calls), bs.BuiltVariant(bs.Variant("b", "reference", precision="fp32"), broken,
+                                                          "fp32", [])]
+    rows = bs.measure_variants(variants, plan(batch_sizes=[1, 2]), torch.device("cpu"), log=lambda line: None)
+    by = {(r["variant"], r["batch_size"]): r for r in rows}
+    assert by[("a", 1)]["images_per_s"]["n"] == 3 and by[("a", 2)]["images_per_s"]["n"] == 3
+    assert by[("b", 1)]["skipped"] == "failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert by[("b", 2)]["skipped"] == by[("b", 1)]["skipped"]  # not tried again at the next batch size
+    unbuilt = bs.failed_rows(bs.Variant("c", "p2p_dist", precision="fp16"), [32, 64], "failed to build: x")
+    assert [(r["batch_size"], r["skipped"], r["precision"]) for r in unbuilt] == [(32, "failed to build: x", "fp16"),
+                                                                                  (64, "failed to build: x", "fp16")]
