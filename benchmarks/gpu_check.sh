@@ -10,14 +10,17 @@
 # $OUT/gpu-check.log ($OUT: the lent machine's folder that comes back), else benchmarks/results/gpu-check.log.
 #
 # Environment: PYTHON (default python3), GPU_CHECK_WHEELS (default .whl), GPU_CHECK_SITE (default /tmp/site),
-# GPU_CHECK_BUDGET_S (default 440: the parts' total; the hard limit is 30 s more).
+# GPU_CHECK_BUDGET_S (default 440: the parts' total), GPU_CHECK_TOTAL_S (default 500: the whole script, install
+# included, is hard-bounded by it; the parts' budget shrinks if the install took long).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+started_at=$SECONDS
 
 PYTHON=${PYTHON:-python3}
 WHEELS=${GPU_CHECK_WHEELS:-.whl}
 SITE=${GPU_CHECK_SITE:-/tmp/site}
 BUDGET=${GPU_CHECK_BUDGET_S:-440}
+TOTAL=${GPU_CHECK_TOTAL_S:-500}
 quick=0
 install=auto
 args=()
@@ -30,7 +33,7 @@ for arg in "$@"; do
     esac
 done
 
-if cuda=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null); then
+if cuda=$(timeout 60 "$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null); then
     why="torch.cuda.is_available() is False"
 else
     cuda=0
@@ -52,7 +55,7 @@ if [[ "$install" == 1 || ( "$install" == auto && "$cuda" == 1 ) ]]; then
     if compgen -G "$WHEELS/*.whl" >/dev/null; then
         say "installing $(ls "$WHEELS"/*.whl | wc -l) carried wheels from $WHEELS into $SITE with $PYTHON"
         started=$SECONDS
-        if ! timeout 180 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        if ! timeout 90 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
                 --target "$SITE" "$WHEELS"/*.whl 2>&1 | tee -a "$log"; then
             say "FAILED to install the carried wheels: nothing else can run"
             exit 1
@@ -72,11 +75,19 @@ if [[ "$cuda" == 1 ]]; then
     export TORCH_EXTENSIONS_DIR=/tmp/p2p-torch-extensions
 fi
 
-timeout --kill-after=15 $((BUDGET + 30)) "$PYTHON" benchmarks/gpu_check.py --budget-s "$BUDGET" "${args[@]}" 2>&1 \
+# What is left of TOTAL: 15 s for a kill to land, 30 s between the parts' budget and the hard limit.
+left=$((TOTAL - (SECONDS - started_at) - 15))
+hard=$(( left < BUDGET + 30 ? left : BUDGET + 30 ))
+budget=$((hard - 30))
+if ((budget < 60)); then
+    say "only $left s of the ${TOTAL} s left after setup: not starting"
+    exit 1
+fi
+timeout --kill-after=15 "$hard" "$PYTHON" benchmarks/gpu_check.py --budget-s "$budget" "${args[@]}" 2>&1 \
     | tee -a "$log"
 rc=${PIPESTATUS[0]}
 if [[ "$rc" == 124 || "$rc" == 137 ]]; then
-    say "hard time limit ($((BUDGET + 30)) s) hit: the results files may be missing; the log above has what ran"
+    say "hard time limit ($hard s) hit: the results files may be missing; the log above has what ran"
 fi
 say "exit $rc; log: $log"
 exit "$rc"

@@ -131,3 +131,11 @@ def test_sigterm_to_the_driver_takes_the_running_part_down_with_it(tmp_path):
             return
         time.sleep(0.1)
     pytest.fail(f"the part (pid {part_pid}) outlived the driver")
+
+
+def test_the_whole_script_is_bounded_by_its_total_and_refuses_to_start_without_time(tmp_path):
+    env = {**script_env(tmp_path), "GPU_CHECK_TOTAL_S": "60"}
+    result = subprocess.run(["bash", str(SCRIPT), "--quick", "--no-install"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "left after setup: not starting" in result.stdout
+    assert "not starting" in (tmp_path / "gpu-check.log").read_text()
