@@ -3,7 +3,8 @@
 # as wheels for its Python (CPython 3.12, x86-64 Linux), at the versions installed in .venv here.
 #
 #   bash benchmarks/gpu_wheels.sh            # = make gpu-wheels; then carry [".whl"] to the device
-#   bash benchmarks/gpu_wheels.sh --verify   # only check the .whl/ that is there
+#   bash benchmarks/gpu_wheels.sh --verify   # only check the .whl/ that is there (tags, versions; a Python 3.12
+#                                            # --target install and imports, where this machine has 3.12)
 #
 # The image (/work/.library/device/KINDS.md) has torch, torchvision, torchmetrics, numpy, pyyaml, tqdm, pillow,
 # matplotlib, tensorboard, einops, msgpack, ninja, packaging, psutil, py-cpuinfo, pytest... but not DeepSpeed
@@ -84,8 +85,37 @@ print("gpu-wheels: every wheel is for CPython 3.12 on x86-64 Linux, one version 
 EOF
 }
 
+# Install the wheels as the device does (pip --target, no index, no deps) with a CPython 3.12 when this machine
+# has one (PY312, else python3.12 on PATH or under pyenv), and import what needs no torch.
+install_with_python312() {
+    local py="" candidate
+    for candidate in ${PY312:-} python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+        if "$candidate" -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null; then
+            py=$candidate
+            break
+        fi
+    done
+    if [[ -z "$py" ]]; then
+        echo "gpu-wheels: no CPython 3.12 here: the --target install was not rehearsed"
+        return
+    fi
+    local site
+    site=$(mktemp -d)
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$OUT_DIR"/*.whl
+    cp "$OUT_DIR"/*.py "$site"/
+    PYTHONPATH="$site" "$py" -c "
+import braceexpand, hjson, pydantic, wds2idx
+from cityscapesscripts.helpers.labels import labels
+class Check(pydantic.BaseModel):
+    x: int
+assert Check(x='3').x == 3 and len(labels) == 35
+print('gpu-wheels: installed with', '$py', 'into a --target folder; pydantic', pydantic.VERSION, 'validates')"
+    rm -rf "$site"
+}
+
 if [[ "${1:-}" == "--verify" ]]; then
     verify
+    install_with_python312
     exit
 fi
 
@@ -109,3 +139,4 @@ wds2idx=$("$PY" -c "import wds2idx; print(wds2idx.__file__)")
 cp "$wds2idx" "$OUT_DIR/wds2idx.py"
 
 verify
+install_with_python312
