@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU communication op on first use; build it once here, not in every run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install demo test test-as-avx2-cpu test-as-native-bf16-cpu test-all bench clean
+.PHONY: install demo test test-as-avx2-cpu test-as-native-bf16-cpu test-all bench gpu-wheels gpu-check clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -36,6 +36,15 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# Wheels the lent GPU machine's image lacks (DeepSpeed, webdataset, ...), for CPython 3.12: carry .whl there.
+gpu-wheels:
+	bash benchmarks/gpu_wheels.sh
+
+# On a GPU: the gpu tests and the benchmark's GPU sections in one bounded shot (~8 min). It runs with the machine's
+# own python3 and the carried .whl, so it must not depend on `install`. Without CUDA it says so and exits 0.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) shards/demo runs

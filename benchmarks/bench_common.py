@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import re
+import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -110,6 +113,42 @@ def _dali_version() -> str | None:
         return None
 
 
+def dali_available() -> bool:
+    """Whether NVIDIA DALI can be imported here (the lent GPU machine has none: its wheel is too large to carry)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no `nvidia` namespace at all
+        return False
+
+
+def training_loader() -> str:
+    """data.loader for the real runs: DALI where it is installed, else webdataset + DataLoader."""
+    return "dali" if dali_available() else "webdataset"
+
+
+def gpu_facts() -> dict:
+    """What a GPU result depends on beyond torch: driver (nvidia-smi), CUDA runtime, cuDNN, TF32 settings."""
+    if not torch.cuda.is_available():
+        return {}
+    properties = torch.cuda.get_device_properties(0)
+    facts = {"gpu_memory_gib": round(properties.total_memory / GIB, 1),
+             "gpu_compute_capability": f"{properties.major}.{properties.minor}",
+             "gpu_multiprocessors": properties.multi_processor_count,
+             "cudnn": torch.backends.cudnn.version(),
+             # cuDNN convolutions use TF32 for fp32 by default; fp32 matmuls do not.
+             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+             "gpu_driver": None}
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
+                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
+            driver, max_sm_clock, power_limit = [v.strip() for v in out.splitlines()[0].split(",")][:3]
+            facts.update(gpu_driver=driver, gpu_max_sm_clock=max_sm_clock, gpu_power_limit=power_limit)
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+            pass
+    return facts
+
+
 def machine_facts() -> dict:
     """Hardware and software a result depends on, recorded next to every result."""
     flags = _cpu_flags()
@@ -131,6 +170,7 @@ def machine_facts() -> dict:
         "dali": _dali_version(),
         "webdataset": _version("webdataset"),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        **gpu_facts(),
         "hostname": platform.node(),
     }
 

@@ -29,7 +29,7 @@ def _step_rows(rows: list[dict]) -> list[list[str]]:
     out = []
     for r in rows:
         if "skipped" in r:
-            out.append([r["variant"], r["precision"], r["batch_size"], f"skipped: {r['skipped']}"] + ["-"] * 7)
+            out.append([r["variant"], r["precision"], r["batch_size"], f"skipped: {r['skipped']}"] + ["-"] * 8)
             continue
         note = "" if r["warmed_up"] else " (1 unwarmed step)"
         out.append([r["variant"], r["precision"], r["batch_size"], _rate(r["images_per_s"]) + note,
@@ -37,19 +37,71 @@ def _step_rows(rows: list[dict]) -> list[list[str]]:
                     f"{r['flops_per_image'] / 1e9:.1f}",
                     f"{r.get('achieved_flops', 0) / 1e9:.1f}",
                     f"{100 * r['utilisation']:.1f}%" if "utilisation" in r else "-",
+                    _percent(r.get("utilisation_of_bf16_peak")),
                     f"{r['peak_memory_bytes'] / GIB:.2f}", r["images_per_s"]["n"]])
     return out
 
 
 STEP_HEADER = ["variant", "precision", "batch", "images/s median (min-max)", "s/step", "CPU s/image", "GFLOP/image",
-               "GFLOP/s", "of peak", "peak mem GiB", "n"]
+               "GFLOP/s", "of peak", "of bf16 peak", "peak mem GiB", "n"]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _gpu_line(m: dict) -> str:
+    """The GPU, its driver and the CUDA stack a GPU result was measured with."""
+    if not m.get("gpus"):
+        return "; no GPU"
+    details = [f"driver {m.get('gpu_driver') or '?'}", f"CUDA {m.get('cuda') or '?'}", f"cuDNN {m.get('cudnn') or '?'}"]
+    if m.get("gpu_memory_gib"):
+        details.append(f"{m['gpu_memory_gib']} GiB")
+    if m.get("tf32"):
+        details.append(f"TF32 cuDNN {m['tf32']['cudnn']}, matmul {m['tf32']['matmul']}")
+    return f"; GPU: {', '.join(m['gpus'])} ({'; '.join(details)})"
+
+
+def gpu_check_markdown(result: dict) -> str:
+    """`make gpu-check`'s own report: each part's status and time, every gpu test's outcome, where packages came
+    from (the carried wheels or the machine's image). The benchmark sections follow it (``markdown``)."""
+    g, m = result["gpu_check"], result["machine"]
+    lines = [f"# gpu-check: {result['machine_name']}, {result['date']}: {'OK' if g['ok'] else 'FAILED'}"
+             + (" (QUICK dry run: tiny sizes, not a measurement)" if g["quick"] else ""), "",
+             f"- {', '.join(m['gpus']) or 'no GPU'}; driver {m.get('gpu_driver') or '-'}, CUDA {m.get('cuda') or '-'}, "
+             f"cuDNN {m.get('cudnn') or '-'}, torch {m['torch']}, Python {m['python']}",
+             f"- wall {g['wall_s']:.0f} s of a {g['budget_s']:.0f} s budget; {g['gpus']} GPU(s)", ""]
+    lines += _table(["part", "status", "wall s", "limit s"],
+                    [[p["part"], p["status"], f"{p['wall_s']:.0f}", p["limit_s"]] for p in g["parts"]])
+    lines.append("")
+    for p in g["parts"]:
+        if not p["ok"] and p.get("output_tail"):
+            lines += [f"Last output of `{p['part']}`:", "", "```", *p["output_tail"], "```", ""]
+    tests = g["tests"]["tests"]
+    if tests:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(g["tests"]["counts"].items()))
+        lines += [f"## GPU tests ({counts})", ""]
+        lines += _table(["test", "outcome", "s", "message"],
+                        [[t["test"], t["outcome"], f"{t['seconds']:.1f}", t["message"].replace("|", "/")]
+                         for t in tests])
+        lines.append("")
+    imports = g.get("imports")
+    if imports:
+        lines += [f"## Packages ({imports['executable']}, Python {imports['python']})", ""]
+        lines += _table(["distribution", "version", "from"],
+                        [[name, d["version"], d["location"]] if d else [name, "absent", "-"]
+                         for name, d in imports["distributions"].items()])
+        failed = {k: v for k, v in imports["imports"].items() if str(v).startswith("FAILED")}
+        if failed:
+            lines += ["", "Imports that failed:", ""] + [f"- `{k}`: {v}" for k, v in failed.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def markdown(result: dict) -> str:
     m, plan, sections = result["machine"], result["plan"], result["sections"]
     lines = [f"# p2p_dist benchmark: {result['machine_name']}, {result['date']}", ""]
-    lines += [f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB"
-              + (f"; GPU: {', '.join(m['gpus'])}" if m["gpus"] else "; no GPU"),
+    lines += [f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB" + _gpu_line(m),
               f"- software: torch {m['torch']}, deepspeed {m['deepspeed']}, DALI {m['dali']}, "
               f"webdataset {m['webdataset']}, Python {m['python']}; OpenMP env {m.get('openmp_env', '?')}",
               f"- model: pix2pix unet + PatchGAN at {plan['resolution']}x{plan['resolution']}"
@@ -101,14 +153,25 @@ def markdown(result: dict) -> str:
                         [[r["batch_size"], _rate(r["reference"]), _rate(r["default"]), r["default_precision"],
                           f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"] for r in s["comparison"]])
         lines.append("")
+        if s.get("peers"):
+            lines += ["The reference step's peers (the same recipe with PyTorch's documented speed-ups), measured "
+                      "interleaved with the rows above; ratio = p2p_dist default / peer:", ""]
+            lines += _table(["peer", "precision", "batch", "peer images/s", "of bf16 peak", "p2p_dist default images/s",
+                             "ratio"],
+                            [[r["peer"], r["precision"], r["batch_size"],
+                              _rate(r["images_per_s"]) if r["images_per_s"] else f"skipped: {r.get('skipped')}",
+                              _percent(r.get("utilisation_of_bf16_peak")), _rate(r["default"]),
+                              f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"] for r in s["peers"]])
+            lines.append("")
 
     if "loop" in sections:
         s = sections["loop"]
         r = s["run"]
         lines += [f"## 4. The real loop: `launch/train.py` ({_load(s)})", ""]
-        lines += _table(["steps", "batch", "precision", "images/s median (min-max)", "data wait median (max)",
+        lines += _table(["steps", "batch", "precision", "loader", "images/s median (min-max)", "data wait median (max)",
                          "vs isolated step", "records"],
-                        [[r["steps"], r["batch_size_per_process"], r["precision"], _rate(r["images_per_s"]),
+                        [[r["steps"], r["batch_size_per_process"], r["precision"], s.get("loader", "dali"),
+                          _rate(r["images_per_s"]),
                           f"{100 * r['data_wait_fraction']['median']:.2f}% "
                           f"({100 * r['data_wait_fraction']['max']:.2f}%)",
                           f"{s['vs_isolated_step']:.2f}x" if s.get("vs_isolated_step") else "-",
@@ -164,7 +227,8 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.2), squeeze=False)
     for ax, name in zip(axes[0], panels):
         if name == "step":
-            rows = [r for r in sections["step"]["rows"] + sections.get("baseline", {}).get("reference_rows", [])
+            baseline = sections.get("baseline", {})
+            rows = [r for r in sections["step"]["rows"] + baseline.get("peer_rows", baseline.get("reference_rows", []))
                     if "images_per_s" in r]
             for variant in dict.fromkeys(r["variant"] for r in rows):
                 mine = [r for r in rows if r["variant"] == variant]

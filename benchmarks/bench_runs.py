@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench_common import REPO_ROOT, summarise
 from p2p_dist.config import Config, save_config
+from p2p_dist.train.runtime import free_port
 
 TRAIN_SCRIPT = REPO_ROOT / "launch" / "train.py"
 # The benchmark process may itself have joined a process group (the step section): children must not inherit it.
@@ -37,9 +38,15 @@ def train_command(config_path: Path, nprocs: int, launcher: str) -> list[str]:
         if nprocs != 1:
             raise ValueError(f"launcher 'python' runs one process, not {nprocs}")
         return [sys.executable, str(TRAIN_SCRIPT), "--config", str(config_path)]
-    deepspeed = str(Path(sys.executable).with_name("deepspeed"))
-    return [deepspeed, "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(TRAIN_SCRIPT),
+    return [*deepspeed_launcher(), "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(TRAIN_SCRIPT),
             "--config", str(config_path)]
+
+
+def deepspeed_launcher() -> list[str]:
+    """The `deepspeed` launcher of this interpreter: its script beside the interpreter (a venv), else the same
+    entry point as a module (DeepSpeed installed with pip --target, as on the lent GPU machine)."""
+    script = Path(sys.executable).with_name("deepspeed")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
 def summarise_metrics(records: list[dict]) -> dict:

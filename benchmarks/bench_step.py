@@ -36,6 +36,8 @@ from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, GANLoss, build_discr
 from p2p_dist.train.engines import Pix2Pix
 from p2p_dist.train.runtime import Runtime, has_fast_bf16, resolve_precision
 
+# The reference step's precisions (as peers): the autocast dtype of each; fp16 also scales the loss.
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The paper's load size for 256 crops, kept proportional for other resolutions.
 LOAD_SIZE_RATIO = 286 / 256
 STEPS_FOREVER = 10**9  # the learning-rate schedule never decays during a benchmark
@@ -69,6 +71,7 @@ class Variant:
     zero_stage: int = 0
     for_loop_adam: bool = False  # torch's per-tensor Adam (its CPU default) instead of the engines' fused one
     single_rank_allreduce: bool = False  # DeepSpeed's gradient all-reduce even in a group of one (an identity)
+    channels_last_model: bool = False  # reference only: parameters in channels_last too (PyTorch's recipe)
     default: bool = False  # p2p_dist's default configuration (what a user gets without options)
 
     def overrides(self) -> list[str]:
@@ -90,6 +93,19 @@ def reference_variant() -> Variant:
     return Variant("reference eager fp32", "reference", precision="fp32")
 
 
+def reference_peers(device: torch.device) -> list[Variant]:
+    """The reference recipe with the speed-ups PyTorch documents, each a peer to beat: fp32 as written, bf16
+    autocast, bf16 autocast + channels_last (parameters and inputs), and on CUDA fp16 autocast with a GradScaler.
+    The maths is the reference's; only the arithmetic precision and memory layout change."""
+    peers = [reference_variant(),
+             Variant("reference + bf16 autocast", "reference", precision="bf16"),
+             Variant("reference + bf16 autocast + channels_last", "reference", precision="bf16",
+                     memory_format="channels_last", channels_last_model=True)]
+    if device.type == "cuda":
+        peers.append(Variant("reference + fp16 autocast + GradScaler", "reference", precision="fp16"))
+    return peers
+
+
 def precision_variants(device: torch.device) -> list[Variant]:
     """p2p_dist at each precision with its other defaults; the one `auto` resolves to is the default."""
     auto = resolve_precision("auto", 0, device)
@@ -101,39 +117,70 @@ def precision_variants(device: torch.device) -> list[Variant]:
 class ReferenceStep:
     """The training step as the reference implementation writes it, in plain eager fp32 PyTorch: G forward;
     D on the detached fake pair, then on the real pair, loss halved, Adam step; D frozen, D on the fake pair
-    again for G's GAN loss plus lambda * L1, Adam step. No DeepSpeed, contiguous tensors, torch.optim.Adam."""
+    again for G's GAN loss plus lambda * L1, Adam step. No DeepSpeed, contiguous tensors, torch.optim.Adam.
 
-    def __init__(self, cfg: Config, device: torch.device, channels_last: bool = False) -> None:
+    As a peer (``reference_peers``) the same step runs under ``torch.autocast`` in bf16, or in fp16 with one
+    ``torch.amp.GradScaler`` for both optimizers (stepped for each, updated once per step, as PyTorch's AMP
+    recipe for several optimizers says), and with channels_last parameters and inputs."""
+
+    def __init__(self, cfg: Config, device: torch.device, channels_last: bool = False, precision: str = "fp32",
+                 channels_last_model: bool = False) -> None:
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"reference precision must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}")
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError("the fp16 reference peer (autocast + GradScaler) needs a CUDA device")
         m, t = cfg.model, cfg.train
         label_channels = LABEL_CHANNELS[cfg.data.label_encoding]
         self.G = build_generator(label_channels, PHOTO_CHANNELS, cfg.data.crop_size, m.ngf, m.norm, m.dropout,
                                  m.init_gain).to(device)
         self.D = build_discriminator(label_channels + PHOTO_CHANNELS, m.ndf, m.d_layers, m.norm,
                                      m.init_gain).to(device)
+        if channels_last_model:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
         self.optimizer_G = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
         self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
         self.criterion = GANLoss(t.gan_loss)
         self.lambda_l1 = t.lambda_l1
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.autocast_dtype = AUTOCAST_DTYPES[precision]
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def _autocast(self):
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+    def _backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
 
     def __call__(self, batch: dict) -> None:
         label = batch["label"].to(self.device, memory_format=self.memory_format)
         real = batch["photo"].to(self.device, memory_format=self.memory_format)
-        fake = self.G(label)
+        with self._autocast():
+            fake = self.G(label)
 
         self.D.requires_grad_(True)
         self.optimizer_D.zero_grad()
-        loss_fake = self.criterion(self.D(torch.cat([label, fake.detach()], 1)), False)
-        loss_real = self.criterion(self.D(torch.cat([label, real], 1)), True)
-        (0.5 * (loss_fake + loss_real)).backward()
-        self.optimizer_D.step()
+        with self._autocast():
+            loss_fake = self.criterion(self.D(torch.cat([label, fake.detach()], 1)), False)
+            loss_real = self.criterion(self.D(torch.cat([label, real], 1)), True)
+            loss_D = 0.5 * (loss_fake + loss_real)
+        self._backward_and_step(loss_D, self.optimizer_D)
 
         self.D.requires_grad_(False)
         self.optimizer_G.zero_grad()
-        loss_G = self.criterion(self.D(torch.cat([label, fake], 1)), True) + self.lambda_l1 * F.l1_loss(fake, real)
-        loss_G.backward()
-        self.optimizer_G.step()
+        with self._autocast():
+            loss_G = (self.criterion(self.D(torch.cat([label, fake], 1)), True)
+                      + self.lambda_l1 * F.l1_loss(fake, real))
+        self._backward_and_step(loss_G, self.optimizer_G)
+        if self.scaler is not None:
+            self.scaler.update()
 
     def state_roots(self) -> list[object]:
         return [self.G, self.D, self.optimizer_G, self.optimizer_D]
@@ -189,8 +236,9 @@ def build_variant(variant: Variant, rt: Runtime, resolution: int, seed: int = 0,
     cfg = config_for(resolution, 1, *model_overrides, *variant.overrides())
     torch.manual_seed(seed)
     if variant.implementation == "reference":
-        step = ReferenceStep(cfg, rt.device, channels_last=variant.memory_format == "channels_last")
-        return BuiltVariant(variant, step, "fp32", step.state_roots())
+        step = ReferenceStep(cfg, rt.device, channels_last=variant.memory_format == "channels_last",
+                             precision=variant.precision, channels_last_model=variant.channels_last_model)
+        return BuiltVariant(variant, step, variant.precision, step.state_roots())
     if variant.implementation != "p2p_dist":
         raise ValueError(f"unknown implementation {variant.implementation!r} in variant {variant.name!r}")
     precision = resolve_precision(cfg.precision, cfg.zero_stage, rt.device)
@@ -363,6 +411,11 @@ class _Active:
     repeats: int
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
+    failed: str | None = None
+
+
+def _failure(exc: BaseException) -> str:
+    return f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
 def _row(built: BuiltVariant, batch_size: int, **values) -> dict:
@@ -371,45 +424,54 @@ def _row(built: BuiltVariant, batch_size: int, **values) -> dict:
             "requested_precision": v.precision, "default": v.default, "batch_size": batch_size, **values}
 
 
+def failed_rows(variant: Variant, batch_sizes: list[int], message: str) -> list[dict]:
+    """Rows for a variant that could not be built: the others are still measured (a one-shot GPU run)."""
+    stub = BuiltVariant(variant, lambda batch: None, variant.precision, [])
+    return [_row(stub, batch_size, skipped=message) for batch_size in batch_sizes]
+
+
 def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.device,
                      log: Callable[[str], None] = print) -> list[dict]:
-    """Rows of images/s, step time, FLOPs and memory per (variant, batch size), variants interleaved."""
+    """Rows of images/s, step time, FLOPs and memory per (variant, batch size), variants interleaved. A variant
+    whose step raises is reported as failed (the row says why) and left out of later rounds and batch sizes; the
+    others go on."""
     rows = []
     per_image_s: dict[str, float] = {}  # from the last batch size measured: projects the next one
+    failed: dict[str, str] = {}  # variant -> why
     for batch_size in plan.batch_sizes:
         batch = make_batch(batch_size, plan.resolution, device, seed=plan.seed)
         active: list[_Active] = []
         for b in built:
-            projected = per_image_s.get(b.variant.name, 0.0) * batch_size
-            if projected > plan.max_step_s:
-                rows.append(_row(b, batch_size, skipped=f"projected {projected:.0f} s per step "
-                                                       f"(> {plan.max_step_s:.0f} s limit)"))
-                log(f"  {b.variant.name} @ batch {batch_size}: skipped, projected {projected:.0f} s/step")
+            if b.variant.name in failed:
+                rows.append(_row(b, batch_size, skipped=failed[b.variant.name]))
                 continue
-            probe = probe_step(b, batch, device)
-            if probe.seconds > plan.max_step_s:
-                # Too slow to repeat: the probe step stands as one unwarmed sample, and larger batches are skipped.
-                active.append(_Active(b, probe, 1, 0, [probe.seconds], [probe.cpu_seconds]))
-                per_image_s[b.variant.name] = probe.seconds / batch_size
-                log(f"  {b.variant.name} @ batch {batch_size}: {probe.seconds:.1f} s/step (one unwarmed step)")
+            try:
+                setup = _set_up(b, batch, batch_size, plan, device, per_image_s, log)
+            except Exception as exc:  # noqa: BLE001 (CUDA out of memory, a DeepSpeed error: the others go on)
+                failed[b.variant.name] = _failure(exc)
+                rows.append(_row(b, batch_size, skipped=failed[b.variant.name]))
+                log(f"  {b.variant.name} @ batch {batch_size}: {failed[b.variant.name]}")
                 continue
-            # The probe was the first warm-up step; when more would eat over half the timing budget, it is
-            # warm-up enough (slow steps amortise their one-off costs anyway).
-            extra_warmup = plan.warmup - 1 if probe.seconds * (plan.warmup - 1) <= plan.budget_s / 2 else 0
-            last = probe.seconds
-            for _ in range(extra_warmup):
-                last = time_call(lambda: b(batch), device)
-            steps = max(1, math.ceil(plan.min_sample_s / max(last, 1e-9)))
-            repeats = Budget(plan.budget_s).repeats(last * steps, plan.repeats, plan.min_repeats)
-            active.append(_Active(b, probe, steps, repeats))
+            if isinstance(setup, dict):
+                rows.append(setup)
+            else:
+                active.append(setup)
         for round_index in range(max((a.repeats for a in active), default=0)):
             for a in active:
-                if round_index < a.repeats:
-                    wall, cpu = time_call_with_cpu(lambda: [a.built(batch) for _ in range(a.steps_per_sample)],
-                                                   device)
+                if round_index < a.repeats and a.failed is None:
+                    try:
+                        wall, cpu = time_call_with_cpu(
+                            lambda: [a.built(batch) for _ in range(a.steps_per_sample)], device)
+                    except Exception as exc:  # noqa: BLE001
+                        a.failed = failed[a.built.variant.name] = _failure(exc)
+                        log(f"  {a.built.variant.name} @ batch {batch_size}: {a.failed}")
+                        continue
                     a.seconds.append(wall / a.steps_per_sample)
                     a.cpu_seconds.append(cpu / a.steps_per_sample)
         for a in active:
+            if a.failed is not None:
+                rows.append(_row(a.built, batch_size, skipped=a.failed))
+                continue
             step_s = summarise(a.seconds)
             per_image_s[a.built.variant.name] = step_s["median"] / batch_size
             images = summarise([batch_size / s for s in a.seconds])
@@ -425,15 +487,45 @@ def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.de
     return rows
 
 
+def _set_up(b: BuiltVariant, batch: dict, batch_size: int, plan: StepPlan, device: torch.device,
+            per_image_s: dict[str, float], log: Callable[[str], None]) -> _Active | dict:
+    """Probe and warm up one variant at one batch size: what to time, or the row of a skipped one."""
+    projected = per_image_s.get(b.variant.name, 0.0) * batch_size
+    if projected > plan.max_step_s:
+        log(f"  {b.variant.name} @ batch {batch_size}: skipped, projected {projected:.0f} s/step")
+        return _row(b, batch_size, skipped=f"projected {projected:.0f} s per step (> {plan.max_step_s:.0f} s limit)")
+    probe = probe_step(b, batch, device)
+    if probe.seconds > plan.max_step_s:
+        # Too slow to repeat: the probe step stands as one unwarmed sample, and larger batches are skipped.
+        per_image_s[b.variant.name] = probe.seconds / batch_size
+        log(f"  {b.variant.name} @ batch {batch_size}: {probe.seconds:.1f} s/step (one unwarmed step)")
+        return _Active(b, probe, 1, 0, [probe.seconds], [probe.cpu_seconds])
+    # The probe was the first warm-up step; when more would eat over half the timing budget, it is
+    # warm-up enough (slow steps amortise their one-off costs anyway).
+    extra_warmup = plan.warmup - 1 if probe.seconds * (plan.warmup - 1) <= plan.budget_s / 2 else 0
+    last = probe.seconds
+    for _ in range(extra_warmup):
+        last = time_call(lambda: b(batch), device)
+    steps = max(1, math.ceil(plan.min_sample_s / max(last, 1e-9)))
+    repeats = Budget(plan.budget_s).repeats(last * steps, plan.repeats, plan.min_repeats)
+    return _Active(b, probe, steps, repeats)
+
+
 def add_utilisation(rows: list[dict], peaks: dict[str, dict]) -> None:
-    """FLOP/s achieved (FLOPs per image x images/s) over the matmul peak of the step's compute dtype."""
+    """FLOP/s achieved (FLOPs per image x images/s) over the matmul peak of the step's compute dtype, and over
+    the bf16 matmul peak (one yardstick for every row: the fastest arithmetic the device offers the step)."""
+    bf16 = peaks.get("bf16")
     for row in rows:
+        if "images_per_s" not in row:
+            continue
+        achieved = row["flops_per_image"] * row["images_per_s"]["median"]
+        row["achieved_flops"] = achieved
         peak = peaks.get(row.get("precision", ""))
-        if "images_per_s" in row and peak:
-            achieved = row["flops_per_image"] * row["images_per_s"]["median"]
-            row["achieved_flops"] = achieved
+        if peak:
             row["peak_flops"] = peak["peak_flops"]
             row["utilisation"] = achieved / peak["peak_flops"]
+        if bf16:
+            row["utilisation_of_bf16_peak"] = achieved / bf16["peak_flops"]
 
 
 def measure_peaks(device: torch.device, quick: bool) -> dict[str, dict]:

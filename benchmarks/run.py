@@ -4,6 +4,7 @@
   .venv/bin/python benchmarks/run.py --quick               # tiny model and data: checks the suite, not the speed
   .venv/bin/python benchmarks/run.py --sections step,baseline --profile
   .venv/bin/python benchmarks/run.py --sections candidates # changes that might make the default faster
+  python3 benchmarks/run.py --gpu-check --sections step,baseline  # the sizes `make gpu-check` uses on a GPU
 
 Sections:
   data       loader images/s (DALI: CPU here, mixed/GPU decode on CUDA; webdataset + DataLoader) at the training
@@ -11,7 +12,8 @@ Sections:
   step       the training step per process: fp32 / bf16 (/ fp16 on CUDA) at several batch sizes; FLOPs per
              image, utilisation of the measured matmul peak, peak memory
   baseline   an eager fp32 step written to the reference implementation's recipe on the same models and inputs,
-             and the ratio of p2p_dist's default configuration to it
+             and the ratio of p2p_dist's default configuration to it; with --peers (implied by --gpu-check) also
+             that step under bf16 autocast, bf16 autocast + channels_last, and (CUDA) fp16 autocast + GradScaler
   loop       a short real `launch/train.py` run on the demo shards: images/s and data-wait share
   scaling    1 vs 2 (..N GPUs) processes under `deepspeed --num_gpus N launch/train.py`
   candidates (not in the default set) memory format, Adam kernel, 1-rank all-reduce, oneDNN, norm, joint D forward, threads, compile; Adam implementations alone
@@ -79,17 +81,41 @@ class Plan:
     candidate_batch: int
     profile_steps: int
     run_timeout_s: float = 1800.0
+    reference_peers: bool = False  # the baseline also measures the reference step's bf16/fp16/channels_last peers
+    demo_scenes: tuple[int, int] | None = None  # (train, val) scenes of a temporary demo set; None: shards/demo
 
 
-def make_plan(device: torch.device, quick: bool, resolution: int) -> Plan:
+# `make gpu-check`'s one shot on a lent GPU (benchmarks/gpu_check.py): the paper's models at 256x256, batches 32
+# and 64, sized to finish the step, baseline and loop sections in about 4 minutes on an H200 (unet_256 trains
+# there at thousands of images/s: a step takes milliseconds, so repeats are short and few).
+GPU_CHECK_BATCHES = [32, 64]
+GPU_CHECK_DEMO_SCENES = (512, 16)  # 16 batches of 32 per epoch: epoch ends stay rare in a 60-step loop
+
+
+def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: bool = False) -> Plan:
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     processes = sorted({1, 2, gpus}) if gpus > 2 else [1, 2]
     if quick:  # a tiny model on tiny data: exercises every code path in seconds
-        return Plan(quick=True, resolution=128, model_overrides=["model.ngf=8", "model.ndf=8"], step_batches=[1, 2],
+        plan = Plan(quick=True, resolution=128, model_overrides=["model.ngf=8", "model.ndf=8"], step_batches=[1, 2],
                     warmup=1, repeats=2, min_repeats=2, budget_s=10, max_step_s=30, min_sample_s=0.0,
                     data_batch=2, data_batches=3, data_repeats=2, data_warmup=1, data_workers=1, pack_images=4,
                     pack_size=(128, 64), pack_repeats=1, run_batch=2, loop_steps=4, scaling_steps=3, log_every=1,
                     scaling_processes=[1, 2], candidate_batch=2, profile_steps=1, run_timeout_s=600)
+        if gpu_check:  # the dry run of gpu-check's plan: one batch size, the peers, one process per GPU
+            plan = dataclasses.replace(plan, step_batches=[2], reference_peers=True,
+                                       scaling_processes=[1, gpus] if gpus > 1 else [1])
+        return plan
+    if gpu_check:
+        if device.type != "cuda":
+            raise SystemExit("--gpu-check sizes are for a CUDA device (add --quick for a dry run of the plan)")
+        cores = os.cpu_count() or 1
+        return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=list(GPU_CHECK_BATCHES),
+                    warmup=3, repeats=5, min_repeats=3, budget_s=8, max_step_s=30, min_sample_s=0.3,
+                    data_batch=GPU_CHECK_BATCHES[0], data_batches=30, data_repeats=2, data_warmup=3,
+                    data_workers=max(1, min(12, cores - 2)), pack_images=16, pack_size=(2048, 1024), pack_repeats=1,
+                    run_batch=GPU_CHECK_BATCHES[0], loop_steps=60, scaling_steps=40, log_every=10,
+                    scaling_processes=[1, gpus] if gpus > 1 else [1], candidate_batch=GPU_CHECK_BATCHES[0],
+                    profile_steps=3, run_timeout_s=100, reference_peers=True, demo_scenes=GPU_CHECK_DEMO_SCENES)
     if device.type == "cuda":
         return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=[1, 4, 16, 64], warmup=5,
                     repeats=7, min_repeats=3, budget_s=30, max_step_s=60, min_sample_s=0.5, data_batch=16,
@@ -172,13 +198,20 @@ class Suite:
         with common.load_recorded(record):
             variants = bs.precision_variants(self.device) if want_step else [bs.default_variant()]
             if want_baseline:
-                variants.append(bs.reference_variant())
+                variants += bs.reference_peers(self.device) if self.plan.reference_peers else [bs.reference_variant()]
             print(f"[step] building {len(variants)} variants", flush=True)
-            built = [bs.build_variant(v, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
-                     for v in variants]
+            built, unbuilt = [], []
+            for v in variants:  # one variant that cannot be built (say, on a new GPU stack) leaves the others
+                try:
+                    built.append(bs.build_variant(v, rt, self.plan.resolution,
+                                                  model_overrides=tuple(self.plan.model_overrides)))
+                except Exception as exc:  # noqa: BLE001
+                    message = f"failed to build: {type(exc).__name__}: {exc}"[:300]
+                    print(f"  {v.name}: {message}", flush=True)
+                    unbuilt += bs.failed_rows(v, self.plan.step_batches, message)
             print(f"[step] interleaved measurement at batch sizes {self.plan.step_batches}", flush=True)
             rows = bs.measure_variants(built, step_plan(self.plan, self.plan.step_batches), self.device,
-                                       log=lambda line: print(line, flush=True))
+                                       log=lambda line: print(line, flush=True)) + unbuilt
             peaks = self.peaks()
             bs.add_utilisation(rows, peaks)
             del built
@@ -197,7 +230,8 @@ class Suite:
             sections["step"] = {**record, "rows": [r for r in rows if r["implementation"] == "p2p_dist"],
                                 "peaks": peaks, "notes": notes}
         if want_baseline:
-            reference = {r["batch_size"]: r for r in rows if r["implementation"] == "reference"}
+            reference_name = bs.reference_variant().name
+            reference = {r["batch_size"]: r for r in rows if r["variant"] == reference_name}
             comparison = []
             for batch_size in self.plan.step_batches:
                 ref, default = reference.get(batch_size, {}), defaults.get(batch_size, {})
@@ -209,6 +243,10 @@ class Suite:
             sections["baseline"] = {**record, "comparison": comparison, "reference_rows": list(reference.values()),
                                     "measured_with": "step" if want_step else "baseline",
                                     "recipe": bs.ReferenceStep.__doc__.split("\n\n")[0]}
+            if self.plan.reference_peers:
+                peer_rows = [r for r in rows if r["implementation"] == "reference"]
+                sections["baseline"]["peer_rows"] = peer_rows
+                sections["baseline"]["peers"] = peer_comparison(peer_rows, defaults)
 
     # ---------------------------------------------------------------------------------------- real runs
     def _run_config(self, steps: int):
@@ -216,6 +254,7 @@ class Suite:
 
         p = self.plan
         cfg = config_for(p.resolution, p.run_batch, *p.model_overrides, f"data.shards={self.shards}",
+                         f"data.loader={common.training_loader()}",
                          f"data.num_workers={p.data_workers}", f"run.log_every={p.log_every}",
                          "run.sample_every=1000000", "run.checkpoint_every=1000000", "eval.every=0")
         cfg.train.steps = steps
@@ -225,8 +264,11 @@ class Suite:
         from bench_runs import run_training
 
         p = self.plan
-        print(f"[loop] launch/train.py, {p.loop_steps} steps at batch {p.run_batch}", flush=True)
-        record["run"] = run_training(self._run_config(p.loop_steps), 1, "python", p.run_timeout_s)
+        cfg = self._run_config(p.loop_steps)
+        print(f"[loop] launch/train.py, {p.loop_steps} steps at batch {p.run_batch}, data.loader={cfg.data.loader}, "
+              f"{p.data_workers} worker(s)", flush=True)
+        record["loader"] = cfg.data.loader
+        record["run"] = run_training(cfg, 1, "python", p.run_timeout_s)
         isolated = self.isolated_default.get(p.run_batch)
         if isolated:
             record["vs_isolated_step"] = record["run"]["images_per_s"]["median"] / isolated
@@ -297,6 +339,20 @@ def fp32_ceiling(result: dict) -> float | None:
     return peak["peak_flops"] / (reference["flops_per_image"] * reference["images_per_s"]["median"])
 
 
+def peer_comparison(peer_rows: list[dict], defaults: dict[int, dict]) -> list[dict]:
+    """Per reference peer and batch size: its images/s and the p2p_dist default's over it."""
+    out = []
+    for r in peer_rows:
+        default = defaults.get(r["batch_size"], {})
+        ratio = (default["images_per_s"]["median"] / r["images_per_s"]["median"]
+                 if "images_per_s" in r and "images_per_s" in default else None)
+        out.append({"peer": r["variant"], "precision": r["precision"], "batch_size": r["batch_size"],
+                    "images_per_s": r.get("images_per_s"), "default": default.get("images_per_s"),
+                    "default_precision": default.get("precision", "-"), "ratio": ratio,
+                    "utilisation_of_bf16_peak": r.get("utilisation_of_bf16_peak"), "skipped": r.get("skipped")})
+    return out
+
+
 def evaluate_targets(result: dict) -> list[dict]:
     """The targets the project set, against what this run measured (met: None when not measured)."""
     sections, targets = result["sections"], []
@@ -337,6 +393,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler over a few default-configuration steps: Chrome trace and top ops")
     parser.add_argument("--compile", action="store_true", help="include torch.compile among the candidates (slow)")
+    parser.add_argument("--peers", action="store_true",
+                        help="baseline: also the reference step under bf16 autocast, + channels_last, and (CUDA) fp16 "
+                             "autocast + GradScaler")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="the sizes of `make gpu-check` (CUDA; batches 32 and 64, peers, a small demo set); "
+                             "with --quick a tiny dry run of that plan on any device")
+    parser.add_argument("--stem", default=None, help="results file name without extension (default: machine-date...)")
     parser.add_argument("--shards", type=Path, default=None,
                         help="shard set for the data, loop and scaling sections (default: shards/demo, built if "
                              "missing; --quick: a tiny temporary set)")
@@ -349,9 +412,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def resolve_shards(args: argparse.Namespace, tmp: Path) -> Path:
-    """--shards, else a tiny temporary set (--quick), else shards/demo: used as it is when present (as
-    launch/train.py does: other runs may be reading it), built when missing."""
+def resolve_shards(args: argparse.Namespace, plan: Plan, tmp: Path) -> Path:
+    """--shards, else a tiny temporary set (--quick), else the plan's temporary demo set (--gpu-check), else
+    shards/demo: used as it is when present (as launch/train.py does: other runs may be reading it), built when
+    missing."""
     if args.shards is not None:
         return args.shards
     from bench_data import tiny_demo_shards
@@ -359,6 +423,11 @@ def resolve_shards(args: argparse.Namespace, tmp: Path) -> Path:
 
     if args.quick:
         return tiny_demo_shards(tmp / "demo")
+    if plan.demo_scenes:
+        num_train, num_val = plan.demo_scenes
+        print(f"[shards] demo set of {num_train} + {num_val} scenes in {tmp / 'demo'}", flush=True)
+        return ensure_demo_shards(tmp / "demo", num_train=num_train, num_val=num_val, workers=os.cpu_count(),
+                                  progress=False)
     demo = common.REPO_ROOT / "shards" / "demo"
     return demo if (demo / MANIFEST_NAME).is_file() else ensure_demo_shards(demo)
 
@@ -371,17 +440,19 @@ def result_stem(machine: str, date: str, quick: bool, sections: list[str]) -> st
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    plan = make_plan(device, args.quick, args.resolution)
+    plan = make_plan(device, args.quick, args.resolution, gpu_check=args.gpu_check)
+    if args.peers:
+        plan.reference_peers = True
     facts = common.machine_facts()
     machine = common.machine_name(facts)
     date = common.today()
-    stem = result_stem(machine, date, args.quick, args.sections)
+    stem = args.stem or result_stem(machine, date, args.quick, args.sections)
     result = {"machine_name": machine, "date": date, "machine": facts, "plan": dataclasses.asdict(plan),
               "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *(argv or sys.argv[1:])]),
               "load_start": common.load_average(), "sections": {}}
     with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
         needs_shards = any(s in args.sections for s in ("data", "loop", "scaling"))
-        shards = resolve_shards(args, Path(tmp)) if needs_shards else None
+        shards = resolve_shards(args, plan, Path(tmp)) if needs_shards else None
         suite = Suite(args, device, plan, shards)
         sections = result["sections"]
         try:

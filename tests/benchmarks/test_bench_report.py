@@ -78,3 +78,40 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "plot.png"
     bench_report.plot(full_result(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def gpu_result() -> dict:
+    result = full_result()
+    result["machine"].update(gpus=["NVIDIA H200"], gpu_name="NVIDIA H200", gpu_driver="580.159.04", cuda="13.0",
+                             cudnn=91400, gpu_memory_gib=139.8, tf32={"cudnn": True, "matmul": False})
+    baseline = result["sections"]["baseline"]
+    baseline["peers"] = [{"peer": "reference + fp16 autocast + GradScaler", "precision": "fp16", "batch_size": 64,
+                          "images_per_s": summarise([900.0]), "default": summarise([1800.0]),
+                          "default_precision": "bf16", "ratio": 2.0, "utilisation_of_bf16_peak": 0.123}]
+    baseline["peer_rows"] = baseline["reference_rows"]
+    result["gpu_check"] = {
+        "ok": False, "quick": False, "wall_s": 300.0, "budget_s": 440, "gpus": 1,
+        "parts": [{"part": "tests", "status": "ok", "ok": True, "wall_s": 80.0, "limit_s": 170},
+                  {"part": "loop", "status": "timed out after 120 s", "ok": False, "wall_s": 120.0, "limit_s": 120,
+                   "output_tail": ["[loop] launch/train.py, 60 steps"]}],
+        "tests": {"counts": {"passed": 1, "skipped": 1},
+                  "tests": [{"test": "t::a", "outcome": "passed", "seconds": 20.0, "message": ""},
+                            {"test": "t::dali", "outcome": "skipped", "seconds": 0.0,
+                             "message": "NVIDIA DALI is not installed (nvidia-dali-cuda130 | too large)"}]},
+        "imports": {"executable": "/usr/bin/python3", "python": "3.12.3", "imports": {"deepspeed": "FAILED: x"},
+                    "distributions": {"deepspeed": {"version": "0.19.8", "location": "/tmp/site"},
+                                      "nvidia-dali-cuda130": None}}}
+    return result
+
+
+def test_gpu_reports_name_driver_cuda_and_the_peers_and_gpu_check_lists_parts_tests_and_packages():
+    result = gpu_result()
+    text = bench_report.markdown(result)
+    assert "GPU: NVIDIA H200 (driver 580.159.04; CUDA 13.0; cuDNN 91400; 139.8 GiB" in text
+    assert "| reference + fp16 autocast + GradScaler | fp16 | 64 | 900.00 (900.00-900.00) | 12.3% |" in text
+    check = bench_report.gpu_check_markdown(result)
+    assert check.startswith("# gpu-check: test-cpu-2c, 2026-01-01: FAILED")
+    assert "| loop | timed out after 120 s | 120 | 120 |" in check and "[loop] launch/train.py, 60 steps" in check
+    assert "## GPU tests (1 passed, 1 skipped)" in check and "nvidia-dali-cuda130 / too large" in check
+    assert "| deepspeed | 0.19.8 | /tmp/site |" in check and "| nvidia-dali-cuda130 | absent | - |" in check
+    assert "`deepspeed`: FAILED: x" in check

@@ -87,6 +87,27 @@ def test_reference_step_trains_both_networks_and_leaves_d_frozen(one_thread):
     assert not any(p.requires_grad for p in step.D.parameters())
 
 
+def test_reference_peers_train_under_bf16_autocast_and_channels_last_with_fp32_weights(one_thread):
+    peers = bs.reference_peers(torch.device("cpu"))
+    assert [v.name for v in peers] == ["reference eager fp32", "reference + bf16 autocast",
+                                       "reference + bf16 autocast + channels_last"]  # fp16 + GradScaler: CUDA only
+    built = [bs.build_variant(v, CPU_FP32, 128, model_overrides=TINY) for v in peers]
+    assert [b.resolved_precision for b in built] == ["fp32", "bf16", "bf16"]
+    conv_weights = [p for p in built[2].step.G.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
+    for b in built:
+        before = [p.detach().clone() for p in b.step.G.parameters()]
+        b(bs.make_batch(2, 128, torch.device("cpu")))
+        after = list(b.step.G.parameters())
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in after)  # autocast keeps fp32 masters
+        assert all(not torch.equal(x, y) for x, y in zip(before, after))
+
+
+def test_the_fp16_reference_peer_needs_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        bs.ReferenceStep(bs.config_for(128, 1, *TINY), torch.device("cpu"), precision="fp16")
+
+
 def test_reference_rows_have_per_image_flops_independent_of_batch_and_sane_memory(one_thread):
     built = [bs.build_variant(v, CPU_FP32, 128, model_overrides=TINY)
              for v in (bs.reference_variant(),
@@ -111,8 +132,9 @@ def test_utilisation_is_achieved_flops_over_the_matmul_peak_of_the_steps_precisi
             {"precision": "bf16", "skipped": "too slow"}]
     peaks = bs.measure_peaks(torch.device("cpu"), quick=True)
     assert peaks["fp32"]["peak_flops"] > 0 and peaks["bf16"]["peak_flops"] > 0
-    bs.add_utilisation(rows, {"fp32": {"peak_flops": 1e11}})
+    bs.add_utilisation(rows, {"fp32": {"peak_flops": 1e11}, "bf16": {"peak_flops": 4e11}})
     assert rows[0]["achieved_flops"] == 1e10 and rows[0]["utilisation"] == pytest.approx(0.1)
+    assert rows[0]["utilisation_of_bf16_peak"] == pytest.approx(0.025)  # every row also against the bf16 peak
     assert "utilisation" not in rows[1]
 
 
@@ -180,3 +202,23 @@ def test_skipping_the_one_rank_gradient_all_reduce_trains_bit_identically(engine
             b(bs.make_batch(1, 128, torch.device("cpu"), seed=step))
     skipped, reduced = ([p.detach() for root in b.roots[:2] for p in root.parameters()] for b in built)
     assert all(torch.equal(a, b) for a, b in zip(skipped, reduced))
+
+
+def test_a_variant_that_raises_is_reported_failed_and_the_others_are_still_measured():
+    calls: list[str] = []
+
+    def broken(batch: dict) -> None:
+        calls.append("broken")
+        if len(calls) > 2:  # the probe and the warm-up pass, then a timed round fails (say, out of memory)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore text")
+
+    variants = [fake_variant("a", calls), bs.BuiltVariant(bs.Variant("b", "reference", precision="fp32"), broken,
+                                                          "fp32", [])]
+    rows = bs.measure_variants(variants, plan(batch_sizes=[1, 2]), torch.device("cpu"), log=lambda line: None)
+    by = {(r["variant"], r["batch_size"]): r for r in rows}
+    assert by[("a", 1)]["images_per_s"]["n"] == 3 and by[("a", 2)]["images_per_s"]["n"] == 3
+    assert by[("b", 1)]["skipped"] == "failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert by[("b", 2)]["skipped"] == by[("b", 1)]["skipped"]  # not tried again at the next batch size
+    unbuilt = bs.failed_rows(bs.Variant("c", "p2p_dist", precision="fp16"), [32, 64], "failed to build: x")
+    assert [(r["batch_size"], r["skipped"], r["precision"]) for r in unbuilt] == [(32, "failed to build: x", "fp16"),
+                                                                                  (64, "failed to build: x", "fp16")]

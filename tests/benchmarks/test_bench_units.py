@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 import bench_common as common
 import run as bench_run
@@ -105,3 +106,24 @@ def test_the_speed_up_target_reports_the_bound_set_by_the_fp32_matmul_peak():
     assert bench_run.fp32_ceiling(result) == pytest.approx(3.0)  # 150 GFLOP/s / (50 GFLOP x 1 image/s)
     (ratio,) = bench_run.evaluate_targets(result)
     assert ratio["measured"].startswith("0.90x; at unchanged fp32 maths at most 3.00x here")
+
+
+def test_the_gpu_check_plan_measures_the_papers_model_at_batch_32_and_64_with_the_peers():
+    plan = bench_run.make_plan(torch.device("cuda"), quick=False, resolution=256, gpu_check=True)
+    assert plan.step_batches == [32, 64] and plan.resolution == 256 and plan.model_overrides == []
+    assert plan.reference_peers and plan.demo_scenes and plan.run_batch == 32 and plan.min_sample_s > 0
+    dry = bench_run.make_plan(torch.device("cpu"), quick=True, resolution=256, gpu_check=True)
+    assert dry.quick and dry.reference_peers and dry.step_batches == [2] and dry.scaling_processes == [1]
+    with pytest.raises(SystemExit, match="--quick"):
+        bench_run.make_plan(torch.device("cpu"), quick=False, resolution=256, gpu_check=True)
+    assert not bench_run.make_plan(torch.device("cpu"), quick=True, resolution=256).reference_peers
+
+
+def test_peer_comparison_is_the_default_over_each_peer_at_the_same_batch():
+    defaults = {2: {"images_per_s": common.summarise([30.0]), "precision": "bf16"}}
+    peers = [{"variant": "reference eager fp32", "precision": "fp32", "batch_size": 2,
+              "images_per_s": common.summarise([10.0]), "utilisation_of_bf16_peak": 0.1},
+             {"variant": "reference + bf16 autocast", "precision": "bf16", "batch_size": 2, "skipped": "slow"}]
+    fp32, bf16 = bench_run.peer_comparison(peers, defaults)
+    assert fp32["ratio"] == pytest.approx(3.0) and fp32["default_precision"] == "bf16"
+    assert bf16["ratio"] is None and bf16["skipped"] == "slow"
