@@ -85,9 +85,9 @@ class TrainConfig:
     gan_loss: str = opt("vanilla", "GAN objective: vanilla (BCE with logits, the paper) or lsgan.",
                         choices=GAN_MODES)
     memory_format: str = opt("auto", "Layout of the images fed to the convolutions (same maths): auto = "
-                             "channels_last on CUDA (cuDNN's fast NHWC kernels), contiguous on CPU (oneDNN would "
-                             "re-lay out the contiguous weights at every convolution; measured slower).",
-                             choices=("auto", "channels_last", "contiguous"))
+                             "channels_last on CUDA and for bf16 on a CPU (the fast NHWC kernels there), "
+                             "contiguous for fp32 on a CPU (oneDNN would re-lay out the weights at every "
+                             "convolution; measured slower).", choices=("auto", "channels_last", "contiguous"))
     compile: bool = opt(False, "torch.compile both networks (slow start, faster steps on GPU).")
     adam: str = opt("fused", "Adam kernel, the same update up to float rounding: fused (one kernel over all "
                     "parameters), foreach (batched per-tensor ops), or for-loop (one tensor at a time, as the "

@@ -62,7 +62,7 @@ class Pix2Pix:
     def __init__(self, cfg: Config, rt: Runtime, total_steps: int) -> None:
         self.cfg, self.rt = cfg, rt
         generator, discriminator = build_models(cfg)
-        self.memory_format = resolve_memory_format(cfg.train.memory_format, rt.device)
+        self.memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
         self.G = self._engine(generator, cfg.train.lr_g, total_steps)
         self.D = self._engine(discriminator, cfg.train.lr_d, total_steps)
         self.gan_loss = GANLoss(cfg.train.gan_loss)
