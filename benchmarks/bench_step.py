@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -32,12 +31,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench_common import Budget, summarise, synchronize, time_call, time_call_with_cpu
 from p2p_dist.config import Config, load_config
-from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, GANLoss, build_discriminator, build_generator
-from p2p_dist.train.engines import Pix2Pix
+from p2p_dist.models import PHOTO_CHANNELS, generator_for
+from p2p_dist.train.engines import ADAM_KERNEL, Pix2Pix
+from p2p_dist.train.reference_step import ReferenceStep
 from p2p_dist.train.runtime import Runtime, has_fast_bf16, resolve_precision
 
-# The reference step's precisions (as peers): the autocast dtype of each; fp16 also scales the loss.
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The paper's load size for 256 crops, kept proportional for other resolutions.
 LOAD_SIZE_RATIO = 286 / 256
 STEPS_FOREVER = 10**9  # the learning-rate schedule never decays during a benchmark
@@ -64,13 +62,13 @@ class Variant:
     precision: str = "auto"  # as requested in the config; resolved per device
     memory_format: str | None = None  # train.memory_format; None: the config default (reference: contiguous)
     norm: str | None = None  # None: the config default
-    joint_d_forward: bool | None = None  # None: the engine's own choice (joint with instance norm)
+    joint_d_forward: bool | None = None  # train.joint_d_forward; None: the config default
     compile: bool = False
     threads: int | None = None  # None: leave torch's thread count alone
     mkldnn: bool = True
     zero_stage: int = 0
-    for_loop_adam: bool = False  # torch's per-tensor Adam (its CPU default) instead of the engines' fused one
-    single_rank_allreduce: bool = False  # DeepSpeed's gradient all-reduce even in a group of one (an identity)
+    for_loop_adam: bool = False  # train.adam=for-loop (torch's CPU default) instead of the default fused kernel
+    single_rank_allreduce: bool = False  # train.single_rank_allreduce: DeepSpeed's all-reduce in a group of one
     channels_last_model: bool = False  # reference only: parameters in channels_last too (PyTorch's recipe)
     default: bool = False  # p2p_dist's default configuration (what a user gets without options)
 
@@ -82,6 +80,12 @@ class Variant:
             out.append(f"model.norm={self.norm}")
         if self.compile:
             out.append("train.compile=true")
+        if self.joint_d_forward is not None:
+            out.append(f"train.joint_d_forward={str(self.joint_d_forward).lower()}")
+        if self.for_loop_adam:
+            out.append("train.adam=for-loop")
+        if self.single_rank_allreduce:
+            out.append("train.single_rank_allreduce=true")
         return out
 
 
@@ -114,95 +118,11 @@ def precision_variants(device: torch.device) -> list[Variant]:
             for p in precisions_for(device)]
 
 
-class ReferenceStep:
-    """The training step as the reference implementation writes it, in plain eager fp32 PyTorch: G forward;
-    D on the detached fake pair, then on the real pair, loss halved, Adam step; D frozen, D on the fake pair
-    again for G's GAN loss plus lambda * L1, Adam step. No DeepSpeed, contiguous tensors, torch.optim.Adam.
-
-    As a peer (``reference_peers``) the same step runs under ``torch.autocast`` in bf16, or in fp16 with one
-    ``torch.amp.GradScaler`` for both optimizers (stepped for each, updated once per step, as PyTorch's AMP
-    recipe for several optimizers says), and with channels_last parameters and inputs."""
-
-    def __init__(self, cfg: Config, device: torch.device, channels_last: bool = False, precision: str = "fp32",
-                 channels_last_model: bool = False) -> None:
-        if precision not in AUTOCAST_DTYPES:
-            raise ValueError(f"reference precision must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}")
-        if precision == "fp16" and device.type != "cuda":
-            raise ValueError("the fp16 reference peer (autocast + GradScaler) needs a CUDA device")
-        m, t = cfg.model, cfg.train
-        label_channels = LABEL_CHANNELS[cfg.data.label_encoding]
-        self.G = build_generator(label_channels, PHOTO_CHANNELS, cfg.data.crop_size, m.ngf, m.norm, m.dropout,
-                                 m.init_gain).to(device)
-        self.D = build_discriminator(label_channels + PHOTO_CHANNELS, m.ndf, m.d_layers, m.norm,
-                                     m.init_gain).to(device)
-        if channels_last_model:
-            self.G.to(memory_format=torch.channels_last)
-            self.D.to(memory_format=torch.channels_last)
-        self.optimizer_G = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
-        self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
-        self.criterion = GANLoss(t.gan_loss)
-        self.lambda_l1 = t.lambda_l1
-        self.device = device
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.autocast_dtype = AUTOCAST_DTYPES[precision]
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-
-    def _autocast(self):
-        dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-    def _backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-
-    def __call__(self, batch: dict) -> None:
-        label = batch["label"].to(self.device, memory_format=self.memory_format)
-        real = batch["photo"].to(self.device, memory_format=self.memory_format)
-        with self._autocast():
-            fake = self.G(label)
-
-        self.D.requires_grad_(True)
-        self.optimizer_D.zero_grad()
-        with self._autocast():
-            loss_fake = self.criterion(self.D(torch.cat([label, fake.detach()], 1)), False)
-            loss_real = self.criterion(self.D(torch.cat([label, real], 1)), True)
-            loss_D = 0.5 * (loss_fake + loss_real)
-        self._backward_and_step(loss_D, self.optimizer_D)
-
-        self.D.requires_grad_(False)
-        self.optimizer_G.zero_grad()
-        with self._autocast():
-            loss_G = (self.criterion(self.D(torch.cat([label, fake], 1)), True)
-                      + self.lambda_l1 * F.l1_loss(fake, real))
-        self._backward_and_step(loss_G, self.optimizer_G)
-        if self.scaler is not None:
-            self.scaler.update()
-
-    def state_roots(self) -> list[object]:
-        return [self.G, self.D, self.optimizer_G, self.optimizer_D]
-
-
 class EngineStep:
     """p2p_dist's training step (``Pix2Pix.train_step``: two DeepSpeed engines)."""
 
-    def __init__(self, cfg: Config, rt: Runtime, joint_d_forward: bool | None = None, for_loop_adam: bool = False,
-                 single_rank_allreduce: bool = False) -> None:
+    def __init__(self, cfg: Config, rt: Runtime) -> None:
         self.model = Pix2Pix(cfg, rt, STEPS_FOREVER)
-        if joint_d_forward is not None:
-            # Only meaningful with instance norm: with batch norm a joint forward changes the maths.
-            self.model.joint_d_forward = joint_d_forward
-        if for_loop_adam:
-            # The engines build torch.optim.Adam(fused=True); Adam reads these flags at every step.
-            for engine in (self.model.G, self.model.D):
-                for group in engine.optimizer.param_groups:
-                    group.update(fused=False, foreach=False)
-        if single_rank_allreduce:
-            for engine in (self.model.G, self.model.D):
-                engine.enable_backward_allreduce = True
 
     def __call__(self, batch: dict) -> None:
         self.model.train_step([batch])  # one optimiser step over one micro-batch (train.grad_accum=1)
@@ -242,8 +162,7 @@ def build_variant(variant: Variant, rt: Runtime, resolution: int, seed: int = 0,
     if variant.implementation != "p2p_dist":
         raise ValueError(f"unknown implementation {variant.implementation!r} in variant {variant.name!r}")
     precision = resolve_precision(cfg.precision, cfg.zero_stage, rt.device)
-    step = EngineStep(cfg, dataclasses.replace(rt, precision=precision), variant.joint_d_forward,
-                      variant.for_loop_adam, variant.single_rank_allreduce)
+    step = EngineStep(cfg, dataclasses.replace(rt, precision=precision))
     return BuiltVariant(variant, step, precision, step.state_roots())
 
 
@@ -601,14 +520,12 @@ def measure_adam(cfg: Config, device: torch.device, repeats: int, warmup: int = 
     """Seconds per Adam step over the generator's parameters for torch's three implementations (the
     engines take a client torch.optim.Adam: its implementation is the trainer's choice), and how far each
     ends from the single-tensor for-loop after the same steps on the same gradients."""
-    label_channels = LABEL_CHANNELS[cfg.data.label_encoding]
-    m, t = cfg.model, cfg.train
+    t = cfg.train
     torch.manual_seed(0)
-    reference = [p.detach().to(device) for p in build_generator(label_channels, PHOTO_CHANNELS, cfg.data.crop_size,
-                                                                 m.ngf, m.norm, m.dropout, m.init_gain).parameters()]
+    reference = [p.detach().to(device) for p in generator_for(cfg).parameters()]
     generator = torch.Generator(device=device).manual_seed(1)
     grads = [torch.randn(p.shape, device=device, generator=generator) * 1e-3 for p in reference]
-    implementations = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    implementations = {name: ADAM_KERNEL[name] for name in ("for-loop", "foreach", "fused")}
     default = "foreach" if device.type == "cuda" else "for-loop"
     results, finals = [], {}
     for name, options in implementations.items():

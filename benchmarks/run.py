@@ -36,9 +36,12 @@ from pathlib import Path
 # DeepSpeed builds its CPU communication op once per extensions dir; share the one `make install` built.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".venv" / "torch_extensions"))
 
-# p2p_dist sets its process defaults (OpenMP's wait policy) on import, and they only take effect before torch
-# loads its OpenMP runtime: import it first, so the in-process sections run as launch/train.py does.
-import p2p_dist  # noqa: E402, F401
+# The in-process sections run with the OpenMP settings launch/train.py runs with (re-executing if torch loaded).
+from p2p_dist.openmp_defaults import apply_openmp_defaults  # noqa: E402
+
+if __name__ == "__main__":
+    apply_openmp_defaults()
+
 import torch  # noqa: E402
 
 import bench_common as common  # noqa: E402

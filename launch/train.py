@@ -9,6 +9,7 @@ Running again with the same run.dir resumes from its latest checkpoint. SIGTERM 
 
 import sys
 
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import config_parser, parse_config
 
 
@@ -26,4 +27,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
     main()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.config import BACKENDS
 from p2p_dist.eval.segmenter import SegmenterTrainConfig, ensure_segmenter, read_sidecar, train_segmenter
 
@@ -68,4 +69,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
     main()

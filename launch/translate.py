@@ -27,6 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import parse_size
 from p2p_dist.inference import (EXPORT_FORMATS, INPUT_FORMATS, TranslateError, export_generator, list_label_maps,
                                 load_generator, resolve_checkpoint, translate_paths)
@@ -97,4 +98,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
     main()

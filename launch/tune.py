@@ -11,6 +11,7 @@ Running on a cluster: see the docstring of p2p_dist/tune/__init__.py.
 
 import sys
 
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import config_parser, parse_config
 from p2p_dist.config import ConfigError
 
@@ -31,4 +32,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
     main()

@@ -28,6 +28,7 @@ BACKENDS = ("dali", "webdataset")             # data.loader: p2p_dist.data.loade
 LABEL_ENCODINGS = ("color", "onehot")         # data.label_encoding: p2p_dist.data.loader.encode_label
 NORMS = ("batch", "instance", "syncbatch")    # model.norm: p2p_dist.models.norm.make_norm
 GAN_MODES = ("vanilla", "lsgan")              # train.gan_loss: p2p_dist.models.losses.GANLoss
+ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:  # noqa: A002
@@ -84,10 +85,18 @@ class TrainConfig:
     gan_loss: str = opt("vanilla", "GAN objective: vanilla (BCE with logits, the paper) or lsgan.",
                         choices=GAN_MODES)
     memory_format: str = opt("auto", "Layout of the images fed to the convolutions (same maths): auto = "
-                             "channels_last on CUDA (cuDNN's fast NHWC kernels), contiguous on CPU (oneDNN would "
-                             "re-lay out the contiguous weights at every convolution; measured slower).",
-                             choices=("auto", "channels_last", "contiguous"))
+                             "channels_last on CUDA and for bf16 on a CPU (the fast NHWC kernels there), "
+                             "contiguous for fp32 on a CPU (oneDNN would re-lay out the weights at every "
+                             "convolution; measured slower).", choices=("auto", "channels_last", "contiguous"))
     compile: bool = opt(False, "torch.compile both networks (slow start, faster steps on GPU).")
+    adam: str = opt("fused", "Adam kernel, the same update up to float rounding: fused (one kernel over all "
+                    "parameters), foreach (batched per-tensor ops), or for-loop (one tensor at a time, as the "
+                    "reference implementation).", choices=ADAM_KERNELS)
+    joint_d_forward: bool = opt(True, "One D forward over real and fake pairs together where the norm is "
+                                "per-sample (instance): the same maths at half the launches. Batch norm always "
+                                "normalises the pairs apart, as the reference does.")
+    single_rank_allreduce: bool = opt(False, "Keep DeepSpeed's gradient all-reduce in a group of one rank at "
+                                      "ZeRO-0, an identity that copies every gradient twice (for comparisons).")
 
 
 @dataclass

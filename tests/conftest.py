@@ -1,11 +1,15 @@
-"""Suite-wide settings: GPU tests skip themselves without CUDA; DeepSpeed reuses the op built by `make install`;
+"""Suite-wide settings: OpenMP defaults as in the entry points; GPU tests skip themselves without CUDA; DeepSpeed reuses the op built by `make install`;
 `one_thread` for tests of small models."""
 
 import os
 from pathlib import Path
 
-import pytest
-import torch
+from p2p_dist.openmp_defaults import apply_openmp_defaults
+
+apply_openmp_defaults()  # the suite runs with the OpenMP settings of the entry points it tests in-process
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))

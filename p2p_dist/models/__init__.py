@@ -1,5 +1,6 @@
 """pix2pix networks: the U-Net generator, the PatchGAN discriminator, their init, losses and the import of
-reference-implementation checkpoints. `build_generator` / `build_discriminator` return initialised models.
+reference-implementation checkpoints. `build_models(cfg)` returns both networks as a run's config describes
+them (`generator_for(cfg)` the generator alone); `build_generator` / `build_discriminator` take explicit sizes.
 What the generator takes and gives: `LABEL_CHANNELS` per label encoding, `PHOTO_CHANNELS`, and photos in
 [-1, 1], which `to_uint8` turns into image bytes."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from p2p_dist.config import Config
 from p2p_dist.models.init import init_weights
 from p2p_dist.models.losses import GAN_MODES, GANLoss
 from p2p_dist.models.norm import NORMS, SyncBatchNorm2d
@@ -62,6 +64,27 @@ def build_discriminator(
     return init_weights(PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, norm=norm), init_gain)
 
 
+def generator_for(cfg: Config) -> UNetGenerator:
+    """The initialised generator of a run's config (its weights are then trained or loaded)."""
+    m = cfg.model
+    return build_generator(LABEL_CHANNELS[cfg.data.label_encoding], PHOTO_CHANNELS, cfg.data.crop_size, m.ngf,
+                           m.norm, m.dropout, m.init_gain)
+
+
+def build_models(cfg: Config) -> tuple[UNetGenerator, PatchDiscriminator]:
+    """Generator and discriminator of a run's config, initialised in that order (one seed gives the same weights
+    everywhere), then started from the reference checkpoints of model.pretrained_g/d where set."""
+    m = cfg.model
+    generator = generator_for(cfg)
+    discriminator = build_discriminator(LABEL_CHANNELS[cfg.data.label_encoding] + PHOTO_CHANNELS, m.ndf,
+                                        m.d_layers, m.norm, m.init_gain)
+    if m.pretrained_g:
+        load_reference_generator(m.pretrained_g, generator)
+    if m.pretrained_d:
+        load_reference_discriminator(m.pretrained_d, discriminator)
+    return generator, discriminator
+
+
 __all__ = [
     "GAN_MODES",
     "LABEL_CHANNELS",
@@ -75,6 +98,8 @@ __all__ = [
     "UNetGenerator",
     "build_discriminator",
     "build_generator",
+    "build_models",
+    "generator_for",
     "init_weights",
     "load_reference_discriminator",
     "load_reference_generator",

@@ -16,11 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from p2p_dist.config import Config
-from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, GANLoss, build_discriminator, build_generator
-from p2p_dist.models import load_reference_discriminator, load_reference_generator
+from p2p_dist.models import GANLoss, build_models
 from p2p_dist.models.test_time import translation_modes
 from p2p_dist.train.runtime import Runtime, resolve_memory_format
 from p2p_dist.train.schedule import lr_factor
+
+
+# train.adam -> torch.optim.Adam's kernel flags. Fused runs one kernel over all parameters instead of torch's
+# per-tensor loop on CPU; the same update up to float rounding (benchmarks measure each).
+ADAM_KERNEL = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 
 
 def deepspeed_config(cfg: Config, rt: Runtime) -> dict:
@@ -57,41 +61,30 @@ class Pix2Pix:
 
     def __init__(self, cfg: Config, rt: Runtime, total_steps: int) -> None:
         self.cfg, self.rt = cfg, rt
-        label_channels = LABEL_CHANNELS[cfg.data.label_encoding]
-        m = cfg.model
-        generator = build_generator(label_channels, PHOTO_CHANNELS, cfg.data.crop_size, m.ngf, m.norm, m.dropout,
-                                    m.init_gain)
-        discriminator = build_discriminator(label_channels + PHOTO_CHANNELS, m.ndf, m.d_layers, m.norm, m.init_gain)
-        if m.pretrained_g:
-            load_reference_generator(m.pretrained_g, generator)
-        if m.pretrained_d:
-            load_reference_discriminator(m.pretrained_d, discriminator)
-        self.memory_format = resolve_memory_format(cfg.train.memory_format, rt.device)
+        generator, discriminator = build_models(cfg)
+        self.memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
         self.G = self._engine(generator, cfg.train.lr_g, total_steps)
         self.D = self._engine(discriminator, cfg.train.lr_d, total_steps)
         self.gan_loss = GANLoss(cfg.train.gan_loss)
         # With batch norm, real and fake pairs must be normalised in separate batches (as the reference);
-        # without it, one D forward over both is the same maths at half the launches.
-        self.joint_d_forward = m.norm == "instance"
+        # with a per-sample norm, one D forward over both is the same maths at half the launches.
+        self.joint_d_forward = cfg.train.joint_d_forward and cfg.model.norm == "instance"
 
     def _engine(self, model: nn.Module, lr: float, total_steps: int) -> deepspeed.DeepSpeedEngine:
         # Parameters stay contiguous (DeepSpeed broadcasts and ZeRO flattens them as raw bytes); where
         # train.memory_format picks channels_last, the inputs alone make the convolutions run in NHWC.
         model = model.to(self.rt.device)
         t = self.cfg.train
-        # Fused: one kernel over all parameters instead of torch's per-tensor loop on CPU (G's 54M-parameter
-        # Adam step 3x faster on the 2-core CPU, benchmarks/results/amd-epyc-2c-2026-11-25-candidates.md);
-        # the same update up to float rounding.
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), fused=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), **ADAM_KERNEL[t.adam])
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, t.decay_start))
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                           config=deepspeed_config(self.cfg, self.rt))
-        if self.rt.world_size == 1 and self.cfg.zero_stage == 0:
+        if self.rt.world_size == 1 and self.cfg.zero_stage == 0 and not t.single_rank_allreduce:
             # DeepSpeed would still flatten every gradient into one buffer, all-reduce it over the group of one
             # and copy it back: an identity that costs two copies of all gradients per step.
             engine.enable_backward_allreduce = False
-        if self.cfg.train.compile:
+        if t.compile:
             engine.compile()
         return engine
 

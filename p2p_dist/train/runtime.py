@@ -47,6 +47,7 @@ def free_port() -> int:
 # `P2P_DIST_CPU_FLAGS="avx2"` (AVX2-only) or `"avx2 avx512f avx512_bf16"` (native bf16). Testing only.
 SIMULATED_CPU_FLAGS_ENV = "P2P_DIST_CPU_FLAGS"
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+DECIDING_CPU_FLAGS = NATIVE_BF16_CPU_FLAGS | {"avx2", "avx512f"}  # the flags the choices here depend on
 
 
 def cpu_flags() -> frozenset[str]:
@@ -101,10 +102,30 @@ def threads_per_rank(cores: int, local_world_size: int, omp_num_threads: str | N
     return max(1, cores // local_world_size)
 
 
-def resolve_memory_format(requested: str, device: torch.device) -> torch.memory_format:
+def resolve_memory_format(requested: str, device: torch.device, precision: str) -> torch.memory_format:
+    """auto: channels_last where the convolution kernels are fastest in NHWC: cuDNN's, and oneDNN's bf16 ones on
+    a native-bf16 CPU (measured 1.06x there); contiguous for fp32 on a CPU, where oneDNN would re-lay out the
+    weights at every convolution (measured 0.88x on an AVX2-only CPU)."""
     if requested == "auto":
-        return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        fast_nhwc = device.type == "cuda" or precision == "bf16"
+        return torch.channels_last if fast_nhwc else torch.contiguous_format
     return {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[requested]
+
+
+def resolved_choices(cfg: Config, rt: Runtime) -> dict:
+    """What every automatic choice resolved to on this machine, and the facts it was resolved from: shown at
+    start-up and written to the run's summary.json."""
+    memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
+    choices = {"device": rt.device.type, "precision": rt.precision,
+               "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",
+               "torch_threads": torch.get_num_threads()}
+    if rt.device.type == "cuda":
+        choices.update(gpu=torch.cuda.get_device_name(rt.device), cudnn_benchmark=torch.backends.cudnn.benchmark)
+    else:
+        choices["cpu_flags"] = sorted(cpu_flags() & DECIDING_CPU_FLAGS)
+        if SIMULATED_CPU_FLAGS_ENV in os.environ:
+            choices["cpu_flags_simulated"] = True
+    return choices
 
 
 def init_runtime(cfg: Config) -> Runtime:
@@ -119,6 +140,8 @@ def init_runtime(cfg: Config) -> Runtime:
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+        # Training shapes are fixed: let cuDNN time its algorithms once per shape and keep the fastest.
+        torch.backends.cudnn.benchmark = True
     else:
         device = torch.device("cpu")
         threads = threads_per_rank(usable_cores(), local_world_size, os.environ.get("OMP_NUM_THREADS"))

@@ -87,3 +87,59 @@ def float32_poly_mmd_error(abs_features: torch.Tensor, subset_size: int = 4) -> 
     terms = (abs_features @ abs_features.T / d + 1) ** 3
     unit_roundoff = torch.finfo(torch.float32).eps / 2
     return float((3 * math.sqrt(d) + subset_size) * unit_roundoff * 4 * terms.mean())
+
+
+def _against_itself_and_against_noise(metrics, photos, noise):
+    results = []
+    for fake in (photos, noise):
+        metrics.reset()
+        metrics.update(photos, real=True)
+        metrics.update(fake, real=False)
+        results.append(metrics.compute())
+    return results
+
+
+def test_fid_and_kid_are_near_zero_for_a_set_against_itself_and_large_against_noise(inception_cache):
+    photos, noise = smooth_photos(8, 64, seed=3), white_noise(8, 64, seed=4)
+    metrics = InceptionMetrics(feature=64, cache_dir=inception_cache, kid_subset_size=8, kid_subsets=10)
+    same, different = _against_itself_and_against_noise(metrics, photos, noise)
+    assert abs(same["fid"]) < 1e-3
+    assert different["fid"] > 1.0
+    # The KID estimator is unbiased, so a set against itself may come out slightly negative.
+    assert abs(same["kid_mean"]) < 0.1 * different["kid_mean"]
+    assert different["kid_mean"] > 0.01
+    assert all(math.isfinite(v) for v in (*same.values(), *different.values()))
+
+
+def test_kid_is_reproducible_across_computes(inception_cache):
+    metrics = InceptionMetrics(feature=64, cache_dir=inception_cache, kid_subset_size=4, kid_subsets=5)
+    metrics.update(smooth_photos(6, 64, seed=5), real=True)
+    metrics.update(smooth_photos(6, 64, seed=6), real=False)
+    first, second = metrics.compute(), metrics.compute()
+    assert first["kid_mean"] == second["kid_mean"] and first["kid_std"] == second["kid_std"]
+    assert first["kid_std"] > 0  # 6 choose 4 subsets differ: the std is real, not a degenerate 0
+
+
+def test_kid_depends_on_the_set_of_images_not_their_batch_order(inception_cache):
+    """What makes KID equal across rank splits: gathered features arrive in another order than locally."""
+    real, fake_a, fake_b = smooth_photos(6, 64, seed=9), smooth_photos(3, 64, seed=10), smooth_photos(3, 64, seed=11)
+    scores = []
+    for fakes in ((fake_a, fake_b), (fake_b, fake_a)):
+        metrics = InceptionMetrics(feature=64, cache_dir=inception_cache, kid_subset_size=4, kid_subsets=5)
+        metrics.update(real, real=True)
+        for fake in fakes:
+            metrics.update(fake, real=False)
+        scores.append(metrics.compute())
+    assert scores[0]["kid_mean"] == pytest.approx(scores[1]["kid_mean"], rel=1e-9)
+    assert scores[0]["fid"] == pytest.approx(scores[1]["fid"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_standard_2048_fid_is_near_zero_against_itself_and_large_against_noise(inception_cache):
+    """The standard 2048-d FID (slow on CPU: the 2048x2048 matrix square root takes tens of seconds)."""
+    photos, noise = smooth_photos(8, 64, seed=7), white_noise(8, 64, seed=8)
+    metrics = InceptionMetrics(cache_dir=inception_cache, kid_subset_size=8, kid_subsets=10)
+    same, different = _against_itself_and_against_noise(metrics, photos, noise)
+    assert abs(same["fid"]) < 0.01
+    assert different["fid"] > 100
+    assert different["kid_mean"] > 0.1 > abs(same["kid_mean"])

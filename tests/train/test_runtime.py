@@ -1,18 +1,20 @@
 import pytest
 import torch
 
-from p2p_dist.config import ConfigError
+from p2p_dist.config import Config, ConfigError
 from p2p_dist.train.runtime import (SIMULATED_CPU_FLAGS_ENV, cpu_flags, resolve_memory_format, resolve_precision,
                                     threads_per_rank)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
 
-def test_auto_memory_format_is_channels_last_on_cuda_and_contiguous_on_cpu():
-    assert resolve_memory_format("auto", CUDA) == torch.channels_last
-    assert resolve_memory_format("auto", CPU) == torch.contiguous_format
-    assert resolve_memory_format("channels_last", CPU) == torch.channels_last
-    assert resolve_memory_format("contiguous", CUDA) == torch.contiguous_format
+def test_auto_memory_format_is_channels_last_on_cuda_and_for_bf16_on_cpu_and_contiguous_for_fp32_on_cpu():
+    for precision in ("fp32", "bf16", "fp16"):
+        assert resolve_memory_format("auto", CUDA, precision) == torch.channels_last
+    assert resolve_memory_format("auto", CPU, "bf16") == torch.channels_last
+    assert resolve_memory_format("auto", CPU, "fp32") == torch.contiguous_format
+    assert resolve_memory_format("channels_last", CPU, "fp32") == torch.channels_last
+    assert resolve_memory_format("contiguous", CUDA, "bf16") == torch.contiguous_format
 
 
 AVX2_ONLY = "fpu sse4_2 avx avx2 fma f16c"
@@ -61,3 +63,13 @@ def test_fp16_is_refused_at_zero0_and_on_cpu_with_the_way_out_in_the_message():
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         resolve_precision("fp16", 1, CPU)
     assert resolve_precision("fp16", 1, CUDA) == "fp16"
+
+
+@pytest.mark.parametrize("flags, precision, memory_format", [(AVX2_ONLY, "fp32", torch.contiguous_format),
+                                                             (NATIVE_BF16, "bf16", torch.channels_last)])
+def test_the_default_config_resolves_per_cpu_kind(monkeypatch, flags, precision, memory_format):
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
+    train = Config().train
+    resolved = resolve_precision(Config().precision, Config().zero_stage, CPU)
+    assert resolved == precision
+    assert resolve_memory_format(train.memory_format, CPU, resolved) == memory_format
