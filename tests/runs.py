@@ -10,7 +10,7 @@ import torch
 
 from p2p_dist.data.shards import PackSettings, ensure_demo_shards
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
-from p2p_dist.train.runtime import free_port
+from p2p_dist.runtime import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "launch" / "train.py")

@@ -51,7 +51,7 @@ from p2p_dist.inference import default_device, sidecar_path
 
 if TYPE_CHECKING:
     from p2p_dist.config import Config
-    from p2p_dist.train.runtime import Runtime
+    from p2p_dist.runtime import Runtime
 
 CHECKPOINT_FORMAT = "p2p_dist.segmenter/1"
 CACHE_SUBDIR = "segmenter"

@@ -23,7 +23,7 @@ from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
 from p2p_dist.train.logger import RunLogger, Throughput, format_duration
-from p2p_dist.train.runtime import Runtime, init_runtime, shutdown
+from p2p_dist.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
 from p2p_dist.train.schedule import total_steps
 
