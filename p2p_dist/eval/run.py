@@ -13,7 +13,7 @@ from p2p_dist.eval.metrics import CEILING_PREFIX, Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
 from p2p_dist.eval.segmenter import run_segmenter_path, segmenter_for
 from p2p_dist.inference import load_generator, resolve_checkpoint
-from p2p_dist.models.test_time import translation_modes
+from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.runtime import init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
 

@@ -18,7 +18,7 @@ from torch import nn
 from p2p_dist.config import Config
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, GANLoss, build_discriminator, build_generator
 from p2p_dist.models import load_reference_discriminator, load_reference_generator
-from p2p_dist.models.test_time import translation_modes
+from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.runtime import Runtime, resolve_memory_format
 from p2p_dist.train.schedule import lr_factor
 
