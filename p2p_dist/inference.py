@@ -39,8 +39,9 @@ from p2p_dist.config import Config, load_config
 from p2p_dist.data import labels
 from p2p_dist.data.loader import encode_label
 from p2p_dist.data.wds_loader import nearest_indices
-from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, build_generator, to_uint8
+from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, build_generator, sidecar_path, to_uint8
 from p2p_dist.models.translation_modes import apply_test_time_modes, translation_modes
+from p2p_dist.runtime import default_device
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
 
 INPUT_FORMATS = ("auto", "ids", "color")
@@ -60,10 +61,6 @@ Size = tuple[int, int]  # (height, width), as torch shapes
 
 class TranslateError(ValueError):
     """A label map that cannot be read or translated, or an output that cannot be written; names the file."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -360,12 +357,6 @@ def _replace_dropout(module: nn.Module) -> None:
 
 def _has_active_dropout(module: nn.Module) -> bool:
     return any(isinstance(layer, nn.modules.dropout._DropoutNd) and layer.training for layer in module.modules())
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON file describing a model file beside it: ``generator.onnx`` -> ``generator.json`` (exports
-    here, the FCN-score segmenter's checkpoints in p2p_dist.eval.segmenter)."""
-    return Path(path).with_suffix(".json")
 
 
 def _describe_export(cfg: Config, path: Path, fmt: str, multiple: int, dropout: bool,

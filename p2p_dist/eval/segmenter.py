@@ -47,7 +47,8 @@ from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import MANIFEST_NAME
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
-from p2p_dist.inference import default_device, sidecar_path
+from p2p_dist.models import sidecar_path
+from p2p_dist.runtime import default_device
 
 if TYPE_CHECKING:
     from p2p_dist.config import Config

@@ -33,7 +33,7 @@ from p2p_dist.eval.segmenter import (
     segmenter_for,
     train_step,
 )
-from p2p_dist.inference import sidecar_path
+from p2p_dist.models import sidecar_path
 from p2p_dist.runtime import Runtime
 
 ROAD, BUILDING = 7, 11  # Cityscapes ids of train ids 0 and 2
