@@ -29,8 +29,9 @@ from pathlib import Path
 
 from p2p_dist.cli import parse_size
 from p2p_dist.inference import (EXPORT_FORMATS, INPUT_FORMATS, TranslateError, export_generator, list_label_maps,
-                                load_generator, resolve_checkpoint, translate_paths)
+                                load_generator, translate_paths)
 from p2p_dist.models.translation_modes import NORM_MODES
+from p2p_dist.run_dir import resolve_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:

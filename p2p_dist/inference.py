@@ -35,14 +35,15 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm import tqdm
 
-from p2p_dist.config import Config, load_config
+from p2p_dist.config import Config
 from p2p_dist.data import labels
 from p2p_dist.data.loader import encode_label
 from p2p_dist.data.wds_loader import nearest_indices
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, build_generator, sidecar_path, to_uint8
 from p2p_dist.models.translation_modes import apply_test_time_modes, translation_modes
 from p2p_dist.runtime import default_device
-from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
+from p2p_dist.run_dir import RunDir, resolve_checkpoint
+from p2p_dist.train.checkpoint import load_weights
 
 INPUT_FORMATS = ("auto", "ids", "color")
 EXPORT_FORMATS = ("torchscript", "onnx")
@@ -51,8 +52,6 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".t
 # -> city_000000_000019_fake.png.
 LABEL_SUFFIXES = ("_gtFine_labelIds", "_labelIds")
 OUTPUT_SUFFIX = "_fake.png"
-CONFIG_NAME = "config.yaml"
-CHECKPOINTS_DIR = "checkpoints"
 # Errors list this many offending files before summarising the rest.
 MAX_LISTED = 10
 
@@ -66,22 +65,6 @@ class TranslateError(ValueError):
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path:
-    """The checkpoint directory of a run: the latest (None), a tag such as ``step_000500``, or a path."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if checkpoint is None:
-        latest = latest_checkpoint(root)
-        if latest is None:
-            raise FileNotFoundError(f"{root}: no checkpoint yet (no 'latest' file); has {run_dir} trained?")
-        return latest
-    for candidate in (root / str(checkpoint), Path(checkpoint)):
-        if (candidate / "G").is_dir():
-            return candidate
-    available = sorted(p.name for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
-    raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} not found under {root} "
-                            f"(available: {', '.join(available) or 'none'})")
-
-
 def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
                    device: str | torch.device | None = None) -> tuple[UNetGenerator, Config]:
     """The generator of a training run directory (written by launch/train.py) and the run's config.
@@ -90,11 +73,8 @@ def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     None picks cuda when available. The generator is returned in eval mode; weights are loaded without
     DeepSpeed, so any ZeRO stage <= 2 and any world size work.
     """
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {CONFIG_NAME}; is this a run directory written by launch/train.py?")
-    cfg = load_config(config_path)
+    run = RunDir(run_dir)
+    cfg = run.read_config()
     ckpt = resolve_checkpoint(run_dir, checkpoint)
     m = cfg.model
     generator = build_generator(LABEL_CHANNELS[cfg.data.label_encoding], PHOTO_CHANNELS,
@@ -103,7 +83,7 @@ def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     try:
         generator.load_state_dict(load_weights(ckpt, "G"))
     except RuntimeError as err:
-        raise RuntimeError(f"{ckpt}: G weights do not fit the generator described by {config_path}: {err}") from None
+        raise RuntimeError(f"{ckpt}: G weights do not fit the generator described by {run.config}: {err}") from None
     generator.to(torch.device(device) if device is not None else default_device())
     return generator.eval(), cfg
 

@@ -23,6 +23,7 @@ from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
 from p2p_dist.train.logger import RunLogger, Throughput, format_duration
+from p2p_dist.run_dir import RunDir, latest_checkpoint
 from p2p_dist.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
 from p2p_dist.train.schedule import total_steps
@@ -100,7 +101,8 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict:
 
 
 def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: contextlib.ExitStack) -> dict:
-    run_dir, ckpt_root = Path(cfg.run.dir), Path(cfg.run.dir) / "checkpoints"
+    run_dir = RunDir(cfg.run.dir)
+    ckpt_root = run_dir.checkpoints
     if rt.is_main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         checkpoint.clean_partial(ckpt_root)
@@ -118,17 +120,17 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
     torch.manual_seed(cfg.seed + 1 + rt.rank)  # independent dropout noise per rank
     state = TrainerState(world_size=rt.world_size, batch_size=t.batch_size, zero_stage=cfg.zero_stage)
     dist.barrier()
-    latest = checkpoint.latest_checkpoint(ckpt_root)
+    latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         state = checkpoint.load(latest, model, rt.rank, rt.world_size, t.batch_size)
         model.apply_config_learning_rates()
         if rt.is_main:
             print(f"resumed from {latest} (step {state.step}, epoch {state.epoch})", flush=True)
     if rt.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir.config)
         print(f"training {total} steps on {rt.world_size} x {rt.device.type} ({rt.precision}), "
               f"{loader.num_samples} train pairs, global batch {t.batch_size * t.grad_accum * rt.world_size}; "
-              f"run dir {run_dir}", flush=True)
+              f"run dir {run_dir.path}", flush=True)
 
     samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
     periodic_eval = (loaders.enter_context(contextlib.closing(PeriodicEvaluation(cfg, rt, shards)))
@@ -193,15 +195,15 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
                "wall_time_s": state.elapsed_s, "mean_images_per_s": state.images_seen / max(state.elapsed_s, 1e-9),
                "steps_this_process": state.step - start_step, "stopped_early": stopped_early,
                "world_size": rt.world_size, "precision": rt.precision, "device": rt.device.type,
-               "run_dir": str(run_dir), "samples": str(run_dir / "samples"),
-               "checkpoint": str(checkpoint.latest_checkpoint(ckpt_root))}
+               "run_dir": str(run_dir.path), "samples": str(run_dir.samples),
+               "checkpoint": str(latest_checkpoint(ckpt_root))}
     if rt.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        run_dir.summary.write_text(json.dumps(summary, indent=1))
         print(f"done: {state.step}/{total} steps, {state.images_seen} images in "
               f"{format_duration(state.elapsed_s)} ({summary['mean_images_per_s']:.1f} img/s).\n"
-              f"  samples:     {run_dir / 'samples'}\n  metrics:     {run_dir / 'metrics.jsonl'}\n"
-              f"  checkpoints: {ckpt_root}\n  summary:     {run_dir / 'summary.json'}\n"
-              f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}", flush=True)
+              f"  samples:     {run_dir.samples}\n  metrics:     {run_dir.metrics}\n"
+              f"  checkpoints: {ckpt_root}\n  summary:     {run_dir.summary}\n"
+              f"  tensorboard: tensorboard --logdir {run_dir.tensorboard}", flush=True)
     logger.close()
     return summary
 
@@ -212,7 +214,7 @@ def _check_finite(first_bad_step: torch.Tensor, ckpt_root: Path) -> None:
     dist.all_reduce(bad, op=dist.ReduceOp.MIN)
     bad = int(bad.item())
     if bad != NO_BAD_STEP:
-        latest = checkpoint.latest_checkpoint(ckpt_root)
+        latest = latest_checkpoint(ckpt_root)
         raise NonFiniteLoss(f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: "
                             f"{latest or 'none yet'}")
 
@@ -249,8 +251,8 @@ def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
         return next(iter(val.epoch(0)))
 
 
-def _write_samples(model: Pix2Pix, samples: dict, run_dir: Path, logger: RunLogger, step: int) -> None:
+def _write_samples(model: Pix2Pix, samples: dict, run_dir: RunDir, logger: RunLogger, step: int) -> None:
     fake = model.translate(samples["label"])
     grid = sample_grid(samples["ids"], fake, samples["photo"])
-    save_grid(grid, run_dir / "samples" / f"step_{step:06d}.png")
+    save_grid(grid, run_dir.sample_grid(step))
     logger.image("samples", grid, step)

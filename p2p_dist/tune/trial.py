@@ -32,9 +32,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
-from p2p_dist.atomic_write import write_atomically
 from p2p_dist.config import Config
-from p2p_dist.train.checkpoint import TrainerState, checkpoint_name
+from p2p_dist.run_dir import TRAINER_STATE_NAME, RunDir, checkpoint_name, write_latest
+from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.tune.space import Objective, objective, trial_config
 
 RUN_SUBDIR = "run"
@@ -83,14 +83,14 @@ def place_checkpoint(checkpoint: tune.Checkpoint, run_dir: Path) -> int:
     """Make a Tune checkpoint the one the trainer resumes from (``checkpoints/step_NNNNNN`` + ``latest``) and
     return its step. Other checkpoints of the run are removed: they belong to a history this start discards
     (a failed attempt's later steps, or this trial's own past before a PBT exploit)."""
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     with checkpoint.as_directory() as source:
-        step = TrainerState(**json.loads((Path(source) / "trainer.json").read_text())).step
+        step = TrainerState(**json.loads((Path(source) / TRAINER_STATE_NAME).read_text())).step
         name = checkpoint_name(step)
         shutil.copytree(source, root / name)
-    write_atomically(root / "latest", name.encode())
+    write_latest(root, name)
     return step
 
 
@@ -106,7 +106,7 @@ def prepare_run(params: dict[str, Any], setup: TrialSetup) -> Config:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         step = place_checkpoint(checkpoint, run_dir)
-        metrics = run_dir / "metrics.jsonl"
+        metrics = RunDir(run_dir).metrics
         # The trainer appends to metrics.jsonl: its records from line `metrics_line` on come from this start.
         lines = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
         record = {"time": time.time(), "step": step, "from": checkpoint.path, "params": params, "metrics_line": lines}

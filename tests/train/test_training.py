@@ -11,7 +11,7 @@ import torch
 
 from runs import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
 from p2p_dist.models import build_generator
-from p2p_dist.train.checkpoint import latest_checkpoint
+from p2p_dist.run_dir import latest_checkpoint
 
 
 def test_run_directory_holds_config_metrics_samples_checkpoints_and_summary(tmp_path, tiny_shards):
