@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -16,9 +17,6 @@ import torch.distributed as dist
 from p2p_dist.config import Config, save_config
 from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import ensure_demo_shards_if_default
-from p2p_dist.eval.evaluate import evaluate
-from p2p_dist.eval.metrics import Evaluator
-from p2p_dist.eval.segmenter import segmenter_for
 from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
@@ -84,23 +82,41 @@ def _mean_over_ranks(values: torch.Tensor) -> list[float]:
 Reporter = Callable[[int, dict, Path], None]
 
 
-def train(cfg: Config, reporter: Reporter | None = None) -> dict:
+class Evaluation(Protocol):
+    """Periodic evaluation as the trainer sees it: called with the generator (label maps -> photos in
+    [-1, 1]) on every rank, returns the metrics; closed at the end."""
+
+    def __call__(self, translate: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+EvaluationFactory = Callable[[Config, Runtime, Path], Evaluation]  # (cfg, runtime, shards dir) -> Evaluation
+
+
+def train(cfg: Config, reporter: Reporter | None = None, evaluation: EvaluationFactory | None = None) -> dict:
     """Train to the end (or to a stop request); returns the summary. Raises NonFiniteLoss on divergence.
 
-    `reporter(step, metrics, checkpoint_dir)` is called on every rank after each periodic evaluation (every
-    eval.every steps and at the end), once the checkpoint of that step is complete: how Ray Tune trials
-    report (p2p_dist.tune)."""
+    `evaluation(cfg, rt, shards)` builds the periodic evaluation, run every eval.every steps and at the end;
+    it is required when eval.every > 0 (launch/train.py and Ray Tune trials pass
+    p2p_dist.eval.periodic.PeriodicEvaluation). `reporter(step, metrics, checkpoint_dir)` is called on
+    every rank after each periodic evaluation, once the checkpoint of that step is complete: how Ray Tune
+    trials report (p2p_dist.tune)."""
+    if cfg.eval.every > 0 and evaluation is None:
+        raise ValueError(f"eval.every={cfg.eval.every} asks for periodic evaluation, but train() was given no "
+                         f"evaluation hook (pass evaluation=p2p_dist.eval.periodic.PeriodicEvaluation)")
     rt = init_runtime(cfg)
     try:
         # Loaders hold DALI threads or DataLoader worker processes: release them even when a trial in a
         # long-lived Ray worker ends with an error.
         with contextlib.ExitStack() as loaders:
-            return _train(cfg, rt, reporter, loaders)
+            return _train(cfg, rt, reporter, evaluation, loaders)
     finally:
         shutdown()
 
 
-def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: contextlib.ExitStack) -> dict:
+def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: EvaluationFactory | None,
+           loaders: contextlib.ExitStack) -> dict:
     run_dir = RunDir(cfg.run.dir)
     ckpt_root = run_dir.checkpoints
     if rt.is_main:
@@ -133,7 +149,7 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
               f"run dir {run_dir.path}", flush=True)
 
     samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
-    periodic_eval = (loaders.enter_context(contextlib.closing(PeriodicEvaluation(cfg, rt, shards)))
+    periodic_eval = (loaders.enter_context(contextlib.closing(evaluation(cfg, rt, shards)))
                      if cfg.eval.every > 0 else None)
     logger = RunLogger(run_dir, total, enabled=rt.is_main)
     stop = StopFlag()
@@ -179,7 +195,7 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
             start_time = time.perf_counter()
             saved = checkpoint.save(ckpt_root, model, state, cfg.run.keep_checkpoints, rt.rank)
         if evaluating:
-            metrics = periodic_eval(model)
+            metrics = periodic_eval(model.translate)
             logger.log({"step": state.step, "epoch": state.step / steps_per_epoch,
                         **{f"eval/{k}": v for k, v in metrics.items()}})
             if reporter is not None:
@@ -217,28 +233,6 @@ def _check_finite(first_bad_step: torch.Tensor, ckpt_root: Path) -> None:
         latest = latest_checkpoint(ckpt_root)
         raise NonFiniteLoss(f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: "
                             f"{latest or 'none yet'}")
-
-
-class PeriodicEvaluation:
-    """Image quality on a fixed val subset during training (FCN-score, L1/SSIM/PSNR, FID/KID if enabled), so
-    that a sweep can optimise what users look at, not a loss. All ranks share the work."""
-
-    def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
-        d = cfg.data
-        self.segmenter = segmenter_for(cfg, rt) if cfg.eval.fcn else None
-        self.loader = build_loader(shards, "val", backend=d.loader, batch_size=cfg.train.batch_size, rank=rt.rank,
-                                   world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
-                                   crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding,
-                                   device=rt.device, num_workers=d.num_workers)
-        self.num_images = cfg.eval.num_images
-        self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
-
-    def __call__(self, model: Pix2Pix) -> dict:
-        return evaluate(lambda batch: model.translate(batch["label"]), self.loader, self.evaluator, self.segmenter,
-                        self.num_images)
-
-    def close(self) -> None:
-        self.loader.close()
 
 
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:

@@ -2,10 +2,14 @@
 
 Two shapes, one training loop:
 
-- one process: `run_trial` is the Tune function trainable itself and calls ``train(cfg, reporter)``;
+- one process: `run_trial` is the Tune function trainable itself and calls ``train(cfg, reporter, evaluation)``;
 - N data-parallel DeepSpeed workers: `run_distributed_trial` is the Tune function and fits a Ray Train
-  ``TorchTrainer`` whose workers each call ``train(cfg, reporter)`` in a process group Ray Train set up
-  (gloo on CPU, nccl on GPU). Rank 0's reports come back to the Tune function, which reports them to Tune.
+  ``TorchTrainer`` whose workers each call ``train(cfg, reporter, evaluation)`` in a process group Ray Train
+  set up (gloo on CPU, nccl on GPU). Rank 0's reports come back to the Tune function, which reports them to
+  Tune.
+
+The trainer's periodic evaluation (the objective's source) is `p2p_dist.eval.periodic.PeriodicEvaluation`,
+handed to it here.
 
 A trial's files live in ``<storage_path>/<name>/trial_<id>/``: Tune's results and checkpoints, and ``run/``,
 the trainer's run directory (metrics.jsonl, samples/, TensorBoard, checkpoints/, summary.json) plus
@@ -124,11 +128,13 @@ def report_to_tune(goal: Objective) -> Callable[[int, dict, Path], None]:
 
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one training process."""
-    from p2p_dist.train.loop import train  # DeepSpeed loads in the trial processes only
+    # DeepSpeed and the metrics load in the trial processes only.
+    from p2p_dist.eval.periodic import PeriodicEvaluation
+    from p2p_dist.train.loop import train
 
     quiet_ray_logs()
     cfg = prepare_run(params, setup)
-    train(cfg, reporter=report_to_tune(objective(cfg.tune)))
+    train(cfg, reporter=report_to_tune(objective(cfg.tune)), evaluation=PeriodicEvaluation)
 
 
 # ---------------------------------------------------------------------------------- data-parallel trials
@@ -139,6 +145,7 @@ def _train_worker(loop_config: dict) -> None:
     reports); rank 0 adds its checkpoint path (complete on shared storage once the trainer calls back) and
     waits until the Tune function has copied it: the trainer deletes old checkpoints as it goes on, and the
     other ranks wait for rank 0 at their next collective."""
+    from p2p_dist.eval.periodic import PeriodicEvaluation
     from p2p_dist.train.loop import train
 
     quiet_ray_logs()
@@ -155,7 +162,7 @@ def _train_worker(loop_config: dict) -> None:
         if is_rank0:
             copied.get()
 
-    train(cfg, reporter=report)
+    train(cfg, reporter=report, evaluation=PeriodicEvaluation)
 
 
 class _ForwardReports(UserCallback):
