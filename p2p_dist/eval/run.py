@@ -12,11 +12,11 @@ from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import CEILING_PREFIX, Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
 from p2p_dist.eval.segmenter import run_segmenter_path, segmenter_for
-from p2p_dist.inference import load_generator
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.run_dir import RunDir, resolve_checkpoint
 from p2p_dist.runtime import init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
+from p2p_dist.train.trained_generator import load_generator
 
 GRID_IMAGES = 6
 # The generator's weights load as fp32 and evaluation runs them so, whatever the run trained with: the training
