@@ -11,7 +11,7 @@ from p2p_dist.data.loader import build_loader
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import CEILING_PREFIX, Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
-from p2p_dist.eval.segmenter import run_segmenter_path, segmenter_for
+from p2p_dist.eval.segmenter.ensure import run_segmenter_path, segmenter_for
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.run_dir import RunDir, resolve_checkpoint
 from p2p_dist.runtime import init_runtime, shutdown

@@ -12,7 +12,7 @@ from p2p_dist.config import Config
 from p2p_dist.data.loader import build_loader
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
-from p2p_dist.eval.segmenter import segmenter_for
+from p2p_dist.eval.segmenter.ensure import segmenter_for
 from p2p_dist.runtime import Runtime
 
 
