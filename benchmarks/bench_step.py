@@ -33,8 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_common import Budget, summarise, synchronize, time_call, time_call_with_cpu
 from p2p_dist.config import Config, load_config
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, GANLoss, build_discriminator, build_generator
-from p2p_dist.train.engines import Pix2Pix
 from p2p_dist.runtime import Runtime, has_fast_bf16, resolve_precision
+from p2p_dist.train.engines import Pix2Pix
 
 # The paper's load size for 256 crops, kept proportional for other resolutions.
 LOAD_SIZE_RATIO = 286 / 256

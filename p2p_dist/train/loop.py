@@ -17,12 +17,12 @@ import torch.distributed as dist
 from p2p_dist.config import Config, save_config
 from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import ensure_demo_shards_if_default
+from p2p_dist.run_dir import RunDir, latest_checkpoint
+from p2p_dist.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
 from p2p_dist.train.logger import RunLogger, Throughput, format_duration
-from p2p_dist.run_dir import RunDir, latest_checkpoint
-from p2p_dist.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
 from p2p_dist.train.schedule import total_steps
 
