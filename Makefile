@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest -m "not slow and not gpu" tests
 
 # The suite as the other kind of CPU would see it: every automatic choice (precision=auto, ...) reads these
-# simulated flags instead of /proc/cpuinfo (p2p_dist.train.runtime.cpu_flags). Testing only.
+# simulated flags instead of /proc/cpuinfo (p2p_dist.runtime.cpu_flags). Testing only.
 test-as-avx2-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c
 test-as-avx2-cpu: test
 test-as-native-bf16-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench_common import REPO_ROOT, summarise
 from p2p_dist.config import Config, save_config
-from p2p_dist.train.runtime import free_port
+from p2p_dist.run_dir import RunDir
+from p2p_dist.runtime import free_port
 
 TRAIN_SCRIPT = REPO_ROOT / "launch" / "train.py"
 # The benchmark process may itself have joined a process group (the step section): children must not inherit it.
@@ -77,9 +78,9 @@ def run_training(cfg: Config, nprocs: int, launcher: str, timeout_s: float, work
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n"
                                f"{result.stderr[-4000:]}")
-        run_dir = Path(cfg.run.dir)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        summary = json.loads((run_dir / "summary.json").read_text())
+        run_dir = RunDir(cfg.run.dir)
+        records = [json.loads(line) for line in run_dir.metrics.read_text().splitlines() if line]
+        summary = json.loads(run_dir.summary.read_text())
     return {"processes": nprocs, "launcher": launcher, "command": " ".join(command),
             "steps": summary["steps"], "batch_size_per_process": cfg.train.batch_size,
             "precision": summary["precision"], "device": summary["device"], "wall_s": round(wall, 1),

@@ -32,9 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_common import Budget, summarise, synchronize, time_call, time_call_with_cpu
 from p2p_dist.config import Config, load_config
 from p2p_dist.models import PHOTO_CHANNELS, generator_for
+from p2p_dist.runtime import Runtime, has_fast_bf16, resolve_precision
 from p2p_dist.train.engines import ADAM_KERNEL, Pix2Pix
 from p2p_dist.train.reference_step import ReferenceStep
-from p2p_dist.train.runtime import Runtime, has_fast_bf16, resolve_precision
 
 # The paper's load size for 256 crops, kept proportional for other resolutions.
 LOAD_SIZE_RATIO = 286 / 256

@@ -154,7 +154,7 @@ class Suite:
 
     def runtime(self):
         if self._runtime is None:
-            from p2p_dist.train.runtime import init_runtime
+            from p2p_dist.runtime import init_runtime
 
             from bench_step import config_for
 
@@ -171,7 +171,7 @@ class Suite:
 
     def close_runtime(self) -> None:
         if self._runtime is not None:
-            from p2p_dist.train.runtime import shutdown
+            from p2p_dist.runtime import shutdown
 
             shutdown()
             self._runtime = None

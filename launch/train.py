@@ -19,8 +19,13 @@ def main() -> None:
     cfg, _ = parse_config(parser)
     from p2p_dist.train.loop import NonFiniteLoss, train  # heavy imports once the config is known good
 
+    evaluation = None
+    if cfg.eval.every > 0:
+        from p2p_dist.eval.periodic import PeriodicEvaluation
+
+        evaluation = PeriodicEvaluation
     try:
-        train(cfg)
+        train(cfg, evaluation=evaluation)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(3) from None

@@ -23,7 +23,9 @@ import torch
 
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.config import BACKENDS
-from p2p_dist.eval.segmenter import SegmenterTrainConfig, ensure_segmenter, read_sidecar, train_segmenter
+from p2p_dist.eval.segmenter.cache import SegmenterTrainConfig, read_sidecar
+from p2p_dist.eval.segmenter.ensure import ensure_segmenter
+from p2p_dist.eval.segmenter.fit import train_segmenter
 
 DEFAULTS = SegmenterTrainConfig()
 

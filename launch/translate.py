@@ -29,9 +29,12 @@ from pathlib import Path
 
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import parse_size
-from p2p_dist.inference import (EXPORT_FORMATS, INPUT_FORMATS, TranslateError, export_generator, list_label_maps,
-                                load_generator, resolve_checkpoint, translate_paths)
-from p2p_dist.models.test_time import NORM_MODES
+from p2p_dist.inference.export import EXPORT_FORMATS, export_generator
+from p2p_dist.inference.label_maps import INPUT_FORMATS, TranslateError, list_label_maps
+from p2p_dist.inference.translate import translate_paths
+from p2p_dist.models.translation_modes import NORM_MODES
+from p2p_dist.run_dir import resolve_checkpoint
+from p2p_dist.train.trained_generator import load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from p2p_dist.data.shards import PackSettings, ensure_demo_shards
-from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
-from p2p_dist.train.runtime import free_port
+from p2p_dist.run_dir import latest_checkpoint
+from p2p_dist.runtime import free_port
+from p2p_dist.train.checkpoint import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "launch" / "train.py")

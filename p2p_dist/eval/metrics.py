@@ -32,14 +32,10 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.eval.fid import INCEPTION_FEATURES, InceptionMetrics
+from p2p_dist.models import to_unit_range
 
 FCN_KEYS = ("fcn/pixel_acc", "fcn/class_acc", "fcn/mean_iou")
 CEILING_PREFIX = "ceiling/"
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1] (clamped: generators with a tanh head stay inside, others may overshoot)."""
-    return ((images.float() + 1) / 2).clamp(0, 1)
 
 
 def build_confusion_matrix(device: torch.device | str = "cpu", *, sync: bool = True) -> MulticlassConfusionMatrix:

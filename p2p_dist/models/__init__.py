@@ -2,9 +2,12 @@
 reference-implementation checkpoints. `build_models(cfg)` returns both networks as a run's config describes
 them (`generator_for(cfg)` the generator alone); `build_generator` / `build_discriminator` take explicit sizes.
 What the generator takes and gives: `LABEL_CHANNELS` per label encoding, `PHOTO_CHANNELS`, and photos in
-[-1, 1], which `to_uint8` turns into image bytes."""
+[-1, 1], which `to_uint8` turns into image bytes and `to_unit_range` into [0, 1] floats. `sidecar_path` names
+the JSON file that describes a model file beside it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -36,6 +39,18 @@ def to_uint8(photos: torch.Tensor) -> torch.Tensor:
             f"expected float photos of shape (B,3,H,W) in [-1, 1], got {photos.dtype} {tuple(photos.shape)}"
         )
     return ((photos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] (clamped: generators with a tanh head stay inside, others may overshoot): what the
+    image metrics compare and the sample grids show."""
+    return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON file describing a model file beside it: ``generator.onnx`` -> ``generator.json`` (generator
+    exports in p2p_dist.inference.export, the FCN-score segmenter's checkpoints in p2p_dist.eval.segmenter)."""
+    return Path(path).with_suffix(".json")
 
 
 def build_generator(
@@ -103,5 +118,7 @@ __all__ = [
     "init_weights",
     "load_reference_discriminator",
     "load_reference_generator",
+    "sidecar_path",
     "to_uint8",
+    "to_unit_range",
 ]

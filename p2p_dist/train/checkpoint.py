@@ -1,11 +1,11 @@
 """Checkpoints that survive preemption: both engines, every rank's RNG, and the data position.
 
-Layout of ``RUN/checkpoints/``::
+Contents of a checkpoint ``RUN/checkpoints/step_NNNNNN/`` (where it lives, the ``latest`` pointer and the
+partial-write name: p2p_dist.run_dir)::
 
-    step_000500/G/ D/      DeepSpeed engine checkpoints (each engine in its own directory, or D overwrites G)
-    step_000500/rng/       one file per rank: torch (CPU and CUDA), numpy and python RNG states
-    step_000500/trainer.json   step, data position, world size, images seen
-    latest                 name of the newest complete checkpoint
+    G/ D/          DeepSpeed engine checkpoints (each engine in its own directory, or D overwrites G)
+    rng/           one file per rank: torch (CPU and CUDA), numpy and python RNG states
+    trainer.json   step, data position, world size, images seen (written last: it marks the checkpoint complete)
 
 A checkpoint is written under ``.partial-step_NNNNNN`` and renamed only after every rank has finished,
 then ``latest`` is replaced atomically: a kill at any moment leaves the previous checkpoint loadable.
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from p2p_dist.atomic_write import write_atomically
+from p2p_dist.run_dir import (TRAINER_STATE_NAME, checkpoint_name, partial_checkpoint, partial_checkpoints,
+                              step_checkpoints, write_latest)
 
 ENGINE_TAG = "engine"
 
@@ -56,28 +57,10 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def _step_of(path: Path) -> int:
-    return int(path.name.removeprefix("step_"))
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    pointer = ckpt_root / "latest"
-    if not pointer.is_file():
-        return None
-    path = ckpt_root / pointer.read_text().strip()
-    if not (path / "trainer.json").is_file():
-        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
-
-
 def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> Path:
     """Every rank calls this (DeepSpeed saves are collective)."""
     name = checkpoint_name(state.step)
-    partial = ckpt_root / f".partial-{name}"
+    partial = partial_checkpoint(ckpt_root, name)
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "rng").mkdir(parents=True)
@@ -88,11 +71,11 @@ def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> P
     dist.barrier()
     final = ckpt_root / name
     if rank == 0:
-        (partial / "trainer.json").write_text(json.dumps(asdict(state), indent=1))
+        (partial / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
-        write_atomically(ckpt_root / "latest", name.encode())
-        for old in sorted(ckpt_root.glob("step_*"), key=_step_of)[:-keep]:  # by number: step_1000000 > step_999999
+        write_latest(ckpt_root, name)
+        for old in step_checkpoints(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
@@ -100,7 +83,7 @@ def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> P
 
 def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> TrainerState:
     """Restore both engines (weights, optimizer, lr schedule, loss scale) and this rank's RNG."""
-    state = TrainerState(**json.loads((path / "trainer.json").read_text()))
+    state = TrainerState(**json.loads((path / TRAINER_STATE_NAME).read_text()))
     if state.zero_stage != model.cfg.zero_stage:
         raise RuntimeError(
             f"{path} was written at ZeRO stage {state.zero_stage}; resuming at zero_stage={model.cfg.zero_stage} "
@@ -137,5 +120,5 @@ def load_weights(path: Path, network: str) -> dict:
 
 def clean_partial(ckpt_root: Path) -> None:
     """Remove what a kill during a checkpoint write left behind (never a complete checkpoint)."""
-    for partial in ckpt_root.glob(".partial-*"):
+    for partial in partial_checkpoints(ckpt_root):
         shutil.rmtree(partial, ignore_errors=True)

@@ -17,8 +17,8 @@ from torch import nn
 
 from p2p_dist.config import Config
 from p2p_dist.models import GANLoss, build_models
-from p2p_dist.models.test_time import translation_modes
-from p2p_dist.train.runtime import Runtime, resolve_memory_format
+from p2p_dist.models.translation_modes import translation_modes
+from p2p_dist.runtime import Runtime, resolve_memory_format
 from p2p_dist.train.schedule import lr_factor
 
 

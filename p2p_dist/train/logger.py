@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+
+from p2p_dist.run_dir import RunDir
 
 
 def format_duration(seconds: float) -> str:
@@ -19,11 +20,11 @@ def format_duration(seconds: float) -> str:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, enabled: bool) -> None:
+    def __init__(self, run_dir: RunDir, total_steps: int, enabled: bool) -> None:
         self.total_steps, self.enabled = total_steps, enabled
         if enabled:
-            self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.jsonl = open(run_dir.metrics, "a", buffering=1)
+            self.tb = SummaryWriter(str(run_dir.tensorboard))
 
     def log(self, record: dict) -> None:
         """One record per log interval: to metrics.jsonl, TensorBoard and the terminal."""

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -16,14 +17,12 @@ import torch.distributed as dist
 from p2p_dist.config import Config, save_config
 from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import ensure_demo_shards_if_default
-from p2p_dist.eval.evaluate import evaluate
-from p2p_dist.eval.metrics import Evaluator
-from p2p_dist.eval.segmenter import segmenter_for
+from p2p_dist.run_dir import RunDir, latest_checkpoint
+from p2p_dist.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
 from p2p_dist.train.logger import RunLogger, Throughput, format_duration
-from p2p_dist.train.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
 from p2p_dist.train.schedule import total_steps
 
@@ -83,24 +82,43 @@ def _mean_over_ranks(values: torch.Tensor) -> list[float]:
 Reporter = Callable[[int, dict, Path], None]
 
 
-def train(cfg: Config, reporter: Reporter | None = None) -> dict:
+class Evaluation(Protocol):
+    """Periodic evaluation as the trainer sees it: called with the generator (label maps -> photos in
+    [-1, 1]) on every rank, returns the metrics; closed at the end."""
+
+    def __call__(self, translate: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+EvaluationFactory = Callable[[Config, Runtime, Path], Evaluation]  # (cfg, runtime, shards dir) -> Evaluation
+
+
+def train(cfg: Config, reporter: Reporter | None = None, evaluation: EvaluationFactory | None = None) -> dict:
     """Train to the end (or to a stop request); returns the summary. Raises NonFiniteLoss on divergence.
 
-    `reporter(step, metrics, checkpoint_dir)` is called on every rank after each periodic evaluation (every
-    eval.every steps and at the end), once the checkpoint of that step is complete: how Ray Tune trials
-    report (p2p_dist.tune)."""
+    `evaluation(cfg, rt, shards)` builds the periodic evaluation, run every eval.every steps and at the end;
+    it is required when eval.every > 0 (launch/train.py and Ray Tune trials pass
+    p2p_dist.eval.periodic.PeriodicEvaluation). `reporter(step, metrics, checkpoint_dir)` is called on
+    every rank after each periodic evaluation, once the checkpoint of that step is complete: how Ray Tune
+    trials report (p2p_dist.tune)."""
+    if cfg.eval.every > 0 and evaluation is None:
+        raise ValueError(f"eval.every={cfg.eval.every} asks for periodic evaluation, but train() was given no "
+                         f"evaluation hook (pass evaluation=p2p_dist.eval.periodic.PeriodicEvaluation)")
     rt = init_runtime(cfg)
     try:
         # Loaders hold DALI threads or DataLoader worker processes: release them even when a trial in a
         # long-lived Ray worker ends with an error.
         with contextlib.ExitStack() as loaders:
-            return _train(cfg, rt, reporter, loaders)
+            return _train(cfg, rt, reporter, evaluation, loaders)
     finally:
         shutdown()
 
 
-def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: contextlib.ExitStack) -> dict:
-    run_dir, ckpt_root = Path(cfg.run.dir), Path(cfg.run.dir) / "checkpoints"
+def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: EvaluationFactory | None,
+           loaders: contextlib.ExitStack) -> dict:
+    run_dir = RunDir(cfg.run.dir)
+    ckpt_root = run_dir.checkpoints
     if rt.is_main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         checkpoint.clean_partial(ckpt_root)
@@ -118,20 +136,20 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
     torch.manual_seed(cfg.seed + 1 + rt.rank)  # independent dropout noise per rank
     state = TrainerState(world_size=rt.world_size, batch_size=t.batch_size, zero_stage=cfg.zero_stage)
     dist.barrier()
-    latest = checkpoint.latest_checkpoint(ckpt_root)
+    latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         state = checkpoint.load(latest, model, rt.rank, rt.world_size, t.batch_size)
         model.apply_config_learning_rates()
         if rt.is_main:
             print(f"resumed from {latest} (step {state.step}, epoch {state.epoch})", flush=True)
     if rt.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir.config)
         print(f"training {total} steps on {rt.world_size} x {rt.device.type} ({rt.precision}), "
               f"{loader.num_samples} train pairs, global batch {t.batch_size * t.grad_accum * rt.world_size}; "
-              f"run dir {run_dir}", flush=True)
+              f"run dir {run_dir.path}", flush=True)
 
     samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
-    periodic_eval = (loaders.enter_context(contextlib.closing(PeriodicEvaluation(cfg, rt, shards)))
+    periodic_eval = (loaders.enter_context(contextlib.closing(evaluation(cfg, rt, shards)))
                      if cfg.eval.every > 0 else None)
     logger = RunLogger(run_dir, total, enabled=rt.is_main)
     stop = StopFlag()
@@ -177,7 +195,7 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
             start_time = time.perf_counter()
             saved = checkpoint.save(ckpt_root, model, state, cfg.run.keep_checkpoints, rt.rank)
         if evaluating:
-            metrics = periodic_eval(model)
+            metrics = periodic_eval(model.translate)
             logger.log({"step": state.step, "epoch": state.step / steps_per_epoch,
                         **{f"eval/{k}": v for k, v in metrics.items()}})
             if reporter is not None:
@@ -193,15 +211,15 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, loaders: context
                "wall_time_s": state.elapsed_s, "mean_images_per_s": state.images_seen / max(state.elapsed_s, 1e-9),
                "steps_this_process": state.step - start_step, "stopped_early": stopped_early,
                "world_size": rt.world_size, "precision": rt.precision, "device": rt.device.type,
-               "run_dir": str(run_dir), "samples": str(run_dir / "samples"),
-               "checkpoint": str(checkpoint.latest_checkpoint(ckpt_root))}
+               "run_dir": str(run_dir.path), "samples": str(run_dir.samples),
+               "checkpoint": str(latest_checkpoint(ckpt_root))}
     if rt.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        run_dir.summary.write_text(json.dumps(summary, indent=1))
         print(f"done: {state.step}/{total} steps, {state.images_seen} images in "
               f"{format_duration(state.elapsed_s)} ({summary['mean_images_per_s']:.1f} img/s).\n"
-              f"  samples:     {run_dir / 'samples'}\n  metrics:     {run_dir / 'metrics.jsonl'}\n"
-              f"  checkpoints: {ckpt_root}\n  summary:     {run_dir / 'summary.json'}\n"
-              f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}", flush=True)
+              f"  samples:     {run_dir.samples}\n  metrics:     {run_dir.metrics}\n"
+              f"  checkpoints: {ckpt_root}\n  summary:     {run_dir.summary}\n"
+              f"  tensorboard: tensorboard --logdir {run_dir.tensorboard}", flush=True)
     logger.close()
     return summary
 
@@ -212,31 +230,9 @@ def _check_finite(first_bad_step: torch.Tensor, ckpt_root: Path) -> None:
     dist.all_reduce(bad, op=dist.ReduceOp.MIN)
     bad = int(bad.item())
     if bad != NO_BAD_STEP:
-        latest = checkpoint.latest_checkpoint(ckpt_root)
+        latest = latest_checkpoint(ckpt_root)
         raise NonFiniteLoss(f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: "
                             f"{latest or 'none yet'}")
-
-
-class PeriodicEvaluation:
-    """Image quality on a fixed val subset during training (FCN-score, L1/SSIM/PSNR, FID/KID if enabled), so
-    that a sweep can optimise what users look at, not a loss. All ranks share the work."""
-
-    def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
-        d = cfg.data
-        self.segmenter = segmenter_for(cfg, rt) if cfg.eval.fcn else None
-        self.loader = build_loader(shards, "val", backend=d.loader, batch_size=cfg.train.batch_size, rank=rt.rank,
-                                   world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
-                                   crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding,
-                                   device=rt.device, num_workers=d.num_workers)
-        self.num_images = cfg.eval.num_images
-        self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
-
-    def __call__(self, model: Pix2Pix) -> dict:
-        return evaluate(lambda batch: model.translate(batch["label"]), self.loader, self.evaluator, self.segmenter,
-                        self.num_images)
-
-    def close(self) -> None:
-        self.loader.close()
 
 
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
@@ -249,8 +245,8 @@ def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
         return next(iter(val.epoch(0)))
 
 
-def _write_samples(model: Pix2Pix, samples: dict, run_dir: Path, logger: RunLogger, step: int) -> None:
+def _write_samples(model: Pix2Pix, samples: dict, run_dir: RunDir, logger: RunLogger, step: int) -> None:
     fake = model.translate(samples["label"])
     grid = sample_grid(samples["ids"], fake, samples["photo"])
-    save_grid(grid, run_dir / "samples" / f"step_{step:06d}.png")
+    save_grid(grid, run_dir.sample_grid(step))
     logger.image("samples", grid, step)

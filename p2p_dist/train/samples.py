@@ -9,7 +9,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from p2p_dist.data.labels import ids_to_color
-from p2p_dist.eval.metrics import to_unit_range
+from p2p_dist.models import to_unit_range
 
 
 def label_colors(ids: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,7 @@ def prepare_inputs(user_cfg: Config) -> tuple[Config, float | None]:
     cfg = absolute_paths(user_cfg)
     if not (cfg.eval.fcn and not cfg.eval.segmenter):
         return cfg, None
-    from p2p_dist.eval.segmenter import ensure_run_segmenter, run_segmenter_ready
+    from p2p_dist.eval.segmenter.ensure import ensure_run_segmenter, run_segmenter_ready
 
     ready = run_segmenter_ready(cfg)
     start = time.perf_counter()

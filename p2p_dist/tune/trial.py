@@ -2,10 +2,14 @@
 
 Two shapes, one training loop:
 
-- one process: `run_trial` is the Tune function trainable itself and calls ``train(cfg, reporter)``;
+- one process: `run_trial` is the Tune function trainable itself and calls ``train(cfg, reporter, evaluation)``;
 - N data-parallel DeepSpeed workers: `run_distributed_trial` is the Tune function and fits a Ray Train
-  ``TorchTrainer`` whose workers each call ``train(cfg, reporter)`` in a process group Ray Train set up
-  (gloo on CPU, nccl on GPU). Rank 0's reports come back to the Tune function, which reports them to Tune.
+  ``TorchTrainer`` whose workers each call ``train(cfg, reporter, evaluation)`` in a process group Ray Train
+  set up (gloo on CPU, nccl on GPU). Rank 0's reports come back to the Tune function, which reports them to
+  Tune.
+
+The trainer's periodic evaluation (the objective's source) is `p2p_dist.eval.periodic.PeriodicEvaluation`,
+handed to it here.
 
 A trial's files live in ``<storage_path>/<name>/trial_<id>/``: Tune's results and checkpoints, and ``run/``,
 the trainer's run directory (metrics.jsonl, samples/, TensorBoard, checkpoints/, summary.json) plus
@@ -32,9 +36,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
-from p2p_dist.atomic_write import write_atomically
 from p2p_dist.config import Config
-from p2p_dist.train.checkpoint import TrainerState, checkpoint_name
+from p2p_dist.run_dir import TRAINER_STATE_NAME, RunDir, checkpoint_name, write_latest
+from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.tune.space import Objective, objective, trial_config
 
 RUN_SUBDIR = "run"
@@ -83,14 +87,14 @@ def place_checkpoint(checkpoint: tune.Checkpoint, run_dir: Path) -> int:
     """Make a Tune checkpoint the one the trainer resumes from (``checkpoints/step_NNNNNN`` + ``latest``) and
     return its step. Other checkpoints of the run are removed: they belong to a history this start discards
     (a failed attempt's later steps, or this trial's own past before a PBT exploit)."""
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     with checkpoint.as_directory() as source:
-        step = TrainerState(**json.loads((Path(source) / "trainer.json").read_text())).step
+        step = TrainerState(**json.loads((Path(source) / TRAINER_STATE_NAME).read_text())).step
         name = checkpoint_name(step)
         shutil.copytree(source, root / name)
-    write_atomically(root / "latest", name.encode())
+    write_latest(root, name)
     return step
 
 
@@ -106,7 +110,7 @@ def prepare_run(params: dict[str, Any], setup: TrialSetup) -> Config:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         step = place_checkpoint(checkpoint, run_dir)
-        metrics = run_dir / "metrics.jsonl"
+        metrics = RunDir(run_dir).metrics
         # The trainer appends to metrics.jsonl: its records from line `metrics_line` on come from this start.
         lines = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
         record = {"time": time.time(), "step": step, "from": checkpoint.path, "params": params, "metrics_line": lines}
@@ -124,11 +128,13 @@ def report_to_tune(goal: Objective) -> Callable[[int, dict, Path], None]:
 
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one training process."""
-    from p2p_dist.train.loop import train  # DeepSpeed loads in the trial processes only
+    # DeepSpeed and the metrics load in the trial processes only.
+    from p2p_dist.eval.periodic import PeriodicEvaluation
+    from p2p_dist.train.loop import train
 
     quiet_ray_logs()
     cfg = prepare_run(params, setup)
-    train(cfg, reporter=report_to_tune(objective(cfg.tune)))
+    train(cfg, reporter=report_to_tune(objective(cfg.tune)), evaluation=PeriodicEvaluation)
 
 
 # ---------------------------------------------------------------------------------- data-parallel trials
@@ -139,6 +145,7 @@ def _train_worker(loop_config: dict) -> None:
     reports); rank 0 adds its checkpoint path (complete on shared storage once the trainer calls back) and
     waits until the Tune function has copied it: the trainer deletes old checkpoints as it goes on, and the
     other ranks wait for rank 0 at their next collective."""
+    from p2p_dist.eval.periodic import PeriodicEvaluation
     from p2p_dist.train.loop import train
 
     quiet_ray_logs()
@@ -155,7 +162,7 @@ def _train_worker(loop_config: dict) -> None:
         if is_rank0:
             copied.get()
 
-    train(cfg, reporter=report)
+    train(cfg, reporter=report, evaluation=PeriodicEvaluation)
 
 
 class _ForwardReports(UserCallback):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bench_step as bs
-from p2p_dist.train.runtime import SIMULATED_CPU_FLAGS_ENV, Runtime
+from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV, Runtime
 
 CPU_FP32 = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"),
                    precision="fp32")
@@ -152,7 +152,7 @@ def engine_runtime():
     other tests in this process must not find one (SyncBatchNorm, for one, changes behaviour)."""
     import os
 
-    from p2p_dist.train.runtime import init_runtime, shutdown
+    from p2p_dist.runtime import init_runtime, shutdown
 
     saved, threads = dict(os.environ), torch.get_num_threads()
     rt = init_runtime(bs.config_for(128, 1, *TINY))

@@ -16,25 +16,21 @@ from runs import free_port
 
 from p2p_dist.config import load_config
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES
-from p2p_dist.eval.segmenter import (
-    SegmenterNet,
+from p2p_dist.eval.segmenter.cache import (
     SegmenterTrainConfig,
     cache_is_valid,
     default_checkpoint_path,
-    ensure_run_segmenter,
-    ensure_segmenter,
+    is_stale,
     load_segmenter,
     manifest_sha256,
     read_sidecar,
-    run_segmenter_ready,
     save_segmenter,
-    score_segmenter,
-    segmentation_loss,
-    segmenter_for,
-    train_step,
 )
-from p2p_dist.inference import sidecar_path
-from p2p_dist.train.runtime import Runtime
+from p2p_dist.eval.segmenter.ensure import ensure_run_segmenter, ensure_segmenter, run_segmenter_ready, segmenter_for
+from p2p_dist.eval.segmenter.fit import score_segmenter, segmentation_loss, train_step
+from p2p_dist.eval.segmenter.net import SegmenterNet
+from p2p_dist.models import sidecar_path
+from p2p_dist.runtime import Runtime
 
 ROAD, BUILDING = 7, 11  # Cityscapes ids of train ids 0 and 2
 
@@ -166,6 +162,23 @@ def test_cache_without_its_sidecar_is_not_valid(shards_dir):
     assert not cache_is_valid(shards_dir, path, config)
 
 
+def test_one_idea_of_stale_for_runs_and_for_requested_settings(shards_dir):
+    config = SegmenterTrainConfig(epochs=1, width=4, crop_size=128)
+    path = _cache(shards_dir, config)
+    run = run_config(shards_dir, 128)
+    # Fresh: these shards, this crop size. Other settings do not make it stale; they only fail a request for
+    # other settings.
+    assert not is_stale(path, shards_dir, 128) and run_segmenter_ready(run)
+    assert not cache_is_valid(shards_dir, path, SegmenterTrainConfig(epochs=2, width=4, crop_size=128))
+    # A segmenter trained at 128 in the 256 entry (launch/train_segmenter.py --out) is not the 256 runs' one.
+    wrong_entry = default_checkpoint_path(shards_dir, 256)
+    save_segmenter(SegmenterNet(width=4), wrong_entry, read_sidecar(path))
+    assert is_stale(wrong_entry, shards_dir, 256) and not run_segmenter_ready(run_config(shards_dir, 256))
+    (shards_dir / "manifest.json").write_text('{"changed": true}')
+    assert is_stale(path, shards_dir, 128) and not run_segmenter_ready(run)
+    assert not cache_is_valid(shards_dir, path, config)
+
+
 def test_ensure_segmenter_reuses_a_valid_cache_without_training(shards_dir):
     path = _cache(shards_dir, SegmenterTrainConfig(epochs=1, width=4))
     written_at = path.stat().st_mtime_ns
@@ -205,7 +218,7 @@ def demo_shards(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["dali", "webdataset"])
 def test_train_segmenter_on_demo_shards_writes_checkpoint_and_ceiling_sidecar(demo_shards, backend, tmp_path):
-    from p2p_dist.eval.segmenter import train_segmenter
+    from p2p_dist.eval.segmenter.fit import train_segmenter
 
     path = train_segmenter(demo_shards, out_path=tmp_path / "seg.pt", epochs=1, batch_size=8, crop_size=64,
                            width=4, backend=backend, device="cpu", progress=False)

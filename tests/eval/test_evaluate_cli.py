@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory, tiny_shards):
 
 @pytest.fixture(scope="module")
 def tiny_segmenter(tmp_path_factory, tiny_shards):
-    from p2p_dist.eval.segmenter import train_segmenter
+    from p2p_dist.eval.segmenter.fit import train_segmenter
 
     return train_segmenter(tiny_shards, out_path=tmp_path_factory.mktemp("seg") / "seg.pt", epochs=1,
                            batch_size=4, crop_size=128, width=4, progress=False)
@@ -82,7 +82,7 @@ def test_train_norm_mode_with_syncbatch_on_two_processes_matches_one_process_ove
 
 def test_an_fp16_run_evaluates_in_fp32_on_cpu_with_the_segmenter_cached_for_its_crop_size(
         tiny_run, tiny_shards, tmp_path):
-    from p2p_dist.eval.segmenter import train_segmenter
+    from p2p_dist.eval.segmenter.fit import train_segmenter
 
     run = tmp_path / "fp16_run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import update_bn
 
 from p2p_dist.config import Config, load_config, save_config
 from p2p_dist.data import labels
-from p2p_dist.inference import encode_labels
+from p2p_dist.inference.label_maps import encode_labels
 from p2p_dist.models import LABEL_CHANNELS, build_generator
 from p2p_dist.train.checkpoint import TrainerState
 from runs import ROOT, TINY, train_env

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from inference_helpers import TRANSLATE, block_ids, read_rgb, run_script, save_colour, save_ids, translate_cli
-from p2p_dist.inference import load_generator, translate_paths
+from p2p_dist.inference.translate import translate_paths
+from p2p_dist.train.trained_generator import load_generator
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 

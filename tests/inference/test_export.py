@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from inference_helpers import block_ids
-from p2p_dist.inference import encode_labels, export_generator, load_generator, translation_modes
+from p2p_dist.inference.export import export_generator
+from p2p_dist.inference.label_maps import encode_labels
+from p2p_dist.models.translation_modes import translation_modes
+from p2p_dist.train.trained_generator import load_generator
 
 # Loading the TorchScript files is part of what is tested; torch's deprecation notice for it is not news.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

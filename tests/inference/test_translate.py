@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from inference_helpers import block_ids, read_rgb, save_colour, save_ids
-from p2p_dist.inference import (TranslateError, encode_labels, load_generator, resize_ids, translate_paths,
-                                translation_modes)
+from p2p_dist.inference.label_maps import TranslateError, encode_labels, resize_ids
+from p2p_dist.inference.translate import translate_paths
 from p2p_dist.models import to_uint8
+from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.train.checkpoint import load_weights
+from p2p_dist.train.trained_generator import load_generator
 
 
 def quiet_translate(generator, cfg, inputs, output_dir, **kwargs):

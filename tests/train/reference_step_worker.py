@@ -11,7 +11,7 @@ from torch import nn
 from p2p_dist.config import load_config
 from p2p_dist.train.engines import Pix2Pix
 from p2p_dist.train.reference_step import ReferenceStep
-from p2p_dist.train.runtime import init_runtime, shutdown
+from p2p_dist.runtime import init_runtime, shutdown
 
 STEPS = 3
 RECIPE = ["data.crop_size=128", "data.load_size=128", "model.ngf=8", "model.ndf=8", "model.norm=instance",

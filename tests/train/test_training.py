@@ -11,7 +11,7 @@ import torch
 
 from runs import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
 from p2p_dist.models import build_generator
-from p2p_dist.train.checkpoint import latest_checkpoint
+from p2p_dist.run_dir import latest_checkpoint
 
 
 def test_run_directory_holds_config_metrics_samples_checkpoints_and_summary(tmp_path, tiny_shards):
@@ -77,7 +77,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path, ti
     assert latest_checkpoint(run / "checkpoints").name == f"step_{stopped_at:06d}"
 
     resumed = run_training(run, tiny_shards, f"train.steps={stopped_at + 2}")
-    assert f"resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stdout
     assert json.loads((run / "summary.json").read_text())["steps"] == stopped_at + 2
 
 

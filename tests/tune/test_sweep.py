@@ -40,7 +40,7 @@ def records_after(trial_dir: Path, restore: dict) -> list[dict]:
 
 
 def test_trials_get_the_segmenter_cached_for_their_crop_size_and_none_is_trained(tmp_path, tiny_shards):
-    from p2p_dist.eval.segmenter import train_segmenter
+    from p2p_dist.eval.segmenter.fit import train_segmenter
     from p2p_dist.tune.sweep import prepare_inputs
 
     shards = tmp_path / "shards"

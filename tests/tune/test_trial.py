@@ -7,7 +7,8 @@ import pytest
 from ray import tune
 
 from p2p_dist.config import ConfigError, load_config
-from p2p_dist.train.checkpoint import TrainerState, latest_checkpoint
+from p2p_dist.run_dir import latest_checkpoint
+from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.tune.space import OBJECTIVES
 from p2p_dist.tune.sweep import run_sweep
 from p2p_dist.tune.trial import place_checkpoint, tune_metrics

@@ -11,11 +11,12 @@ from p2p_dist.data.loader import build_loader
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import CEILING_PREFIX, Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
-from p2p_dist.eval.segmenter import run_segmenter_path, segmenter_for
-from p2p_dist.inference import load_generator, resolve_checkpoint
-from p2p_dist.models.test_time import translation_modes
-from p2p_dist.train.runtime import init_runtime, shutdown
+from p2p_dist.eval.segmenter.ensure import run_segmenter_path, segmenter_for
+from p2p_dist.models.translation_modes import translation_modes
+from p2p_dist.run_dir import RunDir, resolve_checkpoint
+from p2p_dist.runtime import init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
+from p2p_dist.train.trained_generator import load_generator
 
 GRID_IMAGES = 6
 # The generator's weights load as fp32 and evaluation runs them so, whatever the run trained with: the training
@@ -75,7 +76,7 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
                                "width": d.crop_size, "height": d.crop_size, "seed": seed,
                                "precision": EVAL_PRECISION, "kid_subset_size": kid_subset_size if fid else None}}
         if rt.is_main:
-            out_dir = run_dir / "eval"
+            out_dir = RunDir(run_dir).eval
             save_grid(grid, out_dir / f"{ckpt.name}_samples.png")
             json_path, md_path = write_report(out_dir, ckpt.name, result, f"{ckpt.name}_samples.png")
             print(metrics_table(metrics, ceiling))

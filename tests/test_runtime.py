@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from p2p_dist.config import Config, ConfigError
-from p2p_dist.train.runtime import (SIMULATED_CPU_FLAGS_ENV, cpu_flags, resolve_memory_format, resolve_precision,
-                                    threads_per_rank)
+from p2p_dist.runtime import (SIMULATED_CPU_FLAGS_ENV, cpu_flags, resolve_memory_format, resolve_precision,
+                              threads_per_rank)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 

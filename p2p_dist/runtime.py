@@ -35,6 +35,11 @@ class Runtime:
         return torch.float16 if self.precision == "fp16" else torch.float32
 
 
+def default_device() -> torch.device:
+    """The current CUDA device when there is one, else the CPU (for work outside a training run)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def free_port() -> int:
     """A TCP port free on this machine now (for a rendezvous that nothing else has claimed)."""
     with socket.socket() as s:

@@ -1,0 +1,41 @@
+"""Evaluation during training: the hook `p2p_dist.train.loop.train` is handed (as ``evaluation=``) by
+launch/train.py and Ray Tune trials when ``eval.every`` > 0. The trainer never imports this package."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import Tensor
+
+from p2p_dist.config import Config
+from p2p_dist.data.loader import build_loader
+from p2p_dist.eval.evaluate import evaluate
+from p2p_dist.eval.metrics import Evaluator
+from p2p_dist.eval.segmenter.ensure import segmenter_for
+from p2p_dist.runtime import Runtime
+
+
+class PeriodicEvaluation:
+    """Image quality on a fixed val subset during training (FCN-score, L1/SSIM/PSNR, FID/KID if enabled), so
+    that a sweep can optimise what users look at, not a loss. All ranks share the work.
+
+    Built by the trainer on every rank as ``PeriodicEvaluation(cfg, rt, shards)``; called with the generator
+    as a function of label maps, it returns the metrics (equal on every rank)."""
+
+    def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
+        d = cfg.data
+        self.segmenter = segmenter_for(cfg, rt) if cfg.eval.fcn else None
+        self.loader = build_loader(shards, "val", backend=d.loader, batch_size=cfg.train.batch_size, rank=rt.rank,
+                                   world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
+                                   crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding,
+                                   device=rt.device, num_workers=d.num_workers)
+        self.num_images = cfg.eval.num_images
+        self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
+
+    def __call__(self, translate: Callable[[Tensor], Tensor]) -> dict[str, float]:
+        return evaluate(lambda batch: translate(batch["label"]), self.loader, self.evaluator, self.segmenter,
+                        self.num_images)
+
+    def close(self) -> None:
+        self.loader.close()

@@ -1,0 +1,34 @@
+"""The generator a training run produced, read back from its run directory without DeepSpeed: what
+evaluation, translation and export start from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from p2p_dist.config import Config
+from p2p_dist.models import UNetGenerator, generator_for
+from p2p_dist.run_dir import RunDir, resolve_checkpoint
+from p2p_dist.runtime import default_device
+from p2p_dist.train.checkpoint import load_weights
+
+
+def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
+                   device: str | torch.device | None = None) -> tuple[UNetGenerator, Config]:
+    """The generator of a training run directory (written by launch/train.py) and the run's config.
+
+    `checkpoint`: None for the latest, a tag such as ``step_000500``, or a checkpoint directory. `device`:
+    None picks cuda when available. The generator is returned in eval mode; weights are loaded without
+    DeepSpeed, so any ZeRO stage <= 2 and any world size work.
+    """
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    ckpt = resolve_checkpoint(run_dir, checkpoint)
+    generator = generator_for(cfg)
+    try:
+        generator.load_state_dict(load_weights(ckpt, "G"))
+    except RuntimeError as err:
+        raise RuntimeError(f"{ckpt}: G weights do not fit the generator described by {run.config}: {err}") from None
+    generator.to(torch.device(device) if device is not None else default_device())
+    return generator.eval(), cfg
