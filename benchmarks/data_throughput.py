@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from p2p_dist.data.loader import BACKENDS, LABEL_ENCODINGS, ShardLoader, build_loader
-from p2p_dist.data.shards import read_manifest
+from p2p_dist.data.shards.read import read_manifest
 
 
 def _endless(loader: ShardLoader) -> Iterator[dict]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from p2p_dist.data.shards import PackSettings, ensure_demo_shards
+from p2p_dist.data.demo.shard_set import ensure_demo_shards
+from p2p_dist.data.shards.pack import PackSettings
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
 from p2p_dist.train.runtime import free_port
 

@@ -34,7 +34,7 @@ import torch
 from p2p_dist.config import BACKENDS, LABEL_ENCODINGS
 from p2p_dist.data import labels
 from p2p_dist.data.order import EpochPlan, Geometry, SampleOrder
-from p2p_dist.data.shards import ShardSet
+from p2p_dist.data.shards.read import ShardSet
 
 CPU = torch.device("cpu")
 

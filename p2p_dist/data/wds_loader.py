@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from p2p_dist.data.loader import LoaderOptions, ShardLoader, encode_label
 from p2p_dist.data.order import EpochPlan, Geometry
-from p2p_dist.data.shards import PHOTO_MEMBER, SampleBytes, ShardError, ShardSet
+from p2p_dist.data.shards.format import PHOTO_MEMBER, ShardError
+from p2p_dist.data.shards.read import SampleBytes, ShardSet
 
 # One request per sample: (global sample index, crop x, crop y, flip).
 Request = tuple[int, int, int, bool]

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from p2p_dist.config import Config, save_config
 from p2p_dist.data.loader import build_loader
-from p2p_dist.data.shards import ensure_demo_shards_if_default
+from p2p_dist.data.demo.shard_set import ensure_demo_shards_if_default
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
 from p2p_dist.eval.segmenter import segmenter_for
