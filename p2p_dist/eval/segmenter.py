@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from p2p_dist.atomic_write import write_atomically
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.data.shards.format import MANIFEST_NAME
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
 from p2p_dist.inference import default_device, sidecar_path

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 
 PLAIN = {"train": False, "load_size": 32, "crop_size": 32, "batch_size": 3, "num_workers": 1}
 

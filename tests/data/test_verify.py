@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.data.shards.format import ShardError, parse_index
 from p2p_dist.data.shards.read import ShardSet
 from p2p_dist.data.shards.verify import verify_shards
