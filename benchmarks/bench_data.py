@@ -14,7 +14,8 @@ import torch
 
 from bench_common import summarise
 from data_throughput import measure_throughput
-from p2p_dist.data.shards import PackSettings, ensure_demo_shards, pack_pairs
+from p2p_dist.data.demo.shard_set import ensure_demo_shards
+from p2p_dist.data.shards.pack import PackSettings, pack_pairs
 from p2p_dist.data.sources import scan_cityscapes
 
 
@@ -39,13 +40,13 @@ def measure_packing(*, num_images: int, image_size: tuple[int, int], repeats: in
                     workers_options: list[int]) -> list[dict]:
     """images/s of ``pack_pairs`` over a synthetic Cityscapes tree (generated once, not timed), per worker
     count: decoding the source PNGs, resizing, JPEG/PNG encoding, tar writing, indexing and checksums."""
-    from p2p_dist.data import synthetic
+    from p2p_dist.data.demo import scenes
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="p2p-bench-pack-") as tmp:
         source = Path(tmp) / "source"
-        synthetic.write_demo_cityscapes(source, num_train=num_images, num_val=0, size=image_size, seed=0,
-                                        workers=os.cpu_count() or 1, progress=False)
+        scenes.write_demo_cityscapes(source, num_train=num_images, num_val=0, size=image_size, seed=0,
+                                     workers=os.cpu_count() or 1, progress=False)
         scan = scan_cityscapes(source, splits=("train",))
         for workers in workers_options:
             rates = []

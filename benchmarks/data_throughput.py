@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from p2p_dist.data.loader import BACKENDS, LABEL_ENCODINGS, ShardLoader, build_loader
-from p2p_dist.data.shards import read_manifest
+from p2p_dist.config import BACKENDS, LABEL_ENCODINGS
+from p2p_dist.data.loaders.build import build_loader
+from p2p_dist.data.loaders.contract import ShardLoader
+from p2p_dist.data.shards.read import read_manifest
 
 
 def _endless(loader: ShardLoader) -> Iterator[dict]:

@@ -49,7 +49,7 @@ MIN_PART_S = 20  # a part that would get less than this is skipped, not started
 TEST_TIMEOUT_S = 90  # one gpu test (a ~20 s launch/train.py run on an H200)
 # The GPU path's imports, and the distributions whose versions and locations the report names.
 IMPORTS = ("torch", "deepspeed", "webdataset", "pydantic", "hjson", "cityscapesscripts.helpers.labels", "wds2idx",
-           "torchmetrics", "torchvision", "p2p_dist.train.loop", "p2p_dist.data.wds_loader")
+           "torchmetrics", "torchvision", "p2p_dist.train.loop", "p2p_dist.data.loaders.webdataset")
 DISTRIBUTIONS = ("torch", "torchvision", "torchmetrics", "deepspeed", "webdataset", "pydantic", "pydantic-core",
                  "hjson", "cityscapesscripts", "numpy", "pillow", "pytest", "nvidia-dali-cuda130")
 

@@ -422,7 +422,8 @@ def resolve_shards(args: argparse.Namespace, plan: Plan, tmp: Path) -> Path:
     if args.shards is not None:
         return args.shards
     from bench_data import tiny_demo_shards
-    from p2p_dist.data.shards import MANIFEST_NAME, ensure_demo_shards
+    from p2p_dist.data.demo.shard_set import ensure_demo_shards
+    from p2p_dist.data.shards.format import MANIFEST_NAME
 
     if args.quick:
         return tiny_demo_shards(tmp / "demo")

@@ -20,17 +20,10 @@ from pathlib import Path
 
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import parse_size
-from p2p_dist.data.shards import (
-    DEFAULT_SAMPLES_PER_SHARD,
-    JPEG_SUBSAMPLING,
-    LABEL_MEMBERS,
-    PackError,
-    PackSettings,
-    ShardError,
-    ensure_demo_shards,
-    pack_pairs,
-    verify_shards,
-)
+from p2p_dist.data.demo.shard_set import ensure_demo_shards
+from p2p_dist.data.shards.format import LABEL_MEMBERS, ShardError
+from p2p_dist.data.shards.pack import DEFAULT_SAMPLES_PER_SHARD, JPEG_SUBSAMPLING, PackError, PackSettings, pack_pairs
+from p2p_dist.data.shards.verify import verify_shards
 from p2p_dist.data.sources import scan_aligned, scan_cityscapes
 
 SCANNERS = {"cityscapes": scan_cityscapes, "aligned": scan_aligned}

@@ -6,18 +6,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import NamedTuple
 
 from p2p_dist.config import Config, ConfigError, describe, load_config
+from p2p_dist.data.image_size import ImageSize
 
 _SIZE = re.compile(r"(\d+)x(\d+)")
-
-
-class ImageSize(NamedTuple):
-    """Named fields because PIL orders sizes (width, height) and torch shapes (height, width)."""
-
-    width: int
-    height: int
 
 
 def parse_size(text: str) -> ImageSize | None:

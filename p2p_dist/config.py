@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 
 # Allowed values of choice options that modules implement. They are defined here, once, and the modules
 # import them: this file stays free of torch, so the launchers can validate a config before heavy imports.
-BACKENDS = ("dali", "webdataset")             # data.loader: p2p_dist.data.loader.build_loader
-LABEL_ENCODINGS = ("color", "onehot")         # data.label_encoding: p2p_dist.data.loader.encode_label
+BACKENDS = ("dali", "webdataset")             # data.loader: p2p_dist.data.loaders.build.build_loader
+LABEL_ENCODINGS = ("color", "onehot")         # data.label_encoding: p2p_dist.data.loaders.contract
 NORMS = ("batch", "instance", "syncbatch")    # model.norm: p2p_dist.models.norm.make_norm
 GAN_MODES = ("vanilla", "lsgan")              # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines

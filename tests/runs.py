@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from p2p_dist.data.shards import PackSettings, ensure_demo_shards
+from p2p_dist.data.demo.shard_set import ensure_demo_shards
+from p2p_dist.data.shards.pack import PackSettings
 from p2p_dist.run_dir import latest_checkpoint
 from p2p_dist.runtime import free_port
 from p2p_dist.train.checkpoint import load_weights

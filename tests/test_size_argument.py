@@ -5,7 +5,8 @@ import argparse
 
 import pytest
 
-from p2p_dist.cli import ImageSize, parse_size
+from p2p_dist.cli import parse_size
+from p2p_dist.data.image_size import ImageSize
 
 
 def test_sizes_are_written_width_by_height_and_read_back_with_named_fields():

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader, loader_options
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import CEILING_PREFIX, Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
@@ -45,10 +45,9 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
         if rt.is_main and trained_precision != EVAL_PRECISION:
             print(f"evaluating in {EVAL_PRECISION} (the run trained with precision={trained_precision})", flush=True)
         d = cfg.data
-        loader = build_loader(Path(d.shards), split, backend=d.loader, batch_size=batch_size, rank=rt.rank,
-                              world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
-                              crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding, device=rt.device,
-                              num_workers=d.num_workers)
+        loader = build_loader(Path(d.shards), split, loader_options(
+            d, batch_size=batch_size, train=False, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size,
+            device=rt.device))
         try:
             seg = segmenter_for(cfg, rt) if fcn else None
             num_images = min(loader.num_samples, max_images or loader.num_samples)

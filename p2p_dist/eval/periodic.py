@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import Tensor
 
 from p2p_dist.config import Config
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader, loader_options
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
 from p2p_dist.eval.segmenter.ensure import segmenter_for
@@ -24,12 +24,10 @@ class PeriodicEvaluation:
     as a function of label maps, it returns the metrics (equal on every rank)."""
 
     def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
-        d = cfg.data
         self.segmenter = segmenter_for(cfg, rt) if cfg.eval.fcn else None
-        self.loader = build_loader(shards, "val", backend=d.loader, batch_size=cfg.train.batch_size, rank=rt.rank,
-                                   world_size=rt.world_size, seed=cfg.seed, train=False, load_size=d.crop_size,
-                                   crop_size=d.crop_size, flip=False, label_encoding=d.label_encoding,
-                                   device=rt.device, num_workers=d.num_workers)
+        self.loader = build_loader(shards, "val", loader_options(
+            cfg.data, batch_size=cfg.train.batch_size, train=False, seed=cfg.seed, rank=rt.rank,
+            world_size=rt.world_size, device=rt.device))
         self.num_images = cfg.eval.num_images
         self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
 

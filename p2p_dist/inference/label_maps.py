@@ -15,8 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from p2p_dist.data import labels
-from p2p_dist.data.loader import encode_label
-from p2p_dist.data.wds_loader import nearest_indices
+from p2p_dist.data.loaders.contract import apply_label_encoding, nearest_indices
 from p2p_dist.models import LABEL_CHANNELS
 
 INPUT_FORMATS = ("auto", "ids", "color")
@@ -38,7 +37,7 @@ def encode_labels(ids: torch.Tensor, encoding: str) -> torch.Tensor:
     if ids.dim() != 3 or ids.dtype != torch.uint8:
         raise ValueError(f"ids must be a (B, H, W) uint8 tensor, got {tuple(ids.shape)} {ids.dtype}")
     labels.check_label_ids(ids, "ids")
-    return encode_label(ids, encoding)
+    return apply_label_encoding(ids, encoding)
 
 
 def read_label_ids(path: Path, input_format: str = "auto") -> np.ndarray:

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 from p2p_dist.config import Config, save_config
-from p2p_dist.data.loader import build_loader
-from p2p_dist.data.shards import ensure_demo_shards_if_default
+from p2p_dist.data.demo.shard_set import ensure_demo_shards_if_default
+from p2p_dist.data.loaders.build import build_loader, loader_options
 from p2p_dist.run_dir import RunDir, latest_checkpoint
 from p2p_dist.runtime import Runtime, init_runtime, shutdown
 from p2p_dist.train import checkpoint
@@ -124,10 +124,9 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: Eval
         checkpoint.clean_partial(ckpt_root)
     shards = _shards_dir(cfg, rt)
     d, t = cfg.data, cfg.train
-    loader = loaders.enter_context(contextlib.closing(build_loader(
-        shards, "train", backend=d.loader, batch_size=t.batch_size, rank=rt.rank, world_size=rt.world_size,
-        seed=cfg.seed, train=True, load_size=d.load_size, crop_size=d.crop_size, flip=d.flip,
-        label_encoding=d.label_encoding, device=rt.device, num_workers=d.num_workers)))
+    loader = loaders.enter_context(contextlib.closing(build_loader(shards, "train", loader_options(
+        d, batch_size=t.batch_size, train=True, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size,
+        device=rt.device))))
     steps_per_epoch = loader.batches_per_epoch / t.grad_accum
     total = total_steps(t.steps, t.epochs, loader.batches_per_epoch, t.grad_accum)
 
@@ -238,9 +237,8 @@ def _check_finite(first_bad_step: torch.Tensor, ckpt_root: Path) -> None:
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
     """The first validation pairs, unaugmented: the same rows in every sample grid of the run."""
     d = cfg.data
-    val = build_loader(shards, "val", backend=d.loader, batch_size=cfg.run.sample_rows, rank=0, world_size=1,
-                       seed=cfg.seed, train=False, load_size=d.crop_size, crop_size=d.crop_size, flip=False,
-                       label_encoding=d.label_encoding, device=rt.device, num_workers=1)
+    val = build_loader(shards, "val", loader_options(d, batch_size=cfg.run.sample_rows, train=False, seed=cfg.seed,
+                                                     device=rt.device, num_workers=1))
     with contextlib.closing(val):
         return next(iter(val.epoch(0)))
 

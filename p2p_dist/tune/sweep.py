@@ -16,7 +16,8 @@ from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialSch
 
 from p2p_dist.openmp_defaults import OPENMP_DEFAULTS
 from p2p_dist.config import Config, ConfigError, load_config, save_config
-from p2p_dist.data.shards import ensure_demo_shards_if_default, read_manifest
+from p2p_dist.data.demo.shard_set import ensure_demo_shards_if_default
+from p2p_dist.data.shards.read import read_manifest
 from p2p_dist.train.schedule import total_steps
 from p2p_dist.tune import results
 from p2p_dist.tune.space import check_sweep_config, mutations, objective, search_space, searched_keys

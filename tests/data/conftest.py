@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from markerdata import STORAGE, TEST_SETTINGS, write_aligned_tree, write_cityscapes_tree
 
-from p2p_dist.data.shards import PackSettings, pack_pairs
+from p2p_dist.data.shards.pack import PackSettings, pack_pairs
 from p2p_dist.data.sources import scan_cityscapes
 
 

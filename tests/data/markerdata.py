@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from p2p_dist.data import labels
-from p2p_dist.data.shards import PackSettings
+from p2p_dist.data.shards.pack import PackSettings
 
 # Label ids used by the marker data, each with a distinct Cityscapes palette colour (for aligned sources).
 MARKER_IDS = np.array([7, 8, 11, 17, 21, 23, 24, 26], dtype=np.uint8)

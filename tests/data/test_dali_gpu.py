@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 
 
 def _has_dali() -> bool:

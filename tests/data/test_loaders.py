@@ -8,7 +8,7 @@ import torch
 from markerdata import MARKER_IDS, interior, photo_ids
 
 from p2p_dist.data import labels
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 
 BACKENDS = ["dali", "webdataset"]
 AUGMENTED = {"train": True, "load_size": 40, "crop_size": 32}
@@ -90,7 +90,7 @@ def test_both_loaders_give_the_same_tensors_without_augmentation(marker_shards):
 
 
 def test_both_loaders_give_the_same_samples_crops_and_flips_with_augmentation(marker_shards):
-    # Nearest-neighbour upsampling may pick the neighbouring source pixel at exact ties (see wds_loader).
+    # Nearest-neighbour upsampling may pick the neighbouring source pixel at exact ties (see loaders/webdataset.py).
     assert_loaders_agree(marker_shards, ids_agreement=0.98, **AUGMENTED)
 
 

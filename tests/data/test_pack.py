@@ -11,20 +11,11 @@ from PIL import Image
 
 from p2p_dist.config import Config
 from p2p_dist.data import labels
-from p2p_dist.data.shards import (
-    DEMO_SHARDS,
-    MANIFEST_NAME,
-    PackError,
-    PackSettings,
-    ShardSet,
-    decode_label,
-    decode_pgm,
-    ensure_demo_shards,
-    ensure_demo_shards_if_default,
-    pack_pairs,
-    read_manifest,
-    verify_shards,
-)
+from p2p_dist.data.demo.shard_set import DEMO_SHARDS, ensure_demo_shards, ensure_demo_shards_if_default
+from p2p_dist.data.shards.format import MANIFEST_NAME, decode_label_map, decode_pgm
+from p2p_dist.data.shards.pack import PackError, PackSettings, pack_pairs
+from p2p_dist.data.shards.read import ShardSet, read_manifest
+from p2p_dist.data.shards.verify import verify_shards
 from p2p_dist.data.sources import scan_aligned, scan_cityscapes
 
 
@@ -85,7 +76,7 @@ def test_label_maps_are_stored_lossless_and_resized_nearest(marker_shards, citys
         expected = np.asarray(Image.fromarray(source_ids).resize(STORAGE, Image.Resampling.NEAREST))
         stored = shards.read(index)
         assert stored.key == sample.key
-        assert np.array_equal(decode_label(stored.members["label.png"], "png"), expected)
+        assert np.array_equal(decode_label_map(stored.members["label.png"], "png"), expected)
 
 
 def test_raw_label_format_stores_the_same_ids_uncompressed(marker_shards, marker_shards_raw):
@@ -94,7 +85,7 @@ def test_raw_label_format_stores_the_same_ids_uncompressed(marker_shards, marker
     for index in range(png.num_samples):
         ids = decode_pgm(raw.read(index).members["label.pgm"])
         assert ids.shape == (32, 64) and len(raw.read(index).members["label.pgm"]) < 64 * 32 + 16
-        assert np.array_equal(ids, decode_label(png.read(index).members["label.png"], "png"))
+        assert np.array_equal(ids, decode_label_map(png.read(index).members["label.png"], "png"))
 
 
 def test_same_inputs_and_settings_give_byte_identical_shards(tmp_path, cityscapes_tree, marker_shards):
@@ -149,10 +140,10 @@ def test_unmatched_photo_is_recorded_as_skipped_and_stops_strict_before_writing(
 
 
 def test_interrupted_pack_removes_what_it_wrote_and_writes_no_manifest(tmp_path, cityscapes_tree, monkeypatch):
-    from p2p_dist.data import shards
+    from p2p_dist.data.shards import pack
 
     out = tmp_path / "out"
-    original_add, calls = shards._SplitWriter.add, []
+    original_add, calls = pack._SplitWriter.add, []
 
     def add_then_interrupt(self, sample):
         calls.append(sample.key)
@@ -163,7 +154,7 @@ def test_interrupted_pack_removes_what_it_wrote_and_writes_no_manifest(tmp_path,
             raise KeyboardInterrupt
         original_add(self, sample)
 
-    monkeypatch.setattr(shards._SplitWriter, "add", add_then_interrupt)
+    monkeypatch.setattr(pack._SplitWriter, "add", add_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         pack_pairs(scan_cityscapes(cityscapes_tree), out, settings=TEST_SETTINGS, workers=1, progress=False)
     assert len(calls) == 15
@@ -212,7 +203,7 @@ def test_aligned_source_packs_with_ids_recovered_from_colours(tmp_path, aligned_
     stored = ShardSet(tmp_path / "out", "val")
     assert set(stored.keys) == {"0", "1", "2"}
     for index in range(stored.num_samples):
-        ids = decode_label(stored.read(index).members["label.png"], "png")
+        ids = decode_label_map(stored.read(index).members["label.png"], "png")
         assert set(np.unique(ids)) <= set(MARKER_IDS.tolist())
 
 

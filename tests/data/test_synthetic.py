@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_IDS, TRAIN_CLASS_NAMES, ids_to_color, to_train_ids
-from p2p_dist.data.synthetic import DRAWN_IDS, SPLIT_CITIES, demo_scene, render_scene, write_demo_cityscapes
+from p2p_dist.data.demo.scenes import DRAWN_IDS, SPLIT_CITIES, demo_scene, render_scene, write_demo_cityscapes
 
 SIZE = (128, 64)  # width, height
 COUNTS = {"train": 6, "val": 4}

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from p2p_dist.data.loader import build_loader
-from p2p_dist.data.shards import ShardError, ShardSet, parse_index, verify_shards
+from p2p_dist.data.loaders.build import build_loader
+from p2p_dist.data.shards.format import ShardError, parse_index
+from p2p_dist.data.shards.read import ShardSet
+from p2p_dist.data.shards.verify import verify_shards
 
 BACKENDS = ["dali", "webdataset"]
 SHARD = Path("train") / "shard-000001.tar"

@@ -209,7 +209,7 @@ def test_missing_manifest_is_reported_with_the_directory(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
-    from p2p_dist.data.shards import ensure_demo_shards
+    from p2p_dist.data.demo.shard_set import ensure_demo_shards
 
     return ensure_demo_shards(
         tmp_path_factory.mktemp("demo") / "shards", num_train=8, num_val=6, image_size=(128, 64), progress=False

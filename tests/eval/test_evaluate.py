@@ -2,7 +2,7 @@
 
 import pytest
 
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
 

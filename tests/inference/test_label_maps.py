@@ -9,7 +9,7 @@ from PIL import Image
 
 from inference_helpers import block_ids, save_colour, save_ids
 from p2p_dist.data import labels
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.inference.label_maps import TranslateError, encode_labels, list_label_maps, read_label_ids, resize_ids
 from p2p_dist.inference.translate import output_name
 

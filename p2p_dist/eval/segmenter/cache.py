@@ -15,7 +15,7 @@ from torch import nn
 
 from p2p_dist.atomic_write import write_atomically
 from p2p_dist.data.labels import NUM_TRAIN_CLASSES
-from p2p_dist.data.shards import MANIFEST_NAME
+from p2p_dist.data.shards.format import MANIFEST_NAME
 from p2p_dist.eval.segmenter.net import SegmenterNet
 from p2p_dist.models import sidecar_path
 

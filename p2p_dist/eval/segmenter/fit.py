@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from p2p_dist.data.labels import IGNORE_INDEX, to_train_ids
-from p2p_dist.data.loader import build_loader
+from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
 from p2p_dist.eval.segmenter.cache import (CHECKPOINT_FORMAT, SegmenterTrainConfig, default_checkpoint_path,
                                            manifest_sha256, save_segmenter)

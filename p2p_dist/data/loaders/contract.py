@@ -1,24 +1,20 @@
-"""The one loader contract and ``build_loader``, which picks an implementation.
+"""The loader contract, shared by both backends and the front (``build``): options, base class, outputs.
 
-    loader = build_loader("shards/demo", "train", backend="dali", batch_size=16, rank=r, world_size=w,
-                          device=torch.device("cuda", local_rank))
     for batch in loader.epoch(epoch, start_batch=0):    # batches_per_epoch - start_batch batches
-        batch["photo"]  # float32 (B, 3, H, W) in [-1, 1], on `device`
-        batch["label"]  # float32 (B, 3, H, W) colour map in [-1, 1], or (B, 34, H, W) one-hot ids
-        batch["ids"]    # uint8 (B, H, W) Cityscapes label ids (for the FCN-score)
-        batch["key"]    # list[str] sample keys
+        batch["photo"]      # float32 (B, 3, H, W) in [-1, 1], on the options' device
+        batch["label"]      # float32 (B, 3, H, W) colour map in [-1, 1], or (B, 34, H, W) one-hot ids
+        batch["ids"]        # uint8 (B, H, W) Cityscapes label ids (for the FCN-score)
+        batch["key"]        # list[str] sample keys
+        batch["is_repeat"]  # bool (B,): a wrap-around repeat of a sample already in this epoch
 
-Both implementations follow ``order.SampleOrder`` (the same samples, batches and crop/flip draws for a given
-seed) and check the shard set on opening (``shards.ShardSet``):
+Both backends follow ``order.SampleOrder`` (the same samples, batches and crop/flip draws for a given seed) and
+check the shard set on opening (``shards.read.ShardSet``). Every rank of a data-parallel run gets
+``batches_per_epoch`` full batches; across ranks every sample comes once per epoch, plus ``padding`` repeats in
+the last step (their keys repeat too, and ``is_repeat`` marks them, so an evaluator can drop them).
 
-* ``backend="dali"`` (``dali_loader``): NVIDIA DALI decodes, resizes, crops, flips, normalises and encodes
-  the labels; on the GPU of ``device`` when it is a CUDA device, on the CPU otherwise.
-* ``backend="webdataset"`` (``wds_loader``): webdataset's tar reader and decoders in torch DataLoader worker
-  processes, for machines without DALI.
-
-Every rank of a data-parallel run gets ``batches_per_epoch`` full batches; across ranks every sample comes
-once per epoch, plus ``padding`` repeats in the last step (their keys repeat too, so an evaluator can drop
-them).
+``batch["label"]`` is ``apply_label_encoding(batch["ids"], options.label_encoding)``; label maps are resized
+nearest-neighbour with the pixel-centre rule of ``nearest_indices``. The DALI backend computes both inside its
+pipeline; these torch/numpy versions are the definitions that the webdataset backend and inference use.
 """
 
 from __future__ import annotations
@@ -29,43 +25,56 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from p2p_dist.config import BACKENDS, LABEL_ENCODINGS
+from p2p_dist.config import BACKENDS, LABEL_ENCODINGS, DataConfig
 from p2p_dist.data import labels
 from p2p_dist.data.order import EpochPlan, Geometry, SampleOrder
-from p2p_dist.data.shards import ShardSet
+from p2p_dist.data.shards.read import ShardSet
 
 CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class LoaderOptions:
-    """The arguments of ``build_loader`` after the shard directory, split and backend."""
+    """Everything a loader needs besides the shard directory and split.
+
+    The data settings default to ``DataConfig``'s (``p2p_dist/config.py``, their one owner); a run builds its
+    options from its config with ``build.loader_options``. ``train=False`` is evaluation: no shuffling, images
+    resized straight to ``crop_size`` (``load_size`` and ``flip`` do not apply).
+    """
 
     batch_size: int
+    backend: str = DataConfig.loader
     rank: int = 0
     world_size: int = 1
     seed: int = 0
     train: bool = True
-    load_size: int = 286
-    crop_size: int = 256
-    flip: bool = True
-    label_encoding: str = "color"
+    load_size: int = DataConfig.load_size
+    crop_size: int = DataConfig.crop_size
+    flip: bool = DataConfig.flip
+    label_encoding: str = DataConfig.label_encoding
     device: torch.device = CPU
-    num_workers: int = 2
+    num_workers: int = DataConfig.num_workers
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))
         if self.label_encoding not in LABEL_ENCODINGS:
             raise ValueError(f"label_encoding must be one of {LABEL_ENCODINGS}, got {self.label_encoding!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device} requested but CUDA is not available")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
     @property
     def geometry(self) -> Geometry:
-        return Geometry(self.load_size, self.crop_size, random=self.train, flip=self.flip and self.train)
+        """Training: resize to ``load_size``, random crop, flip if ``flip``. Evaluation: resize to ``crop_size``."""
+        if not self.train:
+            return Geometry(self.crop_size, self.crop_size, random=False, flip=False)
+        return Geometry(self.load_size, self.crop_size, random=True, flip=self.flip)
 
 
 class ShardLoader(ABC):
@@ -126,12 +135,10 @@ class ShardLoader(ABC):
         self.shards.close()
 
 
-def encode_label(ids: torch.Tensor, encoding: str) -> torch.Tensor:
-    """(B, H, W) uint8 label ids -> float32 (B, C, H, W): the colour map in [-1, 1] or one-hot ids.
-
-    The DALI pipeline computes the same inside DALI; this is the torch version for the other loader.
-    """
-    if encoding == "onehot":
+def apply_label_encoding(ids: torch.Tensor, label_encoding: str) -> torch.Tensor:
+    """(B, H, W) uint8 label ids -> float32 (B, C, H, W) on ``ids``' device: the colour map in [-1, 1]
+    (``"color"``, 3 channels) or one-hot ids (``"onehot"``, 34 channels). Ids are not checked."""
+    if label_encoding == "onehot":
         return torch.nn.functional.one_hot(ids.long(), labels.NUM_IDS).permute(0, 3, 1, 2).float()
     return _palette(ids.device)[ids.long()].permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
@@ -141,37 +148,6 @@ def _palette(device: torch.device) -> torch.Tensor:
     return torch.tensor(labels.PALETTE, device=device)
 
 
-def build_loader(
-    shards_dir: Path | str,
-    split: str,
-    *,
-    backend: str = "dali",
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    train: bool = True,
-    load_size: int = 286,
-    crop_size: int = 256,
-    flip: bool = True,
-    label_encoding: str = "color",
-    device: torch.device = CPU,
-    num_workers: int = 2,
-) -> ShardLoader:
-    """Open ``split`` of the shard set in ``shards_dir`` with the chosen backend (see module docstring).
-
-    ``train=False`` is validation mode: no shuffling, no random crop or flip, images resized straight to
-    ``crop_size``. The shard set is checked against its manifest here; a mismatch raises ``ShardError``.
-    """
-    options = LoaderOptions(batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, train=train,
-                            load_size=load_size, crop_size=crop_size, flip=flip, label_encoding=label_encoding,
-                            device=torch.device(device), num_workers=num_workers)
-    if backend == "dali":
-        from p2p_dist.data.dali_loader import DaliLoader  # DALI is optional on machines using the fallback
-
-        return DaliLoader(Path(shards_dir), split, options)
-    if backend == "webdataset":
-        from p2p_dist.data.wds_loader import WebDatasetLoader
-
-        return WebDatasetLoader(Path(shards_dir), split, options)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each output pixel under nearest-neighbour resizing (pixel centres aligned)."""
+    return np.minimum(((np.arange(size_out) + 0.5) * (size_in / size_out)).astype(np.int64), size_in - 1)

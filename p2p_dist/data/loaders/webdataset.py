@@ -23,22 +23,17 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from p2p_dist.data.loader import LoaderOptions, ShardLoader, encode_label
+from p2p_dist.data.loaders.contract import LoaderOptions, ShardLoader, apply_label_encoding, nearest_indices
 from p2p_dist.data.order import EpochPlan, Geometry
-from p2p_dist.data.shards import PHOTO_MEMBER, SampleBytes, ShardError, ShardSet
+from p2p_dist.data.shards.format import PHOTO_MEMBER, ShardError
+from p2p_dist.data.shards.read import SampleBytes, ShardSet
 
 # One request per sample: (global sample index, crop x, crop y, flip).
 Request = tuple[int, int, int, bool]
-
-
-def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
-    """Source index of each output pixel under nearest-neighbour resizing (pixel centres aligned)."""
-    return np.minimum(((np.arange(size_out) + 0.5) * (size_in / size_out)).astype(np.int64), size_in - 1)
 
 
 def apply_geometry(photo: torch.Tensor, ids: torch.Tensor, geometry: Geometry, crop_x: int, crop_y: int,
@@ -140,7 +135,7 @@ class WebDatasetLoader(ShardLoader):
             ids = ids.to(device, non_blocking=True)
             yield {
                 "photo": photo.to(device, non_blocking=True).float().div_(127.5).sub_(1.0),
-                "label": encode_label(ids, encoding),
+                "label": apply_label_encoding(ids, encoding),
                 "ids": ids,
                 "key": list(keys),
             }

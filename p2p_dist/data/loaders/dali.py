@@ -30,9 +30,9 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from p2p_dist.data import labels
-from p2p_dist.data.loader import LoaderOptions, ShardLoader
+from p2p_dist.data.loaders.contract import LoaderOptions, ShardLoader
 from p2p_dist.data.order import EpochPlan, Geometry
-from p2p_dist.data.shards import PHOTO_MEMBER, decode_pgm
+from p2p_dist.data.shards.format import PHOTO_MEMBER, decode_pgm
 
 OUTPUTS = ("photo", "label", "ids")
 
