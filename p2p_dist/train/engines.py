@@ -45,6 +45,10 @@ def deepspeed_config(cfg: Config, rt: Runtime) -> dict:
     return ds
 
 
+# The StepLosses fields that runs report (metrics.jsonl, TensorBoard, progress lines), by name.
+LOGGED_LOSSES = ("loss_D", "loss_G_gan", "loss_G_l1")
+
+
 @dataclass
 class StepLosses:
     loss_D: torch.Tensor
@@ -121,7 +125,7 @@ class Pix2Pix:
 
         # G update against the just-updated D: fool it, and stay close to the real photo in L1.
         self.D.module.requires_grad_(False)
-        losses_G = []
+        losses_G: dict[str, list[torch.Tensor]] = {"loss_G_gan": [], "loss_G_l1": [], "loss_G": []}
         for (label, real), fake in zip(inputs, fakes):
             with self._autocast():  # a raw module call bypasses the engine's autocast
                 pred_fake_for_G = self.D.module(torch.cat([label, fake], 1))
@@ -130,9 +134,10 @@ class Pix2Pix:
             loss_G = loss_G_gan + self.cfg.train.lambda_l1 * loss_G_l1
             self.G.backward(loss_G)
             self.G.step()
-            losses_G.append(torch.stack([loss_G_gan, loss_G_l1, loss_G]).detach())
-        loss_G_gan, loss_G_l1, loss_G = torch.stack(losses_G).mean(0)
-        return StepLosses(torch.stack(losses_D).detach().mean(), loss_G_gan, loss_G_l1, loss_G)
+            for name, value in (("loss_G_gan", loss_G_gan), ("loss_G_l1", loss_G_l1), ("loss_G", loss_G)):
+                losses_G[name].append(value.detach())
+        means_G = {name: torch.stack(values).mean() for name, values in losses_G.items()}
+        return StepLosses(loss_D=torch.stack(losses_D).detach().mean(), **means_G)
 
     @torch.no_grad()
     def translate(self, label: torch.Tensor, dropout: bool = True) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -62,10 +64,26 @@ class Throughput:
 
     def reset(self) -> None:
         self.start = time.perf_counter()
-        self.excluded = 0.0  # sample grids and checkpoints: not part of the training rate
+        self.excluded = 0.0  # sample grids, checkpoints, evaluation: not part of the training rate
         self.data_wait = 0.0
         self.images = 0
         self.steps = 0
+
+    @contextmanager
+    def waiting_for_data(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.data_wait += time.perf_counter() - started
+
+    @contextmanager
+    def not_training(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.excluded += time.perf_counter() - started
+
+    def count_step(self, images: int) -> None:
+        self.images += images
+        self.steps += 1
 
     def summary(self) -> dict:
         wall = max(time.perf_counter() - self.start - self.excluded, 1e-9)

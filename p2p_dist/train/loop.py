@@ -1,4 +1,5 @@
-"""The training loop: resume, step, log, sample, checkpoint, stop cleanly. Read it top to bottom."""
+"""The training loop: set up (and resume), then step, log, sample, checkpoint, evaluate and stop cleanly, with a
+Cadence deciding when. Read it top to bottom, from `train`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -17,17 +19,17 @@ import torch.distributed as dist
 from p2p_dist.config import Config, save_config
 from p2p_dist.data.demo.shard_set import ensure_demo_shards_if_default
 from p2p_dist.data.loaders.build import build_loader, loader_options
+from p2p_dist.data.loaders.contract import ShardLoader
 from p2p_dist.run_dir import RunDir, latest_checkpoint
-from p2p_dist.runtime import Runtime, init_runtime, shutdown
+from p2p_dist.runtime import Runtime, init_runtime, resolved_choices, shutdown
 from p2p_dist.train import checkpoint
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
+from p2p_dist.train.cadence import Cadence
 from p2p_dist.train.logger import RunLogger, Throughput, format_duration
+from p2p_dist.train.loss_tracking import LossMeans, NonFiniteWatch
 from p2p_dist.train.samples import sample_grid, save_grid
 from p2p_dist.train.schedule import total_steps
-
-NO_BAD_STEP = 2**62
-
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -74,11 +76,6 @@ def _batches(loader, state: TrainerState):
             yield batch
 
 
-def _mean_over_ranks(values: torch.Tensor) -> list[float]:
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return (values / dist.get_world_size()).tolist()
-
-
 Reporter = Callable[[int, dict, Path], None]
 
 
@@ -115,19 +112,31 @@ def train(cfg: Config, reporter: Reporter | None = None, evaluation: EvaluationF
         shutdown()
 
 
-def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: EvaluationFactory | None,
-           loaders: contextlib.ExitStack) -> dict:
+@dataclass
+class Session:
+    """Everything the loop works with, set up (and resumed) before the first step."""
+
+    run_dir: RunDir
+    loader: ShardLoader
+    model: Pix2Pix
+    state: TrainerState  # step, data position, images seen: what a checkpoint resumes
+    total_steps: int
+    steps_per_epoch: float
+    samples: dict | None  # the fixed val pairs of every sample grid (rank 0)
+    evaluation: Evaluation | None
+    logger: RunLogger
+
+
+def _set_up(cfg: Config, rt: Runtime, evaluation: EvaluationFactory | None, closing: contextlib.ExitStack) -> Session:
     run_dir = RunDir(cfg.run.dir)
-    ckpt_root = run_dir.checkpoints
     if rt.is_main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        checkpoint.clean_partial(ckpt_root)
+        run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_partial(run_dir.checkpoints)
     shards = _shards_dir(cfg, rt)
-    d, t = cfg.data, cfg.train
-    loader = loaders.enter_context(contextlib.closing(build_loader(shards, "train", loader_options(
-        d, batch_size=t.batch_size, train=True, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size,
+    t = cfg.train
+    loader = closing.enter_context(contextlib.closing(build_loader(shards, "train", loader_options(
+        cfg.data, batch_size=t.batch_size, train=True, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size,
         device=rt.device))))
-    steps_per_epoch = loader.batches_per_epoch / t.grad_accum
     total = total_steps(t.steps, t.epochs, loader.batches_per_epoch, t.grad_accum)
 
     torch.manual_seed(cfg.seed)  # identical initial weights everywhere (DeepSpeed also broadcasts them)
@@ -135,7 +144,7 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: Eval
     torch.manual_seed(cfg.seed + 1 + rt.rank)  # independent dropout noise per rank
     state = TrainerState(world_size=rt.world_size, batch_size=t.batch_size, zero_stage=cfg.zero_stage)
     dist.barrier()
-    latest = latest_checkpoint(ckpt_root)
+    latest = latest_checkpoint(run_dir.checkpoints)
     if latest is not None:
         state = checkpoint.load(latest, model, rt.rank, rt.world_size, t.batch_size)
         model.apply_config_learning_rates()
@@ -143,93 +152,93 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: Eval
             print(f"resumed from {latest} (step {state.step}, epoch {state.epoch})", flush=True)
     if rt.is_main:
         save_config(cfg, run_dir.config)
-        print(f"training {total} steps on {rt.world_size} x {rt.device.type} ({rt.precision}), "
-              f"{loader.num_samples} train pairs, global batch {t.batch_size * t.grad_accum * rt.world_size}; "
-              f"run dir {run_dir.path}", flush=True)
+        print(f"training {total} steps on {rt.world_size} x {rt.device.type}, {loader.num_samples} train pairs, "
+              f"global batch {t.batch_size * t.grad_accum * rt.world_size}; run dir {run_dir.path}\n"
+              f"automatic choices for this machine: {_describe(resolved_choices(cfg, rt))}", flush=True)
+    return Session(
+        run_dir, loader, model, state, total, steps_per_epoch=loader.batches_per_epoch / t.grad_accum,
+        samples=_fixed_val_batch(cfg, rt, shards) if rt.is_main else None,
+        evaluation=closing.enter_context(contextlib.closing(evaluation(cfg, rt, shards))) if cfg.eval.every else None,
+        logger=closing.enter_context(contextlib.closing(RunLogger(run_dir, total, enabled=rt.is_main))))
 
-    samples = _fixed_val_batch(cfg, rt, shards) if rt.is_main else None
-    periodic_eval = (loaders.enter_context(contextlib.closing(evaluation(cfg, rt, shards)))
-                     if cfg.eval.every > 0 else None)
-    logger = RunLogger(run_dir, total, enabled=rt.is_main)
-    stop = StopFlag()
-    meter = Throughput()
-    batches = _batches(loader, state)
-    loss_sums = torch.zeros(3, device=rt.device)
-    first_bad_step = torch.full((1,), NO_BAD_STEP, device=rt.device, dtype=torch.long)
-    start_time, start_step, stopped_early = time.perf_counter(), state.step, False
 
-    while state.step < total:
+def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: EvaluationFactory | None,
+           closing: contextlib.ExitStack) -> dict:
+    s = _set_up(cfg, rt, evaluation, closing)
+    model, state, logger = s.model, s.state, s.logger
+    cadence = Cadence.of(cfg, s.total_steps)
+    step_images = cfg.train.batch_size * cfg.train.grad_accum * rt.world_size
+    batches = _batches(s.loader, state)
+    losses, non_finite, meter, stop = LossMeans(rt.device), NonFiniteWatch(rt.device), Throughput(), StopFlag()
+    started, first_step, stopping = time.perf_counter(), state.step, False
+
+    while state.step < s.total_steps and not stopping:
         lr_g, lr_d = model.lr  # the rates this step uses (the schedule advances inside the step)
-        wait_start = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(t.grad_accum)]
-        meter.data_wait += time.perf_counter() - wait_start
-        losses = model.train_step(micro_batches)
-        loss_sums += torch.stack([losses.loss_D, losses.loss_G_gan, losses.loss_G_l1])
-        first_bad_step = torch.minimum(first_bad_step,
-                                       torch.where(losses.finite(), NO_BAD_STEP, state.step + 1))
+        with meter.waiting_for_data():
+            micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
+        step_losses = model.train_step(micro_batches)
         state.step += 1
-        step_images = t.batch_size * t.grad_accum * rt.world_size
         state.images_seen += step_images
-        meter.images += step_images
-        meter.steps += 1
+        losses.add(step_losses)
+        non_finite.record(step_losses, state.step)
+        meter.count_step(step_images)
 
-        at_end = state.step == total
-        if state.step % cfg.run.log_every == 0 or at_end:
-            _check_finite(first_bad_step, ckpt_root)
-            loss_D, loss_G_gan, loss_G_l1 = _mean_over_ranks(loss_sums / meter.steps)
+        if cadence.log(state.step):
+            _stop_if_non_finite(non_finite, s.run_dir)
             skipped_g, skipped_d = model.skipped_steps
-            logger.log({"step": state.step, "epoch": state.step / steps_per_epoch, "lr": lr_g, "lr_d": lr_d,
-                        "loss_D": loss_D, "loss_G_gan": loss_G_gan, "loss_G_l1": loss_G_l1, **meter.summary(),
+            logger.log({"step": state.step, "epoch": state.step / s.steps_per_epoch, "lr": lr_g, "lr_d": lr_d,
+                        **losses.read_and_reset(), **meter.summary(),
                         "skipped_steps_G": skipped_g, "skipped_steps_D": skipped_d})
-            loss_sums.zero_()
             meter.reset()
-            stopped_early = not at_end and stop.agreed(rt.device)
-        housekeeping_start = time.perf_counter()
-        if rt.is_main and (state.step % cfg.run.sample_every == 0 or at_end):
-            _write_samples(model, samples, run_dir, logger, state.step)
-        evaluating = periodic_eval is not None and (state.step % cfg.eval.every == 0 or at_end)
-        if state.step % cfg.run.checkpoint_every == 0 or at_end or stopped_early or evaluating:
-            _check_finite(first_bad_step, ckpt_root)
-            state.elapsed_s += time.perf_counter() - start_time
-            start_time = time.perf_counter()
-            saved = checkpoint.save(ckpt_root, model, state, cfg.run.keep_checkpoints, rt.rank)
-        if evaluating:
-            metrics = periodic_eval(model.translate)
-            logger.log({"step": state.step, "epoch": state.step / steps_per_epoch,
-                        **{f"eval/{k}": v for k, v in metrics.items()}})
-            if reporter is not None:
-                reporter(state.step, metrics, saved)
-        meter.excluded += time.perf_counter() - housekeeping_start
-        if stopped_early:
-            if rt.is_main:
-                print(f"stop requested: checkpoint written at step {state.step}; run again to resume", flush=True)
-            break
+            stopping = state.step < s.total_steps and stop.agreed(rt.device)
+        with meter.not_training():
+            if rt.is_main and cadence.sample(state.step):
+                _write_samples(model, s.samples, s.run_dir, logger, state.step)
+            if cadence.checkpoint(state.step, stopping):
+                _stop_if_non_finite(non_finite, s.run_dir)
+                state.elapsed_s, started = state.elapsed_s + time.perf_counter() - started, time.perf_counter()
+                saved = checkpoint.save(s.run_dir.checkpoints, model, state, cfg.run.keep_checkpoints, rt.rank)
+            if cadence.evaluate(state.step):  # the checkpoint of this step was just saved (see Cadence)
+                metrics = s.evaluation(model.translate)
+                logger.log({"step": state.step, "epoch": state.step / s.steps_per_epoch,
+                            **{f"eval/{k}": v for k, v in metrics.items()}})
+                if reporter is not None:
+                    reporter(state.step, metrics, saved)
 
-    state.elapsed_s += time.perf_counter() - start_time
-    summary = {"steps": state.step, "total_steps": total, "images_seen": state.images_seen,
+    state.elapsed_s += time.perf_counter() - started
+    if stopping and rt.is_main:
+        print(f"stop requested: checkpoint written at step {state.step}; run again to resume", flush=True)
+    return _finish(cfg, rt, s, steps_this_process=state.step - first_step, stopped_early=stopping)
+
+
+def _finish(cfg: Config, rt: Runtime, s: Session, steps_this_process: int, stopped_early: bool) -> dict:
+    state, run_dir = s.state, s.run_dir
+    summary = {"steps": state.step, "total_steps": s.total_steps, "images_seen": state.images_seen,
                "wall_time_s": state.elapsed_s, "mean_images_per_s": state.images_seen / max(state.elapsed_s, 1e-9),
-               "steps_this_process": state.step - start_step, "stopped_early": stopped_early,
+               "steps_this_process": steps_this_process, "stopped_early": stopped_early,
                "world_size": rt.world_size, "precision": rt.precision, "device": rt.device.type,
+               "automatic_choices": resolved_choices(cfg, rt),
                "run_dir": str(run_dir.path), "samples": str(run_dir.samples),
-               "checkpoint": str(latest_checkpoint(ckpt_root))}
+               "checkpoint": str(latest_checkpoint(run_dir.checkpoints))}
     if rt.is_main:
         run_dir.summary.write_text(json.dumps(summary, indent=1))
-        print(f"done: {state.step}/{total} steps, {state.images_seen} images in "
+        print(f"done: {state.step}/{s.total_steps} steps, {state.images_seen} images in "
               f"{format_duration(state.elapsed_s)} ({summary['mean_images_per_s']:.1f} img/s).\n"
               f"  samples:     {run_dir.samples}\n  metrics:     {run_dir.metrics}\n"
-              f"  checkpoints: {ckpt_root}\n  summary:     {run_dir.summary}\n"
+              f"  checkpoints: {run_dir.checkpoints}\n  summary:     {run_dir.summary}\n"
               f"  tensorboard: tensorboard --logdir {run_dir.tensorboard}", flush=True)
-    logger.close()
     return summary
 
 
-def _check_finite(first_bad_step: torch.Tensor, ckpt_root: Path) -> None:
-    """Collective: all ranks stop together, or the healthy ones would hang in the next all-reduce."""
-    bad = first_bad_step.clone()
-    dist.all_reduce(bad, op=dist.ReduceOp.MIN)
-    bad = int(bad.item())
-    if bad != NO_BAD_STEP:
-        latest = latest_checkpoint(ckpt_root)
+def _describe(choices: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in choices.items())
+
+
+def _stop_if_non_finite(non_finite: NonFiniteWatch, run_dir: RunDir) -> None:
+    """Collective. Raised before any checkpoint of a poisoned step is written."""
+    bad = non_finite.first_bad_step()
+    if bad is not None:
+        latest = latest_checkpoint(run_dir.checkpoints)
         raise NonFiniteLoss(f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: "
                             f"{latest or 'none yet'}")
 
