@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench_common import REPO_ROOT, summarise
 from p2p_dist.config import Config, save_config
+from p2p_dist.train.runtime import free_port
 
 TRAIN_SCRIPT = REPO_ROOT / "launch" / "train.py"
 # The benchmark process may itself have joined a process group (the step section): children must not inherit it.
