@@ -46,8 +46,10 @@ from p2p_dist.atomic_write import write_atomically
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import MANIFEST_NAME
+from p2p_dist.errors import BadFileError
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
 from p2p_dist.inference import default_device, sidecar_path
+from p2p_dist.safe_load import load_tensors
 
 if TYPE_CHECKING:
     from p2p_dist.config import Config
@@ -210,30 +212,32 @@ def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") 
     """Load a segmenter in eval mode: a checkpoint of ours, a bare SegmenterNet state_dict, or TorchScript.
 
     TorchScript contract: forward(photos (B,3,H,W) float in [-1, 1], RGB) -> (B,19,h,w) logits over the
-    Cityscapes train ids.
+    Cityscapes train ids. A TorchScript file is a program: load only ones you trust. A checkpoint or state_dict
+    is read as tensors and plain values only (p2p_dist.safe_load).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmenter file not found: {path}")
     if _is_torchscript(path):
         return torch.jit.load(str(path), map_location=device).eval()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_tensors(path)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a segmenter checkpoint or state_dict, got {type(checkpoint).__name__}")
+        raise BadFileError(f"{path}: expected a segmenter checkpoint or state_dict, got {type(checkpoint).__name__}")
     if "format" in checkpoint:
         if checkpoint["format"] != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: unknown segmenter format {checkpoint['format']!r} (want {CHECKPOINT_FORMAT!r})")
+            raise BadFileError(f"{path}: unknown segmenter format {checkpoint['format']!r} "
+                               f"(want {CHECKPOINT_FORMAT!r})")
         model = SegmenterNet(**checkpoint["config"])
         state_dict = checkpoint["state_dict"]
     else:
         stem_weight = checkpoint.get("stem.0.0.weight")
         head_weight = checkpoint.get("head.weight")
         if stem_weight is None or head_weight is None:
-            raise ValueError(f"{path}: not a SegmenterNet state_dict (no stem.0.0.weight / head.weight keys)")
+            raise BadFileError(f"{path}: not a SegmenterNet state_dict (no stem.0.0.weight / head.weight keys)")
         model = SegmenterNet(num_classes=head_weight.shape[0], width=stem_weight.shape[0])
         state_dict = checkpoint
     if model.num_classes != NUM_TRAIN_CLASSES:
-        raise ValueError(
+        raise BadFileError(
             f"{path}: segmenter predicts {model.num_classes} classes, the FCN-score needs {NUM_TRAIN_CLASSES}"
         )
     model.load_state_dict(state_dict)
