@@ -18,14 +18,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from p2p_dist.cli import parse_size
+from p2p_dist.cli import entry_point, parse_size
+from p2p_dist.config import ConfigError
 from p2p_dist.data.shards import (
     DEFAULT_SAMPLES_PER_SHARD,
     JPEG_SUBSAMPLING,
     LABEL_MEMBERS,
-    PackError,
     PackSettings,
-    ShardError,
     ensure_demo_shards,
     pack_pairs,
     verify_shards,
@@ -109,7 +108,7 @@ def _pack(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.command == "demo":
         if args.demo_size is None:
-            raise ValueError("--demo-size must be WIDTHxHEIGHT, not 'native'")
+            raise ConfigError("--demo-size must be WIDTHxHEIGHT, not 'native'")
         out = ensure_demo_shards(args.out, num_train=args.num_train, num_val=args.num_val,
                                  image_size=args.demo_size, seed=args.seed, settings=settings,
                                  workers=args.workers, progress=progress)
@@ -121,14 +120,10 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
+@entry_point("pack.py")
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return _verify(args) if args.command == "verify" else _pack(args)
-    except (OSError, ValueError, PackError, ShardError) as exc:
-        print(f"pack.py {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    return _verify(args) if args.command == "verify" else _pack(args)
 
 
 if __name__ == "__main__":

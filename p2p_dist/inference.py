@@ -39,6 +39,7 @@ from p2p_dist.config import Config, load_config
 from p2p_dist.data import labels
 from p2p_dist.data.loader import encode_label
 from p2p_dist.data.wds_loader import nearest_indices
+from p2p_dist.errors import BadFileError, UserError
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, build_generator, to_uint8
 from p2p_dist.models.test_time import apply_test_time_modes, translation_modes
 from p2p_dist.train.checkpoint import latest_checkpoint, load_weights
@@ -58,7 +59,7 @@ MAX_LISTED = 10
 Size = tuple[int, int]  # (height, width), as torch shapes
 
 
-class TranslateError(ValueError):
+class TranslateError(UserError, ValueError):
     """A label map that cannot be read or translated, or an output that cannot be written; names the file."""
 
 
@@ -69,8 +70,19 @@ def default_device() -> torch.device:
 # ----------------------------------------------------------------------------------------------- loading
 
 
+def run_config_path(run_dir: Path) -> Path:
+    """RUN/config.yaml, or FileNotFoundError saying why `run_dir` is not a run directory."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} not found")
+    config_path = run_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {CONFIG_NAME}; is this a run directory written by launch/train.py?")
+    return config_path
+
+
 def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path:
     """The checkpoint directory of a run: the latest (None), a tag such as ``step_000500``, or a path."""
+    run_config_path(Path(run_dir))
     root = Path(run_dir) / CHECKPOINTS_DIR
     if checkpoint is None:
         latest = latest_checkpoint(root)
@@ -94,9 +106,7 @@ def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     DeepSpeed, so any ZeRO stage <= 2 and any world size work.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {CONFIG_NAME}; is this a run directory written by launch/train.py?")
+    config_path = run_config_path(run_dir)
     cfg = load_config(config_path)
     ckpt = resolve_checkpoint(run_dir, checkpoint)
     m = cfg.model
@@ -106,7 +116,10 @@ def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     try:
         generator.load_state_dict(load_weights(ckpt, "G"))
     except RuntimeError as err:
-        raise RuntimeError(f"{ckpt}: G weights do not fit the generator described by {config_path}: {err}") from None
+        detail = " ".join(str(err).split())  # torch lists every mismatched key on its own line
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise BadFileError(f"{ckpt}: G weights do not fit the generator described by {config_path}: {detail}") \
+            from None
     generator.to(torch.device(device) if device is not None else default_device())
     return generator.eval(), cfg
 
@@ -419,7 +432,7 @@ def export_generator(
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     path = Path(path)
     if sidecar_path(path) == path:
-        raise ValueError(f"{path}: the export path must not end in .json (that name is the sidecar's)")
+        raise TranslateError(f"{path}: the export path must not end in .json (that name is the sidecar's)")
     multiple = generator.size_multiple
     height, width = example_size or (cfg.data.crop_size, cfg.data.crop_size)
     if height <= 0 or width <= 0 or height % multiple or width % multiple:

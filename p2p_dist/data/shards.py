@@ -45,8 +45,10 @@ from tqdm import tqdm
 from wds2idx import IndexCreator
 
 from p2p_dist.atomic_write import fsync_dir, write_atomically
+from p2p_dist.config import ConfigError
 from p2p_dist.data import labels, synthetic
 from p2p_dist.data.sources import BadSourceFile, SourceProblem, SourceSample, SourceScan, scan_cityscapes
+from p2p_dist.errors import UserError
 
 FORMAT_NAME = "p2p_dist-shards"
 FORMAT_VERSION = 1
@@ -67,11 +69,11 @@ TAR_USER = "p2p_dist"
 _PARTIAL_SUFFIX = ".partial"
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard set that does not match its manifest (the message names the shard)."""
 
 
-class PackError(RuntimeError):
+class PackError(UserError, RuntimeError):
     """Packing stopped: a bad source with ``strict``, an unusable output directory, or an encoder failure."""
 
 
@@ -91,13 +93,13 @@ class PackSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.jpeg_subsampling not in JPEG_SUBSAMPLING:
-            raise ValueError(f"jpeg_subsampling must be one of {JPEG_SUBSAMPLING}, got {self.jpeg_subsampling!r}")
+            raise ConfigError(f"jpeg_subsampling must be one of {JPEG_SUBSAMPLING}, got {self.jpeg_subsampling!r}")
         if self.label_format not in LABEL_MEMBERS:
-            raise ValueError(f"label_format must be one of {sorted(LABEL_MEMBERS)}, got {self.label_format!r}")
+            raise ConfigError(f"label_format must be one of {sorted(LABEL_MEMBERS)}, got {self.label_format!r}")
         if self.samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be positive, got {self.samples_per_shard}")
+            raise ConfigError(f"samples_per_shard must be positive, got {self.samples_per_shard}")
 
     @property
     def label_member(self) -> str:

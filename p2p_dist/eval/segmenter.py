@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from p2p_dist.atomic_write import write_atomically
+from p2p_dist.config import ConfigError
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.data.loader import build_loader
 from p2p_dist.data.shards import MANIFEST_NAME
@@ -169,11 +170,11 @@ class SegmenterTrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crop_size", "width"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"segmenter setting {name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"segmenter setting {name} must be positive, got {getattr(self, name)}")
         if self.crop_size % 32:
-            raise ValueError(f"segmenter setting crop_size must be a multiple of 32, got {self.crop_size}")
+            raise ConfigError(f"segmenter setting crop_size must be a multiple of 32, got {self.crop_size}")
         if not self.lr > 0:
-            raise ValueError(f"segmenter setting lr must be positive, got {self.lr}")
+            raise ConfigError(f"segmenter setting lr must be positive, got {self.lr}")
 
 
 def default_checkpoint_path(shards_dir: str | os.PathLike, crop_size: int) -> Path:
@@ -416,8 +417,9 @@ def run_segmenter_ready(cfg: Config) -> bool:
     settings, or by an earlier run)."""
     if cfg.eval.segmenter:
         return True
+    shards_sha256 = manifest_sha256(cfg.data.shards)  # first: no shard set at all is the problem to report
     sidecar = read_sidecar(run_segmenter_path(cfg))
-    return sidecar is not None and sidecar.get("manifest_sha256") == manifest_sha256(cfg.data.shards)
+    return sidecar is not None and sidecar.get("manifest_sha256") == shards_sha256
 
 
 def ensure_run_segmenter(cfg: Config, device: torch.device | str | None = None) -> Path:

@@ -30,12 +30,16 @@ import torch
 import torch.distributed as dist
 
 from p2p_dist.atomic_write import write_atomically
-from p2p_dist.errors import BadFileError
+from p2p_dist.errors import BadFileError, UserError
 from p2p_dist.safe_load import load_tensors
 
 ENGINE_TAG = "engine"
 # What numpy's RNG state (a uint32 array) unpickles through, besides tensors and plain values.
 _NUMPY_UINT32_ARRAY = (np.zeros(0, np.uint32).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32)))
+
+
+class ResumeError(UserError, RuntimeError):
+    """A checkpoint that cannot be resumed with the current settings; the message says which would work."""
 
 
 @dataclass
@@ -113,11 +117,11 @@ def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> Trai
     """Restore both engines (weights, optimizer, lr schedule, loss scale) and this rank's RNG."""
     state = TrainerState(**json.loads((path / "trainer.json").read_text()))
     if state.zero_stage != model.cfg.zero_stage:
-        raise RuntimeError(
+        raise ResumeError(
             f"{path} was written at ZeRO stage {state.zero_stage}; resuming at zero_stage={model.cfg.zero_stage} "
             f"cannot load its optimizer state. Resume with zero_stage={state.zero_stage}, or start a new run.dir.")
     if state.world_size != world_size and state.zero_stage > 0:
-        raise RuntimeError(
+        raise ResumeError(
             f"{path} was written by {state.world_size} ranks at ZeRO stage {state.zero_stage}; its optimizer state "
             f"is partitioned and cannot be loaded by {world_size} ranks. Resume with {state.world_size} ranks, or "
             f"train with zero_stage=0, whose checkpoints load at any world size.")
