@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU communication op on first use; build it once here, not in every run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-ci test-all bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -21,9 +21,15 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/deepspeed launch/train.py --config configs/demo.yaml
 
+# The quick loop while working: everything but the slow and GPU tests.
 test: install
 	$(PY) -m pytest -m "not slow and not gpu" tests
 
+# What CI runs (.ci/run): every test that needs no GPU, the slow ones included.
+test-ci: install
+	$(PY) -m pytest -m "not gpu" tests
+
+# Everything; the GPU tests skip themselves where there is no CUDA device.
 test-all: install
 	$(PY) -m pytest tests
 
