@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from p2p_dist.errors import BadFileError
+from p2p_dist.errors import USER_ERRORS, BadFileError
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|got <class '([\w.]+)'>")
 
@@ -27,14 +27,13 @@ def load_tensors(path: str | os.PathLike, *, map_location: str | torch.device = 
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = _REFUSED_GLOBAL.search(str(err))
-        what = f"a pickled {next(name for name in refused.groups() if name)} object" if refused else \
-            "pickled data other than tensors and plain values"
-        raise BadFileError(f"{path}: refused to load: it holds {what}, and unpickling objects can run code; only "
-                           f"tensors and plain values are read from checkpoints") from None
-    except FileNotFoundError:
+    except USER_ERRORS:
         raise
-    except (RuntimeError, EOFError, OSError) as err:
-        reason = str(err).strip().split("\n")[0].split(". ")[0] or type(err).__name__  # torch's first sentence
-        raise BadFileError(f"{path}: not a readable torch file (truncated or corrupted?): {reason}") from None
+    except Exception as err:  # noqa: BLE001 - torch's readers fail on foreign bytes in many ways
+        refused = _REFUSED_GLOBAL.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if refused is None:
+            raise BadFileError(f"{path}: not a readable torch file (truncated, corrupted, or not written by "
+                               f"torch.save)") from None
+        name = next(group for group in refused.groups() if group)
+        raise BadFileError(f"{path}: refused to load: it holds a pickled {name} object, and unpickling objects can "
+                           f"run code; only tensors and plain values are read from checkpoints") from None

@@ -45,10 +45,11 @@ def test_weights_of_tensors_and_plain_values_load(tmp_path):
     assert torch.equal(load_weights(ckpt, "G")["w"], torch.arange(3.0))
 
 
-def test_a_truncated_weights_file_is_a_bad_file_naming_it(tmp_path):
+@pytest.mark.parametrize("damage", [lambda data: data[:2000], lambda data: b"hello\n"], ids=["truncated", "text"])
+def test_a_damaged_or_foreign_weights_file_is_a_bad_file_naming_it(tmp_path, damage):
     ckpt = checkpoint_dir(tmp_path, {"module": {"w": torch.ones(1000)}})
     weights = ckpt / "G" / ENGINE_TAG / "mp_rank_00_model_states.pt"
-    weights.write_bytes(weights.read_bytes()[:2000])
+    weights.write_bytes(damage(weights.read_bytes()))
     with pytest.raises(BadFileError, match=f"{weights}: not a readable torch file"):
         load_weights(ckpt, "G")
 
