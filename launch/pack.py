@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 
 from p2p_dist.openmp_defaults import apply_openmp_defaults
-from p2p_dist.cli import parse_size
+from p2p_dist.cli import entry_point, parse_size
 from p2p_dist.data.demo.shard_set import ensure_demo_shards
-from p2p_dist.data.shards.format import LABEL_MEMBERS, ShardError
-from p2p_dist.data.shards.pack import DEFAULT_SAMPLES_PER_SHARD, JPEG_SUBSAMPLING, PackError, PackSettings, pack_pairs
+from p2p_dist.data.shards.format import LABEL_MEMBERS
+from p2p_dist.data.shards.pack import DEFAULT_SAMPLES_PER_SHARD, JPEG_SUBSAMPLING, PackSettings, pack_pairs
 from p2p_dist.data.shards.verify import verify_shards
+from p2p_dist.config import ConfigError
 from p2p_dist.data.sources import scan_aligned, scan_cityscapes
 
 SCANNERS = {"cityscapes": scan_cityscapes, "aligned": scan_aligned}
@@ -103,7 +104,7 @@ def _pack(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.command == "demo":
         if args.demo_size is None:
-            raise ValueError("--demo-size must be WIDTHxHEIGHT, not 'native'")
+            raise ConfigError("--demo-size must be WIDTHxHEIGHT, not 'native'")
         out = ensure_demo_shards(args.out, num_train=args.num_train, num_val=args.num_val,
                                  image_size=args.demo_size, seed=args.seed, settings=settings,
                                  workers=args.workers, progress=progress)
@@ -115,14 +116,10 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
+@entry_point("pack.py")
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return _verify(args) if args.command == "verify" else _pack(args)
-    except (OSError, ValueError, PackError, ShardError) as exc:
-        print(f"pack.py {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    return _verify(args) if args.command == "verify" else _pack(args)
 
 
 if __name__ == "__main__":

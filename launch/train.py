@@ -9,14 +9,17 @@ Running again with the same run.dir resumes from its latest checkpoint. SIGTERM 
 
 import sys
 
+from p2p_dist.cli import config_parser, entry_point, parse_config
 from p2p_dist.openmp_defaults import apply_openmp_defaults
-from p2p_dist.cli import config_parser, parse_config
+
+NON_FINITE_STATUS = 3
 
 
-def main() -> None:
+@entry_point("train.py")
+def main(argv: list[str] | None = None) -> int:
     parser = config_parser(__doc__, default_config="configs/demo.yaml")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
-    cfg, _ = parse_config(parser)
+    cfg, _ = parse_config(parser, argv)
     from p2p_dist.train.loop import NonFiniteLoss, train  # heavy imports once the config is known good
 
     evaluation = None
@@ -27,10 +30,11 @@ def main() -> None:
     try:
         train(cfg, evaluation=evaluation)
     except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(3) from None
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return NON_FINITE_STATUS
+    return 0
 
 
 if __name__ == "__main__":
     apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
-    main()
+    sys.exit(main())

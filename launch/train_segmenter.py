@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
+from p2p_dist.cli import entry_point
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.config import BACKENDS
 from p2p_dist.eval.segmenter.cache import SegmenterTrainConfig, read_sidecar
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point("train_segmenter.py")
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -68,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     path = train(args.shards, out_path=args.out, **settings)
     sidecar = read_sidecar(path)
     print(json.dumps({"checkpoint": str(path), "val_scores": sidecar["val_scores"]}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
     apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
-    main()
+    sys.exit(main())

@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 from p2p_dist.openmp_defaults import apply_openmp_defaults
-from p2p_dist.cli import parse_size
+from p2p_dist.cli import entry_point, parse_size
 from p2p_dist.inference.export import EXPORT_FORMATS, export_generator
-from p2p_dist.inference.label_maps import INPUT_FORMATS, TranslateError, list_label_maps
+from p2p_dist.inference.label_maps import INPUT_FORMATS, list_label_maps
 from p2p_dist.inference.translate import translate_paths
 from p2p_dist.models.translation_modes import NORM_MODES
 from p2p_dist.run_dir import resolve_checkpoint
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point("translate.py")
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     translating = args.input is not None or args.output is not None
@@ -79,27 +80,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    try:
-        checkpoint = resolve_checkpoint(args.run, args.checkpoint)
-        generator, cfg = load_generator(args.run, checkpoint, args.device)
-        print(f"generator: {checkpoint} (unet_{generator.size_multiple}, {cfg.data.label_encoding} labels) on "
-              f"{next(generator.parameters()).device}", file=sys.stderr)
-        if translating:
-            size = None if args.size is None else (args.size.height, args.size.width)  # torch order
-            outputs = translate_paths(
-                generator, cfg, list_label_maps(args.input), args.output, batch_size=args.batch_size,
-                size=size, dropout=not args.no_dropout, norm_mode=args.norm_mode,
-                input_format=args.input_format, seed=args.seed, progress=not args.no_progress)
-            print(f"wrote {len(outputs)} photos to {args.output}", file=sys.stderr)
-        if args.export is not None:
-            sidecar = export_generator(generator, cfg, args.export_path, args.export, dropout=not args.no_dropout,
-                                       checkpoint=str(checkpoint))
-            print(f"exported {args.export} to {args.export_path} (described in {sidecar})", file=sys.stderr)
-    except (TranslateError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    checkpoint = resolve_checkpoint(args.run, args.checkpoint)
+    generator, cfg = load_generator(args.run, checkpoint, args.device)
+    print(f"generator: {checkpoint} (unet_{generator.size_multiple}, {cfg.data.label_encoding} labels) on "
+          f"{next(generator.parameters()).device}", file=sys.stderr)
+    if translating:
+        size = None if args.size is None else (args.size.height, args.size.width)  # torch order
+        outputs = translate_paths(
+            generator, cfg, list_label_maps(args.input), args.output, batch_size=args.batch_size,
+            size=size, dropout=not args.no_dropout, norm_mode=args.norm_mode,
+            input_format=args.input_format, seed=args.seed, progress=not args.no_progress)
+        print(f"wrote {len(outputs)} photos to {args.output}", file=sys.stderr)
+    if args.export is not None:
+        sidecar = export_generator(generator, cfg, args.export_path, args.export, dropout=not args.no_dropout,
+                                   checkpoint=str(checkpoint))
+        print(f"exported {args.export} to {args.export_path} (described in {sidecar})", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
     apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
-    main()
+    sys.exit(main())

@@ -11,26 +11,23 @@ Running on a cluster: see the docstring of p2p_dist/tune/__init__.py.
 
 import sys
 
+from p2p_dist.cli import config_parser, entry_point, parse_config
 from p2p_dist.openmp_defaults import apply_openmp_defaults
-from p2p_dist.cli import config_parser, parse_config
-from p2p_dist.config import ConfigError
 
 
-def main() -> None:
+@entry_point("tune.py")
+def main(argv: list[str] | None = None) -> int:
     parser = config_parser(__doc__, default_config="configs/tune_demo.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue the sweep at tune.storage_path/tune.name with the config it started with")
-    cfg, args = parse_config(parser)
+    cfg, args = parse_config(parser, argv)
     from p2p_dist.tune.sweep import run_sweep  # Ray, torch and DALI load once the config is known good
 
-    try:
-        report = run_sweep(cfg, resume=args.resume)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    report = run_sweep(cfg, resume=args.resume)
     print(report.render(), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
     apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
-    main()
+    sys.exit(main())

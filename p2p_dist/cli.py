@@ -1,14 +1,20 @@
-"""Argument parsing shared by the launch/ scripts: `--config FILE.yaml` then dotted `key=value` overrides, and
-image sizes written ``WxH``."""
+"""What the launch/ scripts share: user errors as one line and exit status 2 (`entry_point`), `--config FILE.yaml`
+then dotted `key=value` overrides, and image sizes written ``WxH``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import re
 import sys
+from collections.abc import Callable
 
-from p2p_dist.config import Config, ConfigError, describe, load_config
+from p2p_dist.config import Config, describe, load_config
 from p2p_dist.data.image_size import ImageSize
+from p2p_dist.errors import USER_ERRORS
+
+USER_ERROR_STATUS = 2  # argparse's status for a bad command line: the same kind of mistake
 
 _SIZE = re.compile(r"(\d+)x(\d+)")
 
@@ -38,8 +44,25 @@ def config_parser(description: str, default_config: str | None = None) -> argpar
 
 def parse_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     args = parser.parse_args(argv)
-    try:
-        return load_config(args.config, args.overrides), args
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return load_config(args.config, args.overrides), args
+
+
+def entry_point(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
+    """Decorates a launch script's ``main``: a user error (p2p_dist.errors.USER_ERRORS) is printed as one line,
+    ``PROG: error: MESSAGE`` like argparse's own, and returned as status 2; any other exception keeps its
+    traceback, which is for bugs. Under a launcher with several ranks each rank says which it is: a rank on
+    another node may be the only one that cannot see a path."""
+
+    def decorate(main: Callable[..., int | None]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs) or 0
+            except USER_ERRORS as err:
+                rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+                print(f"{rank}{prog}: error: {err}", file=sys.stderr, flush=True)
+                return USER_ERROR_STATUS
+
+        return run
+
+    return decorate

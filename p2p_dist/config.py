@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from p2p_dist.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file, key or value that cannot be used; the message names it."""
 
 

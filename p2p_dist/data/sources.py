@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from p2p_dist.data import labels
+from p2p_dist.errors import UserError
 
 PHOTO_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -42,6 +43,10 @@ ALIGNED_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 # Keys are written as tar member names in USTAR headers (100 bytes, minus room for the extension).
 MAX_KEY_LENGTH = 80
+
+
+class SourceLayoutError(UserError, ValueError):
+    """A source data set whose folders cannot be read as one layout; the message names the folders."""
 
 
 class BadSourceFile(Exception):
@@ -254,7 +259,7 @@ def _aligned_split_dir(root: Path, split: str) -> Path:
         # prepare_cityscapes_dataset.py writes the val split as test/; the pix2pix download calls it val/.
         candidates = [path for path in (root / "test", root / "val") if path.is_dir()]
         if len(candidates) == 2:
-            raise ValueError(f"{root} has both test/ and val/: which one is the val split is ambiguous; "
+            raise SourceLayoutError(f"{root} has both test/ and val/: which one is the val split is ambiguous; "
                              f"move one of them away")
         candidates = candidates or [root / "test"]
     if not candidates[0].is_dir():

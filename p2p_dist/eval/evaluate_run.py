@@ -24,7 +24,7 @@ GRID_IMAGES = 6
 EVAL_PRECISION = "fp32"
 
 
-def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "val", shards: Path | None = None,
+def evaluate_run(run_dir: Path, *, checkpoint: str | Path | None = None, split: str = "val", shards: Path | None = None,
                  batch_size: int = 8, max_images: int | None = None, segmenter: Path | None = None,
                  fcn: bool = True, fid: bool = True, kid_subset_size: int = 100, dropout: bool = True,
                  norm_mode: str = "eval", seed: int = 0) -> dict:

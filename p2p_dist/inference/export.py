@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from p2p_dist.inference.label_maps import TranslateError
 from p2p_dist.config import Config
 from p2p_dist.data import labels
 from p2p_dist.inference.label_maps import Size
@@ -113,7 +114,7 @@ def export_generator(
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     path = Path(path)
     if sidecar_path(path) == path:
-        raise ValueError(f"{path}: the export path must not end in .json (that name is the sidecar's)")
+        raise TranslateError(f"{path}: the export path must not end in .json (that name is the sidecar's)")
     multiple = generator.size_multiple
     height, width = example_size or (cfg.data.crop_size, cfg.data.crop_size)
     if height <= 0 or width <= 0 or height % multiple or width % multiple:

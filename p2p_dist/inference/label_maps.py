@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from p2p_dist.errors import UserError
 from p2p_dist.data import labels
 from p2p_dist.data.loaders.contract import apply_label_encoding, nearest_indices
 from p2p_dist.models import LABEL_CHANNELS
@@ -24,7 +25,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".t
 Size = tuple[int, int]  # (height, width), as torch shapes
 
 
-class TranslateError(ValueError):
+class TranslateError(UserError, ValueError):
     """A label map that cannot be read or translated, or an output that cannot be written; names the file."""
 
 

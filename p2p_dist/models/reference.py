@@ -29,15 +29,17 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from p2p_dist.errors import BadFileError
 from p2p_dist.models.patchgan import PatchDiscriminator
 from p2p_dist.models.unet import UNetGenerator
+from p2p_dist.safe_load import load_tensors
 
 StateDict = Mapping[str, torch.Tensor]
 _DATA_PARALLEL_PREFIX = "module."
 _LEGACY_INSTANCE_NORM_STATS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 
 
-class ReferenceCheckpointError(ValueError):
+class ReferenceCheckpointError(BadFileError):
     """A reference checkpoint that does not fit the model; the message names the offending key."""
 
 
@@ -127,8 +129,7 @@ def _read(checkpoint: str | os.PathLike | StateDict, source: str) -> StateDict:
     if isinstance(checkpoint, Mapping):
         state = checkpoint
     else:
-        # weights_only: a reference checkpoint is a plain state dict, never arbitrary pickled objects.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = load_tensors(checkpoint)  # a reference checkpoint is a plain state dict, never pickled objects
     if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ReferenceCheckpointError(f"{source} is not a state dict (a mapping of names to tensors)")
     return state

@@ -7,6 +7,11 @@ partial-write name: p2p_dist.run_dir)::
     rng/           one file per rank: torch (CPU and CUDA), numpy and python RNG states
     trainer.json   step, data position, world size, images seen (written last: it marks the checkpoint complete)
 
+What this module reads itself (trainer.json, the RNG files, the weights for evaluation and translation) it reads
+as JSON, tensors and plain values only (p2p_dist.safe_load): a run directory from elsewhere cannot run code
+through them. Resuming also loads both engines through DeepSpeed, which unpickles its files in full: resume only
+run directories you trust.
+
 A checkpoint is written under ``.partial-step_NNNNNN`` and renamed only after every rank has finished,
 then ``latest`` is replaced atomically: a kill at any moment leaves the previous checkpoint loadable.
 """
@@ -26,8 +31,16 @@ import torch.distributed as dist
 
 from p2p_dist.run_dir import (TRAINER_STATE_NAME, checkpoint_name, partial_checkpoint, partial_checkpoints,
                               step_checkpoints, write_latest)
+from p2p_dist.errors import BadFileError, UserError
+from p2p_dist.safe_load import load_tensors
 
 ENGINE_TAG = "engine"
+# What numpy's RNG state (a uint32 array) unpickles through, besides tensors and plain values.
+_NUMPY_UINT32_ARRAY = (np.zeros(0, np.uint32).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32)))
+
+
+class ResumeError(UserError, RuntimeError):
+    """A checkpoint that cannot be resumed with the current settings; the message says which would work."""
 
 
 @dataclass
@@ -42,14 +55,16 @@ class TrainerState:
     elapsed_s: float = 0.0    # training wall time before this process started
 
 
-def _rng_state() -> dict:
+def save_rng_state(path: Path) -> None:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
-    return state
+    torch.save(state, path)
 
 
-def _set_rng_state(state: dict) -> None:
+def restore_rng_state(path: Path) -> None:
+    """Set this process's torch, numpy, python (and CUDA) RNGs from a file written by `save_rng_state`."""
+    state = load_tensors(path, allow=_NUMPY_UINT32_ARRAY)
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -67,7 +82,7 @@ def save(ckpt_root: Path, model, state: TrainerState, keep: int, rank: int) -> P
     dist.barrier()
     model.G.save_checkpoint(str(partial / "G"), tag=ENGINE_TAG, save_latest=False)
     model.D.save_checkpoint(str(partial / "D"), tag=ENGINE_TAG, save_latest=False)
-    torch.save(_rng_state(), partial / "rng" / f"rank_{rank:05d}.pt")
+    save_rng_state(partial / "rng" / f"rank_{rank:05d}.pt")
     dist.barrier()
     final = ckpt_root / name
     if rank == 0:
@@ -85,11 +100,11 @@ def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> Trai
     """Restore both engines (weights, optimizer, lr schedule, loss scale) and this rank's RNG."""
     state = TrainerState(**json.loads((path / TRAINER_STATE_NAME).read_text()))
     if state.zero_stage != model.cfg.zero_stage:
-        raise RuntimeError(
+        raise ResumeError(
             f"{path} was written at ZeRO stage {state.zero_stage}; resuming at zero_stage={model.cfg.zero_stage} "
             f"cannot load its optimizer state. Resume with zero_stage={state.zero_stage}, or start a new run.dir.")
     if state.world_size != world_size and state.zero_stage > 0:
-        raise RuntimeError(
+        raise ResumeError(
             f"{path} was written by {state.world_size} ranks at ZeRO stage {state.zero_stage}; its optimizer state "
             f"is partitioned and cannot be loaded by {world_size} ranks. Resume with {state.world_size} ranks, or "
             f"train with zero_stage=0, whose checkpoints load at any world size.")
@@ -100,7 +115,7 @@ def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> Trai
             raise FileNotFoundError(f"no {sub} engine checkpoint under {path / sub}")
     rng_file = path / "rng" / f"rank_{rank:05d}.pt"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        restore_rng_state(rng_file)
     if (state.world_size, state.batch_size) != (world_size, batch_size):
         # Same samples, regrouped: continue after the images already consumed in this epoch.
         consumed = state.batch_in_epoch * state.batch_size * state.world_size
@@ -111,11 +126,14 @@ def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> Trai
 
 def load_weights(path: Path, network: str) -> dict:
     """The module state dict of network "G" or "D" from a checkpoint directory, without DeepSpeed engines
-    (for evaluation, translation and export)."""
+    (for evaluation, translation and export): tensors and plain values only, whoever wrote the file."""
     files = sorted((path / network / ENGINE_TAG).glob("mp_rank_*_model_states.pt"))
     if not files:
         raise FileNotFoundError(f"no {network} weights under {path / network / ENGINE_TAG}")
-    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    states = load_tensors(files[0])
+    if not isinstance(states, dict) or "module" not in states:
+        raise BadFileError(f"{files[0]}: no 'module' weights in it: not a DeepSpeed model checkpoint")
+    return states["module"]
 
 
 def clean_partial(ckpt_root: Path) -> None:

@@ -60,7 +60,8 @@ def _shards_dir(cfg: Config, rt: Runtime) -> Path:
         ensure_demo_shards_if_default(shards)
     dist.barrier()  # the other ranks open the shards only once rank 0 has (re)built them
     if not (shards / "manifest.json").is_file():
-        raise FileNotFoundError(f"data.shards={shards}: no manifest.json there; pack a data set with launch/pack.py")
+        found = "no manifest.json there" if shards.is_dir() else "no such directory"
+        raise FileNotFoundError(f"data.shards={shards}: {found}; pack a data set with launch/pack.py")
     return shards
 
 

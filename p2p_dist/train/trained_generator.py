@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from p2p_dist.errors import BadFileError
 from p2p_dist.config import Config
 from p2p_dist.models import UNetGenerator, generator_for
 from p2p_dist.run_dir import RunDir, resolve_checkpoint
@@ -29,6 +30,9 @@ def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     try:
         generator.load_state_dict(load_weights(ckpt, "G"))
     except RuntimeError as err:
-        raise RuntimeError(f"{ckpt}: G weights do not fit the generator described by {run.config}: {err}") from None
+        detail = " ".join(str(err).split())  # torch lists every mismatched key on its own line
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise BadFileError(f"{ckpt}: G weights do not fit the generator described by {run.config}: {detail}") \
+            from None
     generator.to(torch.device(device) if device is not None else default_device())
     return generator.eval(), cfg

@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
-import pytest
 import torch
 
+import run as bench_run
 from bench_common import REPO_ROOT
 from bench_data import measure_loaders, measure_packing, tiny_demo_shards
 
@@ -34,30 +34,36 @@ def test_loader_and_packing_figures_are_positive_medians(tmp_path):
     assert packing["workers"] == 1 and packing["images_per_s"]["median"] > 0
 
 
-@pytest.mark.slow  # a fresh interpreter with DeepSpeed, and bf16 steps on CPU: minutes on a busy 2-core machine
-def test_quick_step_and_baseline_sections_write_json_markdown_and_plot(tmp_path):
-    result = run_quick(tmp_path, "--sections", "step,baseline")
-    assert set(result["sections"]) == {"step", "baseline"}
-    step = result["sections"]["step"]
+def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(tmp_path):
+    """Every section, the optional ones included, through the real entry point: what `make bench` runs, in
+    seconds, so that a section that no longer runs fails the default suite."""
+    result = run_quick(tmp_path, "--sections", ",".join(bench_run.SECTIONS + bench_run.OPTIONAL_SECTIONS),
+                       "--profile")
+    sections = result["sections"]
+    assert set(sections) == set(bench_run.SECTIONS + bench_run.OPTIONAL_SECTIONS)
+    assert {r["backend"] for r in sections["data"]["loaders"]} == {"dali", "webdataset"}
+    assert all(r["images_per_s"]["median"] > 0 for r in sections["data"]["packing"])
+
+    step = sections["step"]
     measured = [r for r in step["rows"] if "images_per_s" in r]
     assert {r["precision"] for r in step["rows"]} == {"fp32", "bf16"}
     assert sum(r["default"] for r in measured) == len(result["plan"]["step_batches"])
     for r in measured:
         assert r["images_per_s"]["median"] > 0 and r["flops_per_image"] > 0 and 0 < r["utilisation"]
         assert r["peak_memory_bytes"] > r["resident_bytes"] > 0
-    for r in result["sections"]["baseline"]["comparison"]:
+    for r in sections["baseline"]["comparison"]:
         assert r["ratio"] > 0
     assert step["load_before"] and step["load_after"] and result["machine"]["torch"]
 
-
-@pytest.mark.slow
-def test_quick_run_of_every_section_with_profile_covers_the_real_loop_and_two_process_scaling(tmp_path):
-    result = run_quick(tmp_path, "--profile")
-    sections = result["sections"]
-    assert set(sections) == {"data", "step", "baseline", "loop", "scaling"}
     loop = sections["loop"]["run"]
     assert loop["steps"] == result["plan"]["loop_steps"] and 0 <= loop["data_wait_fraction"]["median"] <= 1
     assert [r["processes"] for r in sections["scaling"]["rows"]] == [1, 2]
     assert all(r["images_per_s"]["median"] > 0 for r in sections["scaling"]["rows"])
+
+    candidates = sections["candidates"]
+    assert sum(r["default"] for r in candidates["rows"]) == 1
+    assert all(r["vs_default"] > 0 for r in candidates["rows"] if "images_per_s" in r)
+    assert all(r["max_abs_diff"] < 1e-6 for r in candidates["adam"])
+
     assert {t["target"].split(" ")[0] for t in result["targets"]} == {"default", "data", "scaling"}
     assert result["profile"]["top_ops"] and (tmp_path / "traces").is_dir()

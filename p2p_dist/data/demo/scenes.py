@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from p2p_dist.config import ConfigError
 from p2p_dist.data.image_size import ImageSize
 from p2p_dist.data.labels import ids_to_color
 
@@ -818,11 +819,11 @@ def write_demo_cityscapes(root: Path, *, num_train: int = 300, num_val: int = 10
     """
     width, height = size
     if num_train < 0 or num_val < 0:
-        raise ValueError(f"scene counts must be >= 0, got num_train={num_train}, num_val={num_val}")
+        raise ConfigError(f"scene counts must be >= 0, got num_train={num_train}, num_val={num_val}")
     if width < MIN_SIZE or height < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE}x{MIN_SIZE} (width, height), got size={size}")
+        raise ConfigError(f"size must be at least {MIN_SIZE}x{MIN_SIZE} (width, height), got size={size}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got workers={workers}")
+        raise ConfigError(f"workers must be >= 1, got workers={workers}")
     size = ImageSize(width, height)
     root = Path(root)
     counts = {"train": num_train, "val": num_val}

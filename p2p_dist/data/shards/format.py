@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from wds2idx import IndexCreator
 
+from p2p_dist.errors import UserError
+
 FORMAT_NAME = "p2p_dist-shards"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -38,7 +40,7 @@ TAR_MTIME = 0
 TAR_USER = "p2p_dist"
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard set that does not match its manifest (the message names the shard)."""
 
 

@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from p2p_dist.config import ConfigError
+from p2p_dist.errors import UserError
 from p2p_dist.atomic_write import fsync_dir, write_atomically
 from p2p_dist.data import labels
 from p2p_dist.data.image_size import ImageSize
@@ -56,7 +58,7 @@ DEFAULT_SAMPLES_PER_SHARD = 256
 _PARTIAL_SUFFIX = ".partial"
 
 
-class PackError(RuntimeError):
+class PackError(UserError, RuntimeError):
     """Packing stopped: a bad source with ``strict``, an unusable output directory, or an encoder failure."""
 
 
@@ -78,13 +80,13 @@ class PackSettings:
         if self.size is not None:
             object.__setattr__(self, "size", ImageSize(*self.size))
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.jpeg_subsampling not in JPEG_SUBSAMPLING:
-            raise ValueError(f"jpeg_subsampling must be one of {JPEG_SUBSAMPLING}, got {self.jpeg_subsampling!r}")
+            raise ConfigError(f"jpeg_subsampling must be one of {JPEG_SUBSAMPLING}, got {self.jpeg_subsampling!r}")
         if self.label_format not in LABEL_MEMBERS:
-            raise ValueError(f"label_format must be one of {sorted(LABEL_MEMBERS)}, got {self.label_format!r}")
+            raise ConfigError(f"label_format must be one of {sorted(LABEL_MEMBERS)}, got {self.label_format!r}")
         if self.samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be positive, got {self.samples_per_shard}")
+            raise ConfigError(f"samples_per_shard must be positive, got {self.samples_per_shard}")
 
     @property
     def label_member(self) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from p2p_dist.safe_load import load_tensors
+from p2p_dist.errors import BadFileError
+from p2p_dist.config import ConfigError
 from p2p_dist.atomic_write import write_atomically
 from p2p_dist.data.labels import NUM_TRAIN_CLASSES
 from p2p_dist.data.shards.format import MANIFEST_NAME
@@ -39,11 +42,11 @@ class SegmenterTrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crop_size", "width"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"segmenter setting {name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"segmenter setting {name} must be positive, got {getattr(self, name)}")
         if self.crop_size % 32:
-            raise ValueError(f"segmenter setting crop_size must be a multiple of 32, got {self.crop_size}")
+            raise ConfigError(f"segmenter setting crop_size must be a multiple of 32, got {self.crop_size}")
         if not self.lr > 0:
-            raise ValueError(f"segmenter setting lr must be positive, got {self.lr}")
+            raise ConfigError(f"segmenter setting lr must be positive, got {self.lr}")
 
 
 def default_checkpoint_path(shards_dir: str | os.PathLike, crop_size: int) -> Path:
@@ -89,23 +92,23 @@ def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") 
         raise FileNotFoundError(f"segmenter file not found: {path}")
     if _is_torchscript(path):
         return torch.jit.load(str(path), map_location=device).eval()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_tensors(path)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a segmenter checkpoint or state_dict, got {type(checkpoint).__name__}")
+        raise BadFileError(f"{path}: expected a segmenter checkpoint or state_dict, got {type(checkpoint).__name__}")
     if "format" in checkpoint:
         if checkpoint["format"] != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: unknown segmenter format {checkpoint['format']!r} (want {CHECKPOINT_FORMAT!r})")
+            raise BadFileError(f"{path}: unknown segmenter format {checkpoint['format']!r} (want {CHECKPOINT_FORMAT!r})")
         model = SegmenterNet(**checkpoint["config"])
         state_dict = checkpoint["state_dict"]
     else:
         stem_weight = checkpoint.get("stem.0.0.weight")
         head_weight = checkpoint.get("head.weight")
         if stem_weight is None or head_weight is None:
-            raise ValueError(f"{path}: not a SegmenterNet state_dict (no stem.0.0.weight / head.weight keys)")
+            raise BadFileError(f"{path}: not a SegmenterNet state_dict (no stem.0.0.weight / head.weight keys)")
         model = SegmenterNet(num_classes=head_weight.shape[0], width=stem_weight.shape[0])
         state_dict = checkpoint
     if model.num_classes != NUM_TRAIN_CLASSES:
-        raise ValueError(
+        raise BadFileError(
             f"{path}: segmenter predicts {model.num_classes} classes, the FCN-score needs {NUM_TRAIN_CLASSES}"
         )
     model.load_state_dict(state_dict)
