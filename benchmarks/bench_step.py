@@ -34,6 +34,7 @@ from p2p_dist.config import Config, load_config
 from p2p_dist.models import PHOTO_CHANNELS, generator_for
 from p2p_dist.runtime import Runtime, has_fast_bf16, resolve_precision
 from p2p_dist.train.engines import ADAM_KERNEL, Pix2Pix
+from p2p_dist.train import step_ranges
 from p2p_dist.train.reference_step import ReferenceStep
 
 # The paper's load size for 256 crops, kept proportional for other resolutions.
@@ -459,34 +460,77 @@ def measure_peaks(device: torch.device, quick: bool) -> dict[str, dict]:
     return peaks
 
 
+STEP_RANGE = "bench/training step"  # wraps each profiled step: the total the breakdown's rows add up to
+CAST_OPS = ("aten::_to_copy",)  # dtype and layout conversions (.to), forward and backward
+HOST_SYNC_OPS = ("aten::_local_scalar_dense",)  # a tensor read by the host: .item(), bool(tensor), .tolist()
+
+
 def profile_steps(built: BuiltVariant, batch_size: int, resolution: int, device: torch.device, steps: int,
-                  trace_path: Path, row_limit: int = 20) -> dict:
-    """torch.profiler over ``steps`` training steps (after one warm-up): a Chrome trace and the top ops."""
-    from torch.profiler import ProfilerActivity, profile
+                  trace_path: Path | None = None, row_limit: int = 20) -> dict:
+    """torch.profiler over ``steps`` training steps (after one warm-up): the per-step breakdown by the step's
+    named ranges (p2p_dist.train.step_ranges); with ``trace_path`` also a Chrome trace and the top ops."""
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     batch = make_batch(batch_size, resolution, device)
     built(batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=trace_path is not None) as prof:
+        started = time.perf_counter()
         for _ in range(steps):
-            built(batch)
+            with record_function(STEP_RANGE):
+                built(batch)
         synchronize(device)
+        wall_s = time.perf_counter() - started
+    averages = prof.key_averages()
+    out = {"variant": built.variant.name, "implementation": built.variant.implementation,
+           "precision": built.resolved_precision, "default": built.variant.default, "batch_size": batch_size,
+           "steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps, **step_breakdown(averages, steps, device)}
+    if trace_path is None:
+        return out
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace_path))
     sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    averages = prof.key_averages()
-    table = averages.table(sort_by=sort_key, row_limit=row_limit)
     total_self = sum(e.self_cpu_time_total for e in averages) or 1.0
     top = sorted(averages, key=lambda e: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total,
                  reverse=True)[:row_limit]
-    return {
-        "variant": built.variant.name, "batch_size": batch_size, "steps": steps, "trace": str(trace_path),
-        "top_ops": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
-                     "cpu_total_ms": e.cpu_time_total / 1e3 / steps,
-                     "self_device_ms": e.self_device_time_total / 1e3 / steps,
-                     "self_cpu_share": e.self_cpu_time_total / total_self} for e in top],
-        "table": table,
-    }
+    out.update(trace=str(trace_path), table=averages.table(sort_by=sort_key, row_limit=row_limit),
+               top_ops=[{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
+                         "cpu_total_ms": e.cpu_time_total / 1e3 / steps,
+                         "self_device_ms": e.self_device_time_total / 1e3 / steps,
+                         "self_cpu_share": e.self_cpu_time_total / total_self} for e in top])
+    return out
+
+
+def step_breakdown(averages, steps: int, device: torch.device) -> dict:
+    """Milliseconds per step and share of the step for each named range of the step (in step order; a range
+    entered several times per step is summed), the time outside them, and, as parts of those, the casts and the
+    host synchronisations. On CUDA the ranges time the host (kernel launches), not the kernels."""
+    events = {e.key: e for e in averages}
+    if STEP_RANGE not in events:
+        raise ValueError(f"the profile holds no {STEP_RANGE!r} range: run the steps inside it")
+    step_ms = events[STEP_RANGE].cpu_time_total / 1e3 / steps
+    rows = []
+    for name in step_ranges.RANGES:
+        event = events.get(name)
+        if event is None:
+            continue
+        ms = event.cpu_time_total / 1e3 / steps
+        rows.append({"part": name.removeprefix("step/"), "range": name, "ms": ms, "share": ms / step_ms,
+                     "calls": event.count / steps})
+    outside = step_ms - sum(r["ms"] for r in rows)
+    rows.append({"part": "outside the ranges (Python between them, requires_grad toggles, loss bookkeeping)",
+                 "range": None, "ms": outside, "share": outside / step_ms, "calls": None})
+
+    def part_of(label: str, names: tuple[str, ...]) -> dict:
+        found = [events[n] for n in names if n in events]
+        ms = sum(e.cpu_time_total for e in found) / 1e3 / steps
+        return {"part": label, "ops": list(names), "ms": ms, "share": ms / step_ms,
+                "calls": sum(e.count for e in found) / steps}
+
+    of_which = [part_of("casts: dtype and layout conversions (forward and backward)", CAST_OPS),
+                part_of("host synchronisations: tensors read by the host", HOST_SYNC_OPS)]
+    return {"step_ms": step_ms, "rows": rows, "of_which": of_which,
+            "timing": "host (CUDA kernels run asynchronously)" if device.type == "cuda" else "wall time on the host"}
 
 
 # ------------------------------------------------------------------------------------------- candidates

@@ -19,6 +19,8 @@ from p2p_dist.config import Config
 from p2p_dist.models import GANLoss, build_models
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.runtime import Runtime, resolve_memory_format
+from p2p_dist.train import step_ranges as ranges
+from p2p_dist.train.step_ranges import step_range
 from p2p_dist.train.schedule import lr_factor
 
 
@@ -107,29 +109,37 @@ class Pix2Pix:
         """One optimiser step of both networks over `train.grad_accum` micro-batches, the same maths as one
         batch of their union: every G micro-step sees the D of after this step's update. So the fakes of all
         micro-batches are kept (with G's graph) through the D update; accumulation saves D memory, not G's."""
-        inputs = [self._inputs(batch) for batch in micro_batches]
-        fakes = [self.G(label) for label, _ in inputs]
+        with step_range(ranges.INPUTS):
+            inputs = [self._inputs(batch) for batch in micro_batches]
+        with step_range(ranges.G_FORWARD):
+            fakes = [self.G(label) for label, _ in inputs]
 
         # D update: real pairs towards 1, fake pairs towards 0, halved (the paper slows D down).
         self.D.module.requires_grad_(True)
         losses_D = []
         for (label, real), fake in zip(inputs, fakes):
-            pred_real, pred_fake = self._discriminate_pairs(label, real, fake.detach())
-            losses_D.append(0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False)))
-            self.D.backward(losses_D[-1])
-            self.D.step()  # DeepSpeed steps the optimizer at the last micro-batch only
+            with step_range(ranges.D_FORWARD):
+                pred_real, pred_fake = self._discriminate_pairs(label, real, fake.detach())
+                losses_D.append(0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False)))
+            with step_range(ranges.D_BACKWARD):
+                self.D.backward(losses_D[-1])
+            with step_range(ranges.D_OPTIMIZER):
+                self.D.step()  # DeepSpeed steps the optimizer at the last micro-batch only
 
         # G update against the just-updated D: fool it, and stay close to the real photo in L1.
         self.D.module.requires_grad_(False)
         losses_G = []
         for (label, real), fake in zip(inputs, fakes):
-            with self._autocast():  # a raw module call bypasses the engine's autocast
-                pred_fake_for_G = self.D.module(torch.cat([label, fake], 1))
-            loss_G_gan = self.gan_loss(pred_fake_for_G, True)
-            loss_G_l1 = F.l1_loss(fake.float(), real.float())
-            loss_G = loss_G_gan + self.cfg.train.lambda_l1 * loss_G_l1
-            self.G.backward(loss_G)
-            self.G.step()
+            with step_range(ranges.G_STEP_D_FORWARD):
+                with self._autocast():  # a raw module call bypasses the engine's autocast
+                    pred_fake_for_G = self.D.module(torch.cat([label, fake], 1))
+                loss_G_gan = self.gan_loss(pred_fake_for_G, True)
+                loss_G_l1 = F.l1_loss(fake.float(), real.float())
+                loss_G = loss_G_gan + self.cfg.train.lambda_l1 * loss_G_l1
+            with step_range(ranges.G_BACKWARD):
+                self.G.backward(loss_G)
+            with step_range(ranges.G_OPTIMIZER):
+                self.G.step()
             losses_G.append(torch.stack([loss_G_gan, loss_G_l1, loss_G]).detach())
         loss_G_gan, loss_G_l1, loss_G = torch.stack(losses_G).mean(0)
         return StepLosses(torch.stack(losses_D).detach().mean(), loss_G_gan, loss_G_l1, loss_G)

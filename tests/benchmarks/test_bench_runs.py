@@ -47,6 +47,7 @@ def test_quick_step_and_baseline_sections_write_json_markdown_and_plot(tmp_path)
         assert r["peak_memory_bytes"] > r["resident_bytes"] > 0
     for r in result["sections"]["baseline"]["comparison"]:
         assert r["ratio"] > 0
+    assert all(h["vs_best_peer"] > 0 and h["best_peer"] for h in result["sections"]["baseline"]["headline"])
     assert step["load_before"] and step["load_after"] and result["machine"]["torch"]
 
 
@@ -54,10 +55,13 @@ def test_quick_step_and_baseline_sections_write_json_markdown_and_plot(tmp_path)
 def test_quick_run_of_every_section_with_profile_covers_the_real_loop_and_two_process_scaling(tmp_path):
     result = run_quick(tmp_path, "--profile")
     sections = result["sections"]
-    assert set(sections) == {"data", "step", "baseline", "loop", "scaling"}
+    assert set(sections) == {"data", "step", "baseline", "breakdown", "loop", "scaling"}
     loop = sections["loop"]["run"]
     assert loop["steps"] == result["plan"]["loop_steps"] and 0 <= loop["data_wait_fraction"]["median"] <= 1
     assert [r["processes"] for r in sections["scaling"]["rows"]] == [1, 2]
     assert all(r["images_per_s"]["median"] > 0 for r in sections["scaling"]["rows"])
-    assert {t["target"].split(" ")[0] for t in result["targets"]} == {"default", "data", "scaling"}
-    assert result["profile"]["top_ops"] and (tmp_path / "traces").is_dir()
+    assert any(t["target"].startswith("native-bf16 CPU" if result["machine"]["cpu_native_bf16"] else "AVX2-only")
+               for t in result["targets"])
+    breakdown = sections["breakdown"]
+    assert [v["default"] for v in breakdown["variants"]] == [True, False] and breakdown["data_wait"]["ms"] >= 0
+    assert all(v["top_ops"] and v["rows"] for v in breakdown["variants"]) and (tmp_path / "traces").is_dir()
