@@ -59,6 +59,7 @@ LOOP_TARGETS = {"native-bf16 CPU": (("best peer", 1.3), ("reference eager fp32",
                 "AVX2-only CPU": (("reference eager fp32", 1.3),)}
 GPU_UTILISATION_TARGET = 0.40  # of the bf16 matmul peak, at a batch of at least GPU_TARGET_MIN_BATCH
 GPU_TARGET_MIN_BATCH = 32
+CANDIDATE_GROUP = 5  # candidates measured interleaved with the default at a time
 TARGET_DATA_WAIT = 0.02
 
 
@@ -307,23 +308,39 @@ class Suite:
 
     # ---------------------------------------------------------------------------------------- candidates
     def candidates(self, record: dict) -> None:
+        """Each candidate against the default, in groups of CANDIDATE_GROUP interleaved with a default of their own
+        (every variant holds a whole pair of networks and their optimizers: all at once would not fit a small
+        machine's memory). A variant's ratio to the default is taken within its group."""
         import bench_step as bs
 
         rt = self.runtime()
-        variants = bs.candidate_variants(self.device, with_compile=self.args.compile)
-        print(f"[candidates] {len(variants)} variants at batch {self.plan.candidate_batch}", flush=True)
-        built = [bs.build_variant(v, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
-                 for v in variants]
-        rows = bs.measure_variants(built, step_plan(self.plan, [self.plan.candidate_batch]), self.device,
-                                   log=lambda line: print(line, flush=True))
-        del built
-        gc.collect()
-        bs.add_utilisation(rows, self.peaks())
-        default = next(r for r in rows if r["default"])
-        for r in rows:
-            if "images_per_s" in r and "images_per_s" in default:
-                r["vs_default"] = r["images_per_s"]["median"] / default["images_per_s"]["median"]
-        record["rows"] = rows
+        default, *others = bs.candidate_variants(self.device, with_compile=self.args.compile)
+        groups = [others[i:i + CANDIDATE_GROUP] for i in range(0, len(others), CANDIDATE_GROUP)]
+        print(f"[candidates] {len(others)} variants against the default at batch {self.plan.candidate_batch}, in "
+              f"{len(groups)} interleaved groups", flush=True)
+        record["rows"] = []
+        for index, group in enumerate(groups, 1):
+            print(f"[candidates] group {index}/{len(groups)}", flush=True)
+            built, rows = [], []
+            for v in (default, *group):
+                try:
+                    built.append(bs.build_variant(v, rt, self.plan.resolution,
+                                                  model_overrides=tuple(self.plan.model_overrides)))
+                except Exception as exc:  # noqa: BLE001 (torch.compile on a machine without a compiler, ...)
+                    rows += bs.failed_rows(v, [self.plan.candidate_batch], f"failed to build: {exc}"[:300])
+            rows = bs.measure_variants(built, step_plan(self.plan, [self.plan.candidate_batch]), self.device,
+                                       log=lambda line: print(line, flush=True)) + rows
+            del built
+            gc.collect()
+            bs.add_utilisation(rows, self.peaks())
+            group_default = next(r for r in rows if r["default"])
+            for r in rows:
+                r["group"] = index
+                if "images_per_s" in r and "images_per_s" in group_default:
+                    r["vs_default"] = r["images_per_s"]["median"] / group_default["images_per_s"]["median"]
+                    r["cpu_vs_default"] = r["cpu_s_per_image"]["median"] / group_default["cpu_s_per_image"]["median"]
+            group_default["variant"] += f" (group {index})"
+            record["rows"] += rows
         print("[candidates] Adam implementations", flush=True)
         cfg = bs.config_for(self.plan.resolution, 1, *self.plan.model_overrides)
         record["adam"] = bs.measure_adam(cfg, self.device, repeats=max(3, self.plan.repeats))
