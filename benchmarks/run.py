@@ -136,8 +136,12 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
                     log_every=10, scaling_processes=processes, candidate_batch=16, profile_steps=5)
     # CPU: one 256x256 image costs ~87 GFLOP per step, seconds on two cores. Budgets keep the whole run near
     # 10-15 minutes on a quiet 2-core machine; what they cut is recorded in the rows (n, skipped).
+    # Without native bf16 units, bf16 steps (p2p_dist's and the peers') take ~55 s at batch 1 (slow reference
+    # kernels): a 30 s step limit reports them from their first step and skips their larger batches.
+    from p2p_dist.runtime import has_fast_bf16
+
     return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=[1, 4, 16], warmup=2, repeats=5,
-                min_repeats=2, budget_s=40, max_step_s=60, min_sample_s=0.0, data_batch=TARGET_BATCH,
+                min_repeats=2, budget_s=40, max_step_s=60 if has_fast_bf16(device) else 30, min_sample_s=0.0, data_batch=TARGET_BATCH,
                 data_batches=20, data_repeats=3, data_warmup=3, data_workers=2, pack_images=32, pack_size=(2048, 1024),
                 pack_repeats=2, run_batch=TARGET_BATCH, loop_steps=10, scaling_steps=6, log_every=2,
                 scaling_processes=processes, candidate_batch=TARGET_BATCH, profile_steps=2)

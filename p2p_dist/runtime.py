@@ -161,7 +161,7 @@ def resolved_choices(cfg: Config, rt: Runtime) -> dict:
     """What every automatic choice resolved to on this machine, and the facts it was resolved from: shown at
     start-up and written to the run's summary.json."""
     memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
-    choices = {"device": rt.device.type, "precision": rt.precision,
+    choices = {"device": rt.device.type, "precision": rt.precision, "compile": cfg.train.compile,
                "bf16_mode": resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision),
                "memory_format": _format_name(memory_format),
                "model_memory_format": _format_name(resolve_model_memory_format(
