@@ -53,7 +53,8 @@ def full_result() -> dict:
                                            "data_wait_fraction": summarise([0.0])}
                                           for n, r in ((1, 0.6), (2, 0.54))],
                         "note": "CPU processes share the cores."},
-            "candidates": {**loads, "rows": [{**step_row("channels_last inputs", 4, 0.5), "vs_default": 1.25}],
+            "candidates": {**loads, "rows": [{**step_row("channels_last inputs", 4, 0.5), "vs_default": 1.25,
+                                     "cpu_vs_default": 0.9, "group": 1}],
                            "adam": [{"implementation": "fused", "step_s": summarise([0.1]), "speedup": 3.0,
                                      "max_abs_diff": 1e-9}]},
         },
@@ -91,7 +92,7 @@ def test_markdown_reports_every_section_with_its_numbers_and_load():
     assert "| NO |" in text  # an unmet target says so
     assert "0.40 (0.36-0.44)" in text  # median (min-max)
     assert "skipped: projected 900 s per step" in text
-    assert "1.10x" in text and "0.93x" in text and "45%" in text and "1.25x" in text
+    assert "1.10x" in text and "0.93x" in text and "45%" in text and "| 1.25x | 0.90 |" in text
     assert "load [1.0, 1.0, 1.0] -> [2.0, 1.5, 1.0]" in text
     assert "aten::convolution_backward | 29 |" in text and "| 5.00 |" in text  # CPU s/image
 
