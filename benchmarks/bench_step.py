@@ -563,7 +563,6 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         # earlier speed-ups, undone
         Variant("for-loop Adam (torch's CPU default)", "p2p_dist", for_loop_adam=True),
         Variant("DeepSpeed's all-reduce in a group of one", "p2p_dist", single_rank_allreduce=True),
-        Variant("oneDNN (mkldnn) off", "p2p_dist", mkldnn=False),
         # one D forward over real and fake pairs: only where the norm is per-sample
         Variant("instance norm, joint D forward", "p2p_dist", norm="instance"),
         Variant("instance norm, separate D forwards", "p2p_dist", norm="instance", joint_d_forward=False),

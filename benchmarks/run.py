@@ -19,7 +19,8 @@ Sections:
              host synchronisations and (from the loop section) the data wait; --profile adds traces and top ops
   loop       a short real `launch/train.py` run on the demo shards: images/s and data-wait share
   scaling    1 vs 2 (..N GPUs) processes under `deepspeed --num_gpus N launch/train.py`
-  candidates (not in the default set) memory format, Adam kernel, 1-rank all-reduce, oneDNN, norm, joint D forward, threads, compile; Adam implementations alone
+  candidates (not in the default set) each lever both ways: input and parameter layout, bf16 weights vs autocast,
+             Adam kernel, 1-rank all-reduce, norm and joint D forward, threads, compile; the peers; Adam alone
 
 Writes benchmarks/results/<machine>-<date>[-quick][-<sections>].json, .md and .png, and prints the Markdown.
 """
