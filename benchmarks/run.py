@@ -145,7 +145,7 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
                 min_repeats=2, budget_s=40, max_step_s=60 if has_fast_bf16(device) else 30, min_sample_s=0.0, data_batch=TARGET_BATCH,
                 data_batches=20, data_repeats=3, data_warmup=3, data_workers=2, pack_images=32, pack_size=(2048, 1024),
                 pack_repeats=2, run_batch=TARGET_BATCH, loop_steps=10, scaling_steps=6, log_every=2,
-                scaling_processes=processes, candidate_batch=TARGET_BATCH, profile_steps=2)
+                scaling_processes=processes, candidate_batch=TARGET_BATCH, profile_steps=3)
 
 
 def step_plan(plan: Plan, batch_sizes: list[int]):
