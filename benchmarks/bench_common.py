@@ -87,16 +87,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -149,14 +139,24 @@ def gpu_facts() -> dict:
     return facts
 
 
+# The CPU features the report names: AVX2, AVX-512 (and its bf16/fp16/VNNI parts), AMX.
+REPORTED_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                      "amx_bf16", "amx_int8")
+
+
 def machine_facts() -> dict:
     """Hardware and software a result depends on, recorded next to every result."""
-    flags = _cpu_flags()
+    from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV, cpu_flags, has_fast_bf16
+
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_simd": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"}),
+        # The flags every automatic choice reads (p2p_dist.runtime.cpu_flags): simulated when P2P_DIST_CPU_FLAGS
+        # is set, and then a run's automatic choices are those of the simulated CPU, not of this one.
+        "cpu_simd": sorted(cpu_flags() & set(REPORTED_CPU_FLAGS)),
+        "cpu_flags_simulated": SIMULATED_CPU_FLAGS_ENV in os.environ,
+        "cpu_native_bf16": has_fast_bf16(torch.device("cpu")),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
         "gpus": gpus,
         "gpu_name": gpus[0] if gpus else None,
@@ -175,12 +175,17 @@ def machine_facts() -> dict:
     }
 
 
+def slug(text: str) -> str:
+    """``text`` as a safe file-name part: lower case, runs of other characters as one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def machine_name(facts: dict) -> str:
     """The results file stem's machine part: the GPU name on CUDA machines, else the CPU model, sanitised."""
     name = facts["gpu_name"] or f"{facts['cpu_model']}-{facts['cpu_cores']}c"
     if facts["gpu_name"] and len(facts["gpus"]) > 1:
         name = f"{len(facts['gpus'])}x-{name}"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug(name)
 
 
 def today() -> str:

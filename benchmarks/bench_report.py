@@ -62,6 +62,74 @@ def _gpu_line(m: dict) -> str:
     return f"; GPU: {', '.join(m['gpus'])} ({'; '.join(details)})"
 
 
+def _cpu_flags_line(m: dict) -> str:
+    """The CPU's bf16/AMX/AVX-512 flags that the automatic choices read, and whether they were simulated."""
+    flags = " ".join(m.get("cpu_simd") or []) or "none of avx2/avx512/amx"
+    native = m.get("cpu_native_bf16")
+    kind = "" if native is None else ("; native bf16 (precision=auto -> bf16)" if native else
+                                      "; no native bf16 (precision=auto -> fp32)")
+    simulated = (" -- SIMULATED by P2P_DIST_CPU_FLAGS: the automatic choices are those of that CPU kind, the "
+                 "figures this CPU's" if m.get("cpu_flags_simulated") else "")
+    return f"CPU flags: {flags}{kind}{simulated}"
+
+
+def _headline_lines(baseline: dict) -> list[str]:
+    rows = baseline.get("headline") or []
+    if not rows:
+        return []
+    lines = ["Headline: p2p_dist's default configuration over the best reference peer measured at each batch size "
+             "(and over the fp32 reference step), all interleaved in this run:", ""]
+    lines += _table(["batch", "p2p_dist default images/s", "precision", "best peer", "best peer images/s",
+                     "vs best peer", "vs fp32 reference"],
+                    [[r["batch_size"], _rate(r["default"]), r["default_precision"], r["best_peer"] or "-",
+                      _rate(r["best_peer_images_per_s"]), _ratio(r["vs_best_peer"]), _ratio(r["vs_fp32_reference"])]
+                     for r in rows])
+    return lines + [""]
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _breakdown_lines(s: dict) -> list[str]:
+    """The per-step breakdown, one column pair per profiled variant; the real loop's data wait below it."""
+    variants = s["variants"]
+    if not variants:
+        return []
+    lines = [f"Batch {s['batch_size']}, {s['steps']} profiled step(s) each after a warm-up; best peer: "
+             f"{s['best_peer']} ({s['best_peer_chosen_by']}). Times are {variants[0]['timing']}, per step; "
+             "ranges of a kind entered several times in a step are summed. The profiler itself slows small ops: "
+             "compare the shares, and the step's speed with the tables above.", ""]
+    header = ["part of the step"]
+    for v in variants:
+        header += [f"{v['variant']} ({v['precision']}) ms", "share"]
+    parts = list(dict.fromkeys(r["part"] for v in variants for r in v["rows"]))
+    body = []
+    for part in parts:
+        row = [part]
+        for v in variants:
+            mine = next((r for r in v["rows"] if r["part"] == part), None)
+            row += [f"{mine['ms']:.1f}", _percent(mine["share"])] if mine else ["-", "-"]
+        body.append(row)
+    body.append(["**whole step**"] + [cell for v in variants for cell in (f"**{v['step_ms']:.1f}**", "100%")])
+    wait = s.get("data_wait")
+    if wait:
+        body.append([f"data wait in the real loop (section 4: {_percent(wait['fraction'])} of its wall time, "
+                     f"{wait['loop_step_ms']:.0f} ms per step, {wait['precision']})"]
+                    + [cell for v in variants for cell in ((f"{wait['ms']:.1f}", _percent(wait["fraction"]))
+                                                           if v.get("default") else ("-", "-"))])
+    for i in range(len(variants[0]["of_which"])):
+        part = variants[0]["of_which"][i]["part"]
+        row = [f"of which: {part}"]
+        for v in variants:
+            o = v["of_which"][i]
+            row += [f"{o['ms']:.1f} ({o['calls']:.0f} calls)", _percent(o["share"])]
+        body.append(row)
+    lines += _table(header, body)
+    return lines + ["", "A host synchronisation on a CPU reads a CPU tensor (torch's CPU Adam kernels read each step "
+                        "counter so): it waits for nothing; on CUDA it would stall the launch queue.", ""]
+
+
 def gpu_check_markdown(result: dict) -> str:
     """`make gpu-check`'s own report: each part's status and time, every gpu test's outcome, where packages came
     from (the carried wheels or the machine's image). The benchmark sections follow it (``markdown``)."""
@@ -102,6 +170,7 @@ def markdown(result: dict) -> str:
     m, plan, sections = result["machine"], result["plan"], result["sections"]
     lines = [f"# p2p_dist benchmark: {result['machine_name']}, {result['date']}", ""]
     lines += [f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB" + _gpu_line(m),
+              "- " + _cpu_flags_line(m),
               f"- software: torch {m['torch']}, deepspeed {m['deepspeed']}, DALI {m['dali']}, "
               f"webdataset {m['webdataset']}, Python {m['python']}; OpenMP env {m.get('openmp_env', '?')}",
               f"- model: pix2pix unet + PatchGAN at {plan['resolution']}x{plan['resolution']}"
@@ -147,7 +216,8 @@ def markdown(result: dict) -> str:
 
     if "baseline" in sections:
         s = sections["baseline"]
-        lines += [f"## 3. Against the reference recipe, eager fp32 ({_load(s)})", ""]
+        lines += [f"## 3. Against the reference recipe and its peers ({_load(s)})", ""]
+        lines += _headline_lines(s)
         lines += _table(["batch", "reference eager fp32 images/s", "p2p_dist default images/s",
                          "p2p_dist default precision", "ratio"],
                         [[r["batch_size"], _rate(r["reference"]), _rate(r["default"]), r["default_precision"],
@@ -163,6 +233,11 @@ def markdown(result: dict) -> str:
                               _percent(r.get("utilisation_of_bf16_peak")), _rate(r["default"]),
                               f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"] for r in s["peers"]])
             lines.append("")
+
+    if "breakdown" in sections:
+        s = sections["breakdown"]
+        lines += [f"## Where a step's time goes ({_load(s)})", ""]
+        lines += _breakdown_lines(s)
 
     if "loop" in sections:
         s = sections["loop"]
@@ -190,8 +265,12 @@ def markdown(result: dict) -> str:
     if "candidates" in sections:
         s = sections["candidates"]
         lines += [f"## Candidates for a faster default at unchanged maths ({_load(s)})", ""]
-        lines += _table(STEP_HEADER + ["vs default"],
-                        [row + [f"{r['vs_default']:.2f}x" if r.get("vs_default") else "-"]
+        lines += ["Each variant was measured interleaved with the default in its group; \"vs default\" is its "
+                  "images/s over that default's, \"CPU vs default\" its CPU seconds per image over the default's "
+                  "(below 1: less work; steadier than wall time on a shared machine).", ""]
+        lines += _table(STEP_HEADER + ["vs default", "CPU vs default"],
+                        [row + [f"{r['vs_default']:.2f}x" if r.get("vs_default") else "-",
+                                f"{r['cpu_vs_default']:.2f}" if r.get("cpu_vs_default") else "-"]
                          for row, r in zip(_step_rows(s["rows"]), s["rows"])])
         lines.append("")
         if s.get("adam"):
@@ -201,8 +280,9 @@ def markdown(result: dict) -> str:
                               f"{r['max_abs_diff']:.2e}"] for r in s["adam"]])
             lines.append("")
 
-    if "profile" in result:
-        p = result["profile"]
+    for p in (sections.get("breakdown") or {}).get("variants", []):
+        if not p.get("top_ops"):
+            continue
         lines += [f"## Profile: {p['variant']}, batch {p['batch_size']}, {p['steps']} steps (trace: {p['trace']})",
                   ""]
         on_device = any(o.get("self_device_ms") for o in p["top_ops"])  # CUDA: kernel time is what counts

@@ -34,6 +34,7 @@ from p2p_dist.config import Config, load_config
 from p2p_dist.models import PHOTO_CHANNELS, generator_for
 from p2p_dist.runtime import Runtime, has_fast_bf16, resolve_precision
 from p2p_dist.train.engines import ADAM_KERNEL, Pix2Pix
+from p2p_dist.train import step_ranges
 from p2p_dist.train.reference_step import ReferenceStep
 
 # The paper's load size for 256 crops, kept proportional for other resolutions.
@@ -63,6 +64,8 @@ class Variant:
     memory_format: str | None = None  # train.memory_format; None: the config default (reference: contiguous)
     norm: str | None = None  # None: the config default
     joint_d_forward: bool | None = None  # train.joint_d_forward; None: the config default
+    bf16_mode: str | None = None  # train.bf16_mode; None: the config default (auto)
+    model_memory_format: str | None = None  # train.model_memory_format; None: the config default
     compile: bool = False
     threads: int | None = None  # None: leave torch's thread count alone
     mkldnn: bool = True
@@ -78,6 +81,10 @@ class Variant:
             out.append(f"train.memory_format={self.memory_format}")
         if self.norm is not None:
             out.append(f"model.norm={self.norm}")
+        if self.bf16_mode is not None:
+            out.append(f"train.bf16_mode={self.bf16_mode}")
+        if self.model_memory_format is not None:
+            out.append(f"train.model_memory_format={self.model_memory_format}")
         if self.compile:
             out.append("train.compile=true")
         if self.joint_d_forward is not None:
@@ -459,60 +466,114 @@ def measure_peaks(device: torch.device, quick: bool) -> dict[str, dict]:
     return peaks
 
 
+STEP_RANGE = "bench/training step"  # wraps each profiled step: the total the breakdown's rows add up to
+CAST_OPS = ("aten::_to_copy",)  # dtype and layout conversions (.to), forward and backward
+HOST_SYNC_OPS = ("aten::_local_scalar_dense",)  # a tensor read by the host: .item(), bool(tensor), .tolist()
+
+
 def profile_steps(built: BuiltVariant, batch_size: int, resolution: int, device: torch.device, steps: int,
-                  trace_path: Path, row_limit: int = 20) -> dict:
-    """torch.profiler over ``steps`` training steps (after one warm-up): a Chrome trace and the top ops."""
-    from torch.profiler import ProfilerActivity, profile
+                  trace_path: Path | None = None, row_limit: int = 20) -> dict:
+    """torch.profiler over ``steps`` training steps (after one warm-up): the per-step breakdown by the step's
+    named ranges (p2p_dist.train.step_ranges); with ``trace_path`` also a Chrome trace and the top ops."""
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     batch = make_batch(batch_size, resolution, device)
     built(batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=trace_path is not None) as prof:
+        started = time.perf_counter()
         for _ in range(steps):
-            built(batch)
+            with record_function(STEP_RANGE):
+                built(batch)
         synchronize(device)
+        wall_s = time.perf_counter() - started
+    averages = prof.key_averages()
+    out = {"variant": built.variant.name, "implementation": built.variant.implementation,
+           "precision": built.resolved_precision, "default": built.variant.default, "batch_size": batch_size,
+           "steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps, **step_breakdown(averages, steps, device)}
+    if trace_path is None:
+        return out
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace_path))
     sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    averages = prof.key_averages()
-    table = averages.table(sort_by=sort_key, row_limit=row_limit)
     total_self = sum(e.self_cpu_time_total for e in averages) or 1.0
     top = sorted(averages, key=lambda e: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total,
                  reverse=True)[:row_limit]
-    return {
-        "variant": built.variant.name, "batch_size": batch_size, "steps": steps, "trace": str(trace_path),
-        "top_ops": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
-                     "cpu_total_ms": e.cpu_time_total / 1e3 / steps,
-                     "self_device_ms": e.self_device_time_total / 1e3 / steps,
-                     "self_cpu_share": e.self_cpu_time_total / total_self} for e in top],
-        "table": table,
-    }
+    out.update(trace=str(trace_path), table=averages.table(sort_by=sort_key, row_limit=row_limit),
+               top_ops=[{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
+                         "cpu_total_ms": e.cpu_time_total / 1e3 / steps,
+                         "self_device_ms": e.self_device_time_total / 1e3 / steps,
+                         "self_cpu_share": e.self_cpu_time_total / total_self} for e in top])
+    return out
+
+
+def step_breakdown(averages, steps: int, device: torch.device) -> dict:
+    """Milliseconds per step and share of the step for each named range of the step (in step order; a range
+    entered several times per step is summed), the time outside them, and, as parts of those, the casts and the
+    host synchronisations. On CUDA the ranges time the host (kernel launches), not the kernels."""
+    events = {e.key: e for e in averages}
+    if STEP_RANGE not in events:
+        raise ValueError(f"the profile holds no {STEP_RANGE!r} range: run the steps inside it")
+    step_ms = events[STEP_RANGE].cpu_time_total / 1e3 / steps
+    rows = []
+    for name in step_ranges.RANGES:
+        event = events.get(name)
+        if event is None:
+            continue
+        ms = event.cpu_time_total / 1e3 / steps
+        rows.append({"part": name.removeprefix("step/"), "range": name, "ms": ms, "share": ms / step_ms,
+                     "calls": event.count / steps})
+    outside = step_ms - sum(r["ms"] for r in rows)
+    rows.append({"part": "outside the ranges (Python between them, requires_grad toggles, loss bookkeeping)",
+                 "range": None, "ms": outside, "share": outside / step_ms, "calls": None})
+
+    def part_of(label: str, names: tuple[str, ...]) -> dict:
+        found = [events[n] for n in names if n in events]
+        ms = sum(e.cpu_time_total for e in found) / 1e3 / steps
+        return {"part": label, "ops": list(names), "ms": ms, "share": ms / step_ms,
+                "calls": sum(e.count for e in found) / steps}
+
+    of_which = [part_of("casts: dtype and layout conversions (forward and backward)", CAST_OPS),
+                part_of("host synchronisations: tensors read by the host", HOST_SYNC_OPS)]
+    return {"step_ms": step_ms, "rows": rows, "of_which": of_which,
+            "timing": "host (CUDA kernels run asynchronously)" if device.type == "cuda" else "wall time on the host"}
 
 
 # ------------------------------------------------------------------------------------------- candidates
 
 
 def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant]:
-    """Changes to the default configuration that keep the maths (up to rounding), measured side by side."""
+    """Changes to the default configuration that keep the maths (up to rounding), measured side by side: each lever
+    of issue 12 (memory layout of inputs and parameters, bf16 weights, threads, the joint D forward, compile)
+    either way, the default's earlier speed-ups undone, and the peers to beat. Variants that equal the default
+    on this machine (the automatic choices resolve per machine) show the measurement's noise."""
     cores = torch.get_num_threads()
     variants = [
         default_variant(),
-        Variant("channels_last inputs", "p2p_dist", memory_format="channels_last"),
+        # layout: inputs (train.memory_format) and parameters (train.model_memory_format)
+        Variant("contiguous inputs and parameters", "p2p_dist", memory_format="contiguous",
+                model_memory_format="contiguous"),
+        Variant("channels_last inputs, contiguous parameters", "p2p_dist", memory_format="channels_last",
+                model_memory_format="contiguous"),
+        Variant("channels_last inputs and parameters", "p2p_dist", memory_format="channels_last",
+                model_memory_format="channels_last"),
+        # how bf16 runs (train.bf16_mode; only where precision=auto resolves to bf16)
+        Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
+        Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
+        # earlier speed-ups, undone
         Variant("for-loop Adam (torch's CPU default)", "p2p_dist", for_loop_adam=True),
         Variant("DeepSpeed's all-reduce in a group of one", "p2p_dist", single_rank_allreduce=True),
-        Variant("all three: the default before 2026-11-25", "p2p_dist", memory_format="channels_last",
-                for_loop_adam=True, single_rank_allreduce=True),
-        Variant("oneDNN (mkldnn) off", "p2p_dist", mkldnn=False),
+        # one D forward over real and fake pairs: only where the norm is per-sample
         Variant("instance norm, joint D forward", "p2p_dist", norm="instance"),
         Variant("instance norm, separate D forwards", "p2p_dist", norm="instance", joint_d_forward=False),
-        reference_variant(),
-        Variant("reference eager fp32 + channels_last inputs", "reference", precision="fp32",
-                memory_format="channels_last"),
+        # the peers
+        *reference_peers(device),
     ]
     if device.type == "cpu" and cores > 1:
-        variants.append(Variant(f"{cores // 2} thread(s) instead of {cores}", "p2p_dist", threads=cores // 2))
+        variants.append(Variant(f"{cores - 1} intra-op thread(s) instead of {cores} (one core left free)",
+                                "p2p_dist", threads=cores - 1))
     if with_compile:
-        variants.append(Variant("torch.compile", "p2p_dist", compile=True))
+        variants.append(Variant("torch.compile (inductor)", "p2p_dist", compile=True))
     return variants
 
 

@@ -31,6 +31,7 @@ LABEL_ENCODINGS = ("color", "onehot")         # data.label_encoding: p2p_dist.da
 NORMS = ("batch", "instance", "syncbatch")    # model.norm: p2p_dist.models.norm.make_norm
 GAN_MODES = ("vanilla", "lsgan")              # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
+BF16_MODES = ("auto", "autocast", "bf16_weights")  # train.bf16_mode: p2p_dist.runtime.resolve_bf16_mode
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:  # noqa: A002
@@ -90,7 +91,19 @@ class TrainConfig:
                              "channels_last on CUDA and for bf16 on a CPU (the fast NHWC kernels there), "
                              "contiguous for fp32 on a CPU (oneDNN would re-lay out the weights at every "
                              "convolution; measured slower).", choices=("auto", "channels_last", "contiguous"))
-    compile: bool = opt(False, "torch.compile both networks (slow start, faster steps on GPU).")
+    model_memory_format: str = opt("auto", "Layout of the networks' parameters (train.memory_format lays out the "
+                                   "inputs; a convolution runs NHWC when either is channels_last): auto per device "
+                                   "and precision (p2p_dist.runtime.resolve_model_memory_format). Only ZeRO-0 keeps "
+                                   "channels_last parameters: ZeRO >= 1 flattens them into contiguous buffers.",
+                                   choices=("auto", "channels_last", "contiguous"))
+    bf16_mode: str = opt("auto", "How precision=bf16 runs, the same maths up to bf16 rounding: autocast keeps fp32 "
+                         "weights and casts them to bf16 at every forward; bf16_weights holds bf16 weights in "
+                         "DeepSpeed's bf16 mode, fp32 master weights in the optimizer and fp32 batch-norm "
+                         "statistics (it accumulates train.grad_accum micro-batch gradients in bf16); auto picks "
+                         "per device and CPU kind (p2p_dist.runtime.resolve_bf16_mode).", choices=BF16_MODES)
+    compile: bool = opt(False, "torch.compile both networks (inductor). Off by default: on a native-bf16 CPU "
+                        "(bf16, batch 4) it compiled in ~50 s and then ran at the eager speed (the convolutions "
+                        "are the same oneDNN kernels); unmeasured on GPUs.")
     adam: str = opt("fused", "Adam kernel, the same update up to float rounding: fused (one kernel over all "
                     "parameters), foreach (batched per-tensor ops), or for-loop (one tensor at a time, as the "
                     "reference implementation).", choices=ADAM_KERNELS)

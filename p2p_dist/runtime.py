@@ -107,6 +107,9 @@ def threads_per_rank(cores: int, local_world_size: int, omp_num_threads: str | N
     return max(1, cores // local_world_size)
 
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
 def resolve_memory_format(requested: str, device: torch.device, precision: str) -> torch.memory_format:
     """auto: channels_last where the convolution kernels are fastest in NHWC: cuDNN's, and oneDNN's bf16 ones on
     a native-bf16 CPU (measured 1.06x there); contiguous for fp32 on a CPU, where oneDNN would re-lay out the
@@ -114,15 +117,55 @@ def resolve_memory_format(requested: str, device: torch.device, precision: str) 
     if requested == "auto":
         fast_nhwc = device.type == "cuda" or precision == "bf16"
         return torch.channels_last if fast_nhwc else torch.contiguous_format
-    return {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[requested]
+    return MEMORY_FORMATS[requested]
+
+
+def resolve_model_memory_format(requested: str, input_format: torch.memory_format,
+                                zero_stage: int) -> torch.memory_format:
+    """The layout the parameters are held in; `input_format` is the inputs' (resolve_memory_format).
+
+    auto: the inputs' layout. A convolution whose input and weight disagree re-lays one of them out at every call
+    (for bf16 under autocast: the weight's bf16 copy, made at every forward, inherits the fp32 weight's layout).
+    Measured on a 2-core native-bf16 EPYC (bf16 autocast, channels_last inputs, batch 4, a loaded machine):
+    channels_last parameters 6% less CPU time per image than contiguous ones; the reference step under bf16
+    autocast likewise. Contiguous at ZeRO >= 1 whatever was asked: DeepSpeed flattens the parameters into one
+    contiguous buffer there."""
+    if zero_stage > 0:
+        return torch.contiguous_format
+    if requested == "auto":
+        return input_format
+    return MEMORY_FORMATS[requested]
+
+
+def resolve_bf16_mode(requested: str, device: torch.device, precision: str) -> str | None:
+    """How precision=bf16 runs (None for other precisions): "autocast" (fp32 weights, cast to bf16 at every
+    forward) or "bf16_weights" (DeepSpeed's bf16 mode: bf16 weights, fp32 master weights in its optimizer wrapper).
+
+    auto: autocast everywhere. bf16 weights save the weight casts of every forward (G's 54M weights) but
+    DeepSpeed's ZeRO-0 bf16 wrapper spends about as much in each optimizer step (an overflow check, a norm, an
+    fp32 copy and a rescale of every gradient); measured on a 2-core native-bf16 EPYC at batch 4 (loaded
+    machine): 1% less CPU time per image, the same images/s within noise. It would also accumulate micro-batch
+    gradients (train.grad_accum) in bf16. Measured again by `benchmarks/run.py --sections candidates`."""
+    if precision != "bf16":
+        return None
+    if requested != "auto":
+        return requested
+    return "autocast"
+
+
+def _format_name(memory_format: torch.memory_format) -> str:
+    return "channels_last" if memory_format == torch.channels_last else "contiguous"
 
 
 def resolved_choices(cfg: Config, rt: Runtime) -> dict:
     """What every automatic choice resolved to on this machine, and the facts it was resolved from: shown at
     start-up and written to the run's summary.json."""
     memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
-    choices = {"device": rt.device.type, "precision": rt.precision,
-               "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",
+    choices = {"device": rt.device.type, "precision": rt.precision, "compile": cfg.train.compile,
+               "bf16_mode": resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision),
+               "memory_format": _format_name(memory_format),
+               "model_memory_format": _format_name(resolve_model_memory_format(
+                   cfg.train.model_memory_format, memory_format, cfg.zero_stage)),
                "torch_threads": torch.get_num_threads()}
     if rt.device.type == "cuda":
         choices.update(gpu=torch.cuda.get_device_name(rt.device), cudnn_benchmark=torch.backends.cudnn.benchmark)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from p2p_dist.config import Config, ConfigError
-from p2p_dist.runtime import (SIMULATED_CPU_FLAGS_ENV, cpu_flags, resolve_memory_format, resolve_precision,
-                              threads_per_rank)
+from p2p_dist.runtime import (SIMULATED_CPU_FLAGS_ENV, Runtime, cpu_flags, resolve_bf16_mode, resolve_memory_format,
+                              resolve_model_memory_format, resolve_precision, resolved_choices, threads_per_rank)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -73,3 +73,43 @@ def test_the_default_config_resolves_per_cpu_kind(monkeypatch, flags, precision,
     resolved = resolve_precision(Config().precision, Config().zero_stage, CPU)
     assert resolved == precision
     assert resolve_memory_format(train.memory_format, CPU, resolved) == memory_format
+
+
+@pytest.mark.parametrize("flags", [AVX2_ONLY, NATIVE_BF16])
+def test_parameters_follow_the_inputs_layout_at_zero0_and_stay_contiguous_where_deepspeed_flattens(monkeypatch, flags):
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
+    precision = resolve_precision("auto", 0, CPU)
+    inputs = resolve_memory_format("auto", CPU, precision)
+    assert resolve_model_memory_format("auto", inputs, 0) == inputs  # AVX2: contiguous; native bf16: channels_last
+    assert inputs == (torch.channels_last if flags == NATIVE_BF16 else torch.contiguous_format)
+    for zero_stage in (1, 2):  # ZeRO >= 1 flattens the parameters: no layout survives
+        assert resolve_model_memory_format("channels_last", torch.channels_last, zero_stage) == torch.contiguous_format
+    assert resolve_model_memory_format("contiguous", torch.channels_last, 0) == torch.contiguous_format
+    assert resolve_model_memory_format("channels_last", torch.contiguous_format, 0) == torch.channels_last
+    assert resolve_model_memory_format("auto", resolve_memory_format("auto", CUDA, "bf16"), 0) == torch.channels_last
+
+
+@pytest.mark.parametrize("flags", [AVX2_ONLY, NATIVE_BF16])
+def test_bf16_mode_applies_only_to_bf16_and_auto_is_autocast(monkeypatch, flags):
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
+    precision = resolve_precision("auto", 0, CPU)
+    assert resolve_bf16_mode("auto", CPU, precision) == (None if flags == AVX2_ONLY else "autocast")
+    assert resolve_bf16_mode("bf16_weights", CPU, "fp32") is None  # nothing to hold in bf16
+    assert resolve_bf16_mode("bf16_weights", CPU, "bf16") == "bf16_weights"
+    assert resolve_bf16_mode("auto", CUDA, "bf16") == "autocast"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (AVX2_ONLY, {"precision": "fp32", "bf16_mode": None, "memory_format": "contiguous",
+                 "model_memory_format": "contiguous", "cpu_flags": ["avx2"]}),
+    (NATIVE_BF16, {"precision": "bf16", "bf16_mode": "autocast", "memory_format": "channels_last",
+                   "model_memory_format": "channels_last", "cpu_flags": ["avx2", "avx512_bf16", "avx512f"]})])
+def test_resolved_choices_name_every_automatic_choice_and_the_simulated_flags(monkeypatch, flags, expected):
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
+    cfg = Config()
+    rt = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=CPU,
+                 precision=resolve_precision(cfg.precision, cfg.zero_stage, CPU))
+    choices = resolved_choices(cfg, rt)
+    assert {k: choices[k] for k in expected} == expected and choices["cpu_flags_simulated"] is True
+    cfg.zero_stage = 1
+    assert resolved_choices(cfg, rt)["model_memory_format"] == "contiguous"

@@ -1,7 +1,8 @@
 """Normalisation layers shared by the generator and the discriminator.
 
 `norm` is one of:
-- ``"batch"``: ``nn.BatchNorm2d`` (affine, running statistics), the paper's choice.
+- ``"batch"``: `BatchNorm2d`, ``nn.BatchNorm2d`` (affine, running statistics), the paper's choice, that also runs
+  with its affine parameters in bf16 (DeepSpeed's bf16 mode casts parameters, not the fp32 running statistics).
 - ``"instance"``: ``nn.InstanceNorm2d`` without affine parameters or running statistics, as the reference
   implementation builds it. The conv layers before it then carry a bias (nothing else would shift them).
 - ``"syncbatch"``: `SyncBatchNorm2d`, batch norm whose statistics are computed over the global batch of
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
 from torch import nn
 
 from p2p_dist.config import NORMS
@@ -38,7 +40,40 @@ def make_norm(norm: str, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if norm == "syncbatch":
         return SyncBatchNorm2d(channels)
-    return nn.BatchNorm2d(channels)
+    return BatchNorm2d(channels)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that also runs when its affine parameters are held in a lower precision than its running
+    statistics, as DeepSpeed's bf16 mode leaves them (parameters cast to bf16, buffers kept in fp32); torch's
+    kernels refuse that mix. The parameters are then cast up for the call (a few hundred values), so the layer
+    normalises with fp32 statistics and fp32 affine parameters, as it does under autocast, and the running
+    statistics stay fp32 (bf16 ones could not follow small changes: 8 bits of mantissa). Same parameters and
+    buffers as ``nn.BatchNorm2d``: checkpoints and the reference implementation's weights load unchanged."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - parent's argument name
+        if _low_precision_affine(self):
+            return _batch_norm_with_upcast_affine(self, input)
+        return super().forward(input)
+
+
+def _low_precision_affine(norm: nn.modules.batchnorm._BatchNorm) -> bool:
+    return (norm.affine and norm.running_mean is not None and norm.weight is not None
+            and norm.weight.dtype != norm.running_mean.dtype)
+
+
+def _batch_norm_with_upcast_affine(norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``_BatchNorm.forward`` for a norm that tracks running statistics, with the affine parameters cast to the
+    statistics' dtype."""
+    norm._check_input_dim(x)
+    momentum = norm.momentum if norm.momentum is not None else 0.0
+    if norm.training:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(norm.num_batches_tracked)
+    dtype = norm.running_mean.dtype
+    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight.to(dtype), norm.bias.to(dtype),
+                        norm.training, momentum, norm.eps)
 
 
 class SyncBatchNorm2d(nn.SyncBatchNorm):
@@ -54,8 +89,12 @@ class SyncBatchNorm2d(nn.SyncBatchNorm):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - parent's argument name
-        if input.device.type == "cpu" and self.training and dist.is_available() and dist.is_initialized():
-            return self._forward_cpu_synced(input)
+        distributed = dist.is_available() and dist.is_initialized()
+        if input.device.type == "cpu" and self.training and distributed:
+            return self._forward_cpu_synced(input)  # fp32 statistics whatever the parameters' dtype
+        if _low_precision_affine(self) and not (self.training and distributed and dist.get_world_size() > 1):
+            # bf16 parameters (DeepSpeed's bf16 mode) and nothing to synchronise: batch norm of this process.
+            return _batch_norm_with_upcast_affine(self, input)
         return super().forward(input)
 
     def _forward_cpu_synced(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,4 +131,4 @@ def _per_channel(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(1, -1, *([1] * (ndim - 2)))
 
 
-__all__ = ["NORMS", "SyncBatchNorm2d", "check_norm", "conv_bias", "make_norm"]
+__all__ = ["NORMS", "BatchNorm2d", "SyncBatchNorm2d", "check_norm", "conv_bias", "make_norm"]

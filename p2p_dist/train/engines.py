@@ -18,7 +18,9 @@ from torch import nn
 from p2p_dist.config import Config
 from p2p_dist.models import GANLoss, build_models
 from p2p_dist.models.translation_modes import translation_modes
-from p2p_dist.runtime import Runtime, resolve_memory_format
+from p2p_dist.runtime import Runtime, resolve_bf16_mode, resolve_memory_format, resolve_model_memory_format
+from p2p_dist.train import step_ranges as ranges
+from p2p_dist.train.step_ranges import step_range
 from p2p_dist.train.schedule import lr_factor
 
 
@@ -27,8 +29,9 @@ from p2p_dist.train.schedule import lr_factor
 ADAM_KERNEL = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 
 
-def deepspeed_config(cfg: Config, rt: Runtime) -> dict:
-    """One engine's DeepSpeed config; G and D get identical ones (each keeps its own optimizer and scaler)."""
+def deepspeed_config(cfg: Config, rt: Runtime, bf16_mode: str | None = None) -> dict:
+    """One engine's DeepSpeed config; G and D get identical ones (each keeps its own optimizer and scaler).
+    `bf16_mode` (p2p_dist.runtime.resolve_bf16_mode) says how precision=bf16 runs."""
     ds = {
         "train_micro_batch_size_per_gpu": cfg.train.batch_size,
         "gradient_accumulation_steps": cfg.train.grad_accum,
@@ -37,12 +40,28 @@ def deepspeed_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**31 - 1,  # our own logger reports progress
         "zero_allow_untested_optimizer": True,
     }
-    if rt.precision == "bf16":
+    if rt.precision == "bf16" and bf16_mode == "bf16_weights":
+        # bf16 parameters (DeepSpeed casts parameters, not buffers: batch-norm statistics stay fp32), fp32 master
+        # weights in DeepSpeed's optimizer wrapper, no loss scale. The caller casts the inputs to bf16.
+        ds["bf16"] = {"enabled": True}
+    elif rt.precision == "bf16":
         # Autocast keeps fp32 master parameters and needs no loss scale: the same maths as fp32, faster.
         ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     elif rt.precision == "fp16":
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     return ds
+
+
+def _hold_parameters_in(engine: deepspeed.DeepSpeedEngine, memory_format: torch.memory_format) -> None:
+    """Re-lay the convolution weights (and the fp32 master copies of DeepSpeed's ZeRO-0 bf16 wrapper) out in
+    `memory_format`, in place: the same values, the same Parameter objects. train.memory_format lays out the
+    inputs; a convolution runs NHWC when either operand is channels_last. After deepspeed.initialize, because
+    DeepSpeed refuses channels_last parameters (it broadcasts each as raw bytes), and at ZeRO-0 only (ZeRO >= 1
+    flattens them into contiguous buffers)."""
+    masters = getattr(engine.optimizer, "fp32_groups", [])  # FP16_UnfusedOptimizer; the client Adam has none
+    for tensor in [*engine.module.parameters(), *(master for group in masters for master in group)]:
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=memory_format)
 
 
 # The StepLosses fields that runs report (metrics.jsonl, TensorBoard, progress lines), by name.
@@ -67,6 +86,11 @@ class Pix2Pix:
         self.cfg, self.rt = cfg, rt
         generator, discriminator = build_models(cfg)
         self.memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
+        self.bf16_mode = resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision)
+        self.model_memory_format = resolve_model_memory_format(cfg.train.model_memory_format, self.memory_format,
+                                                               cfg.zero_stage)
+        # What the networks take: bf16 where DeepSpeed holds bf16 weights (no autocast casts the inputs then).
+        self.input_dtype = torch.bfloat16 if self.bf16_mode == "bf16_weights" else rt.input_dtype
         self.G = self._engine(generator, cfg.train.lr_g, total_steps)
         self.D = self._engine(discriminator, cfg.train.lr_d, total_steps)
         self.gan_loss = GANLoss(cfg.train.gan_loss)
@@ -75,15 +99,20 @@ class Pix2Pix:
         self.joint_d_forward = cfg.train.joint_d_forward and cfg.model.norm == "instance"
 
     def _engine(self, model: nn.Module, lr: float, total_steps: int) -> deepspeed.DeepSpeedEngine:
-        # Parameters stay contiguous (DeepSpeed broadcasts and ZeRO flattens them as raw bytes); where
-        # train.memory_format picks channels_last, the inputs alone make the convolutions run in NHWC.
         model = model.to(self.rt.device)
         t = self.cfg.train
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), **ADAM_KERNEL[t.adam])
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, t.decay_start))
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                          config=deepspeed_config(self.cfg, self.rt))
+                                          config=deepspeed_config(self.cfg, self.rt, self.bf16_mode))
+        if self.bf16_mode == "bf16_weights" and self.cfg.zero_stage == 0:
+            # At ZeRO-0 DeepSpeed's bf16 wrapper (FP16_UnfusedOptimizer) steps Adam once on zero gradients to create
+            # the optimizer state: the parameters stay put, but Adam's step count starts at 1, which would change
+            # every bias correction of the run. Forget that state: the first real step creates it, as in torch.
+            optimizer.state.clear()
+        if self.model_memory_format != torch.contiguous_format:
+            _hold_parameters_in(engine, self.model_memory_format)
         if self.rt.world_size == 1 and self.cfg.zero_stage == 0 and not t.single_rank_allreduce:
             # DeepSpeed would still flatten every gradient into one buffer, all-reduce it over the group of one
             # and copy it back: an identity that costs two copies of all gradients per step.
@@ -93,7 +122,7 @@ class Pix2Pix:
         return engine
 
     def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        cast = {"dtype": self.rt.input_dtype, "memory_format": self.memory_format}
+        cast = {"dtype": self.input_dtype, "memory_format": self.memory_format}
         return batch["label"].to(**cast), batch["photo"].to(**cast)
 
     def _autocast(self):
@@ -111,29 +140,37 @@ class Pix2Pix:
         """One optimiser step of both networks over `train.grad_accum` micro-batches, the same maths as one
         batch of their union: every G micro-step sees the D of after this step's update. So the fakes of all
         micro-batches are kept (with G's graph) through the D update; accumulation saves D memory, not G's."""
-        inputs = [self._inputs(batch) for batch in micro_batches]
-        fakes = [self.G(label) for label, _ in inputs]
+        with step_range(ranges.INPUTS):
+            inputs = [self._inputs(batch) for batch in micro_batches]
+        with step_range(ranges.G_FORWARD):
+            fakes = [self.G(label) for label, _ in inputs]
 
         # D update: real pairs towards 1, fake pairs towards 0, halved (the paper slows D down).
         self.D.module.requires_grad_(True)
         losses_D = []
         for (label, real), fake in zip(inputs, fakes):
-            pred_real, pred_fake = self._discriminate_pairs(label, real, fake.detach())
-            losses_D.append(0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False)))
-            self.D.backward(losses_D[-1])
-            self.D.step()  # DeepSpeed steps the optimizer at the last micro-batch only
+            with step_range(ranges.D_FORWARD):
+                pred_real, pred_fake = self._discriminate_pairs(label, real, fake.detach())
+                losses_D.append(0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False)))
+            with step_range(ranges.D_BACKWARD):
+                self.D.backward(losses_D[-1])
+            with step_range(ranges.D_OPTIMIZER):
+                self.D.step()  # DeepSpeed steps the optimizer at the last micro-batch only
 
         # G update against the just-updated D: fool it, and stay close to the real photo in L1.
         self.D.module.requires_grad_(False)
         losses_G: dict[str, list[torch.Tensor]] = {"loss_G_gan": [], "loss_G_l1": [], "loss_G": []}
         for (label, real), fake in zip(inputs, fakes):
-            with self._autocast():  # a raw module call bypasses the engine's autocast
-                pred_fake_for_G = self.D.module(torch.cat([label, fake], 1))
-            loss_G_gan = self.gan_loss(pred_fake_for_G, True)
-            loss_G_l1 = F.l1_loss(fake.float(), real.float())
-            loss_G = loss_G_gan + self.cfg.train.lambda_l1 * loss_G_l1
-            self.G.backward(loss_G)
-            self.G.step()
+            with step_range(ranges.G_STEP_D_FORWARD):
+                with self._autocast():  # a raw module call bypasses the engine's autocast
+                    pred_fake_for_G = self.D.module(torch.cat([label, fake], 1))
+                loss_G_gan = self.gan_loss(pred_fake_for_G, True)
+                loss_G_l1 = F.l1_loss(fake.float(), real.float())
+                loss_G = loss_G_gan + self.cfg.train.lambda_l1 * loss_G_l1
+            with step_range(ranges.G_BACKWARD):
+                self.G.backward(loss_G)
+            with step_range(ranges.G_OPTIMIZER):
+                self.G.step()
             for name, value in (("loss_G_gan", loss_G_gan), ("loss_G_l1", loss_G_l1), ("loss_G", loss_G)):
                 losses_G[name].append(value.detach())
         means_G = {name: torch.stack(values).mean() for name, values in losses_G.items()}

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from p2p_dist.config import Config
 from p2p_dist.models import GANLoss, build_models
+from p2p_dist.train import step_ranges as ranges
+from p2p_dist.train.step_ranges import step_range
 
 # The step's precisions (as peers in the benchmarks): the autocast dtype of each; fp16 also scales the loss.
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,36 +49,47 @@ class ReferenceStep:
         dtype = self.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
-    def _backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def _step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
-            loss.backward()
             optimizer.step()
         else:
-            self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
 
     def __call__(self, batch: dict) -> None:
-        label = batch["label"].to(self.device, memory_format=self.memory_format)
-        real = batch["photo"].to(self.device, memory_format=self.memory_format)
-        with self._autocast():
+        # The same named ranges as Pix2Pix.train_step: a profile of either splits the step alike.
+        with step_range(ranges.INPUTS):
+            label = batch["label"].to(self.device, memory_format=self.memory_format)
+            real = batch["photo"].to(self.device, memory_format=self.memory_format)
+        with step_range(ranges.G_FORWARD), self._autocast():
             fake = self.G(label)
 
         self.D.requires_grad_(True)
-        self.optimizer_D.zero_grad()
-        with self._autocast():
+        with step_range(ranges.D_OPTIMIZER):
+            self.optimizer_D.zero_grad()
+        with step_range(ranges.D_FORWARD), self._autocast():
             loss_fake = self.criterion(self.D(torch.cat([label, fake.detach()], 1)), False)
             loss_real = self.criterion(self.D(torch.cat([label, real], 1)), True)
             loss_D = 0.5 * (loss_fake + loss_real)
-        self._backward_and_step(loss_D, self.optimizer_D)
+        with step_range(ranges.D_BACKWARD):
+            self._backward(loss_D)
+        with step_range(ranges.D_OPTIMIZER):
+            self._step(self.optimizer_D)
 
         self.D.requires_grad_(False)
-        self.optimizer_G.zero_grad()
-        with self._autocast():
+        with step_range(ranges.G_OPTIMIZER):
+            self.optimizer_G.zero_grad()
+        with step_range(ranges.G_STEP_D_FORWARD), self._autocast():
             loss_G = (self.criterion(self.D(torch.cat([label, fake], 1)), True)
                       + self.lambda_l1 * F.l1_loss(fake, real))
-        self._backward_and_step(loss_G, self.optimizer_G)
-        if self.scaler is not None:
-            self.scaler.update()
+        with step_range(ranges.G_BACKWARD):
+            self._backward(loss_G)
+        with step_range(ranges.G_OPTIMIZER):
+            self._step(self.optimizer_G)
+            if self.scaler is not None:
+                self.scaler.update()
 
     def state_roots(self) -> list[object]:
         return [self.G, self.D, self.optimizer_G, self.optimizer_D]

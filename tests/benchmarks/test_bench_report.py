@@ -20,7 +20,9 @@ def full_result() -> dict:
         "machine_name": "test-cpu-2c", "date": "2026-01-01", "command": "python benchmarks/run.py",
         "load_start": [1.0, 1.0, 1.0], "load_end": [2.0, 2.0, 2.0],
         "machine": {"cpu_model": "Test CPU", "cpu_cores": 2, "memory_gib": 24.0, "gpus": [], "torch": "2",
-                    "deepspeed": "0.19", "dali": "2.4", "webdataset": "1.0", "python": "3.11"},
+                    "deepspeed": "0.19", "dali": "2.4", "webdataset": "1.0", "python": "3.11",
+                    "cpu_simd": ["avx2", "avx512_bf16", "avx512f"], "cpu_flags_simulated": True,
+                    "cpu_native_bf16": True},
         "plan": {"resolution": 256, "model_overrides": [], "quick": False},
         "targets": [{"target": "default >= 2x reference", "measured": "1.10x", "met": False}],
         "sections": {
@@ -35,7 +37,15 @@ def full_result() -> dict:
             "baseline": {**loads, "comparison": [{"batch_size": 4, "reference": summarise([0.3]),
                                                   "default": summarise([0.33]), "default_precision": "fp32",
                                                   "ratio": 1.1}],
-                         "reference_rows": [step_row("reference eager fp32", 1, 0.3, implementation="reference")]},
+                         "reference_rows": [step_row("reference eager fp32", 1, 0.3, implementation="reference")],
+                         "headline": [{"batch_size": 4, "default": summarise([0.33]), "default_precision": "bf16",
+                                       "best_peer": "reference + bf16 autocast", "best_peer_images_per_s":
+                                       summarise([0.3]), "vs_best_peer": 1.1, "vs_fp32_reference": 1.7}]},
+            "breakdown": {**loads, "batch_size": 4, "steps": 2, "best_peer": "reference + bf16 autocast",
+                          "best_peer_chosen_by": "fastest peer measured",
+                          "variants": [breakdown("p2p_dist default", True), breakdown("reference + bf16 autocast")],
+                          "data_wait": {"fraction": 0.004, "ms": 5.0, "loop_step_ms": 1250.0, "batch_size": 4,
+                                        "precision": "bf16"}},
             "loop": {**loads, "run": run, "vs_isolated_step": 0.93},
             "scaling": {**loads, "rows": [{"processes": n, "images_per_s": summarise([r]),
                                            "per_process_images_per_s": r / n, "speedup": r / 0.6,
@@ -43,25 +53,46 @@ def full_result() -> dict:
                                            "data_wait_fraction": summarise([0.0])}
                                           for n, r in ((1, 0.6), (2, 0.54))],
                         "note": "CPU processes share the cores."},
-            "candidates": {**loads, "rows": [{**step_row("channels_last inputs", 4, 0.5), "vs_default": 1.25}],
+            "candidates": {**loads, "rows": [{**step_row("channels_last inputs", 4, 0.5), "vs_default": 1.25,
+                                     "cpu_vs_default": 0.9, "group": 1}],
                            "adam": [{"implementation": "fused", "step_s": summarise([0.1]), "speedup": 3.0,
                                      "max_abs_diff": 1e-9}]},
         },
-        "profile": {"variant": "p2p_dist default", "batch_size": 4, "steps": 2, "trace": "t.json",
-                    "top_ops": [{"name": "aten::convolution_backward", "calls": 58, "self_cpu_ms": 900.0,
-                                 "self_cpu_share": 0.4}]},
     }
+
+
+def breakdown(variant: str, default: bool = False) -> dict:
+    rows = [{"part": "G forward", "range": "step/G forward", "ms": 300.0, "share": 0.25, "calls": 1.0},
+            {"part": "G backward", "range": "step/G backward", "ms": 880.0, "share": 0.73, "calls": 1.0},
+            {"part": "outside the ranges", "range": None, "ms": 20.0, "share": 0.02, "calls": None}]
+    of_which = [{"part": "casts", "ms": 36.0, "share": 0.03, "calls": 176.0},
+                {"part": "host synchronisations", "ms": 0.0, "share": 0.0, "calls": 50.0}]
+    out = {"variant": variant, "implementation": "p2p_dist" if default else "reference", "precision": "bf16",
+           "default": default, "batch_size": 4, "steps": 2, "wall_ms_per_step": 1201.0, "step_ms": 1200.0,
+           "rows": rows, "of_which": of_which, "timing": "wall time on the host"}
+    if default:
+        out.update(trace="t.json", top_ops=[{"name": "aten::convolution_backward", "calls": 58, "self_cpu_ms": 900.0,
+                                             "self_cpu_share": 0.4}])
+    return out
 
 
 def test_markdown_reports_every_section_with_its_numbers_and_load():
     text = bench_report.markdown(full_result())
     for heading in ("## Targets", "## 1. Data plane", "## 2. Training step", "## 3. Against the reference",
-                    "## 4. The real loop", "## 5. Data-parallel scaling", "## Candidates", "## Profile"):
+                    "## Where a step's time goes", "## 4. The real loop", "## 5. Data-parallel scaling",
+                    "## Candidates", "## Profile"):
         assert heading in text, heading
+    assert "CPU flags: avx2 avx512_bf16 avx512f; native bf16" in text and "SIMULATED" in text
+    assert "| 4 | 0.33 (0.33-0.33) | bf16 | reference + bf16 autocast | 0.30 (0.30-0.30) | 1.10x | 1.70x |" in text
+    # The breakdown: one column pair per variant, the whole step, the loop's data wait for the default only.
+    assert "| G backward | 880.0 | 73.0% | 880.0 | 73.0% |" in text
+    assert "| **whole step** | **1200.0** | 100% | **1200.0** | 100% |" in text
+    assert "data wait in the real loop (section 4: 0.4% of its wall time, 1250 ms per step, bf16) | 5.0 | 0.4% | - | - |" in text
+    assert "| of which: host synchronisations | 0.0 (50 calls) | 0.0% |" in text
     assert "| NO |" in text  # an unmet target says so
     assert "0.40 (0.36-0.44)" in text  # median (min-max)
     assert "skipped: projected 900 s per step" in text
-    assert "1.10x" in text and "0.93x" in text and "45%" in text and "1.25x" in text
+    assert "1.10x" in text and "0.93x" in text and "45%" in text and "| 1.25x | 0.90 |" in text
     assert "load [1.0, 1.0, 1.0] -> [2.0, 1.5, 1.0]" in text
     assert "aten::convolution_backward | 29 |" in text and "| 5.00 |" in text  # CPU s/image
 
@@ -69,7 +100,6 @@ def test_markdown_reports_every_section_with_its_numbers_and_load():
 def test_markdown_leaves_out_sections_that_were_not_run():
     result = full_result()
     result["sections"] = {"data": result["sections"]["data"]}
-    del result["profile"]
     text = bench_report.markdown(result)
     assert "## 1. Data plane" in text and "## 2. Training step" not in text and "## Profile" not in text
 

@@ -8,6 +8,7 @@ from torch import nn
 
 import bench_step as bs
 from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV, Runtime
+from p2p_dist.train import step_ranges
 
 CPU_FP32 = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"),
                    precision="fp32")
@@ -202,6 +203,31 @@ def test_skipping_the_one_rank_gradient_all_reduce_trains_bit_identically(engine
             b(bs.make_batch(1, 128, torch.device("cpu"), seed=step))
     skipped, reduced = ([p.detach() for root in b.roots[:2] for p in root.parameters()] for b in built)
     assert all(torch.equal(a, b) for a, b in zip(skipped, reduced))
+
+
+@pytest.mark.parametrize("variant", [bs.default_variant(), bs.reference_peers(torch.device("cpu"))[2]],
+                         ids=["default", "bf16-channels_last-peer"])
+def test_the_step_breakdown_names_every_part_and_its_rows_add_up_to_the_step_time(engine_runtime, variant):
+    built = bs.build_variant(variant, engine_runtime, 128, model_overrides=TINY)
+    profiled = bs.profile_steps(built, 2, 128, torch.device("cpu"), steps=2)
+    rows = {r["range"]: r for r in profiled["rows"]}
+    assert list(rows) == [*step_ranges.RANGES, None]  # every named range, in step order, then the rest
+    assert all(rows[name]["ms"] > 0 and rows[name]["calls"] >= 1 for name in step_ranges.RANGES)
+    assert sum(r["ms"] for r in rows.values()) == pytest.approx(profiled["step_ms"])
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
+    assert 0 <= rows[None]["share"] < 0.25  # the named ranges cover (nearly) the whole step
+    # The step total is the wall time of the profiled steps (a few ms of loop overhead aside).
+    assert profiled["step_ms"] == pytest.approx(profiled["wall_ms_per_step"], rel=0.1, abs=3.0)
+    casts, syncs = profiled["of_which"]
+    assert casts["ms"] >= 0 and syncs["calls"] >= 0 and casts["share"] < 1
+
+
+def test_a_step_range_costs_nothing_without_a_profiler_and_is_recorded_under_one():
+    assert step_ranges.step_range("x") is step_ranges.step_range("y")  # one shared null context
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with step_ranges.step_range(step_ranges.G_FORWARD):
+            torch.ones(1).add_(1)
+    assert any(e.key == step_ranges.G_FORWARD for e in prof.key_averages())
 
 
 def test_a_variant_that_raises_is_reported_failed_and_the_others_are_still_measured():

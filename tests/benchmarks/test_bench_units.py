@@ -83,17 +83,54 @@ def test_unknown_sections_are_refused_by_name(capsys):
     assert "warp" in capsys.readouterr().err
 
 
-def test_targets_are_judged_against_the_measured_values():
-    result = {"sections": {
-        "baseline": {"comparison": [{"batch_size": 1, "ratio": 3.0}, {"batch_size": 4, "ratio": 1.5}]},
-        "loop": {"run": {"data_wait_fraction": common.summarise([0.001, 0.004])}},
+def peer(name: str, batch: int, rate: float) -> dict:
+    return {"peer": name, "precision": "bf16", "batch_size": batch, "images_per_s": common.summarise([rate])}
+
+
+def measured_run(kind_flags: dict) -> dict:
+    """Baseline (with its peers), loop and scaling as run.py records them, on a CPU of the given kind."""
+    comparison = [{"batch_size": 4, "reference": common.summarise([1.0]), "default": common.summarise([2.5]),
+                   "default_precision": "bf16", "ratio": 2.5}]
+    peers = [peer("reference eager fp32", 4, 1.0), peer("reference + bf16 autocast", 4, 1.6),
+             peer("reference + bf16 autocast + channels_last", 4, 2.0)]
+    return {"machine": {"gpus": [], **kind_flags}, "sections": {
+        "baseline": {"comparison": comparison, "peers": peers, "headline": bench_run.headline_rows(peers, comparison),
+                     "reference_rows": [{"variant": "reference eager fp32", "batch_size": 4,
+                                         "images_per_s": common.summarise([1.0]), "flops_per_image": 1.0}]},
+        "loop": {"run": {"batch_size_per_process": 4, "images_per_s": common.summarise([2.4, 2.4]),
+                         "data_wait_fraction": common.summarise([0.001, 0.004])}},
         "scaling": {"rows": [{"processes": 1, "speedup": 1.0, "efficiency": 1.0},
                              {"processes": 2, "speedup": 0.9, "efficiency": 0.45}]},
     }}
-    ratio, wait, scaling = bench_run.evaluate_targets(result)
-    assert ratio["met"] is False and ratio["measured"] == "1.50x"
+
+
+def test_the_headline_is_the_default_over_the_best_peer_and_the_targets_follow_the_cpu_kind():
+    result = measured_run({"cpu_native_bf16": True})
+    (head,) = result["sections"]["baseline"]["headline"]
+    assert head["best_peer"] == "reference + bf16 autocast + channels_last"
+    assert head["vs_best_peer"] == pytest.approx(1.25) and head["vs_fp32_reference"] == 2.5
+    headline, fp32, loop_vs_best, loop_vs_fp32, wait, scaling = bench_run.evaluate_targets(result)
+    assert headline["measured"] == "1.25x (best peer: reference + bf16 autocast + channels_last)"
+    assert headline["met"] is None and fp32["measured"].startswith("2.50x") and fp32["met"] is None
+    # Native bf16: the real loop >= 1.3x the best peer's step and >= 2x the fp32 reference's.
+    assert loop_vs_best["target"].startswith("native-bf16 CPU: the real loop >= 1.3x the best peer's step")
+    assert loop_vs_best["met"] is False and loop_vs_best["measured"].startswith("1.20x (2.40 vs 2.00 images/s")
+    assert loop_vs_fp32["met"] is True and loop_vs_fp32["measured"].startswith("2.40x")
     assert wait["met"] is True
     assert scaling["met"] is None and "45%" in scaling["measured"]
+    # An AVX2-only CPU: the real loop >= 1.3x the fp32 reference's step (bf16 peers are no contest there).
+    avx2 = bench_run.evaluate_targets(measured_run({"cpu_native_bf16": False}))
+    (loop_target,) = [t for t in avx2 if "the real loop >=" in t["target"]]
+    assert loop_target["target"] == "AVX2-only CPU: the real loop >= 1.3x the reference eager fp32's step at batch 4"
+    assert loop_target["met"] is True
+
+
+def test_a_baseline_without_peers_still_judges_the_loop_against_the_fp32_reference():
+    result = measured_run({"cpu_native_bf16": True})
+    baseline = result["sections"]["baseline"]
+    del baseline["peers"], baseline["headline"]
+    loop = [t for t in bench_run.evaluate_targets(result) if "the real loop >=" in t["target"]]
+    assert [t["met"] for t in loop] == [True, True]  # the fp32 reference is the only (so the best) peer measured
 
 
 def test_the_speed_up_target_reports_the_bound_set_by_the_fp32_matmul_peak():
@@ -108,6 +145,30 @@ def test_the_speed_up_target_reports_the_bound_set_by_the_fp32_matmul_peak():
     assert ratio["measured"].startswith("0.90x; at unchanged fp32 maths at most 3.00x here")
 
 
+def test_on_cuda_the_target_is_the_default_steps_share_of_the_bf16_peak_at_batch_32_or_more():
+    rows = [{"default": True, "batch_size": 16, "utilisation_of_bf16_peak": 0.5},
+            {"default": True, "batch_size": 64, "utilisation_of_bf16_peak": 0.31},
+            {"default": False, "batch_size": 64, "utilisation_of_bf16_peak": 0.9}]
+    (target,) = bench_run.evaluate_targets({"machine": {"gpus": ["H200"]}, "sections": {"step": {"rows": rows}}})
+    assert target["measured"] == "31.0% at batch 64" and target["met"] is False
+
+
+def test_the_breakdown_takes_the_fastest_measured_peer_and_the_loops_data_wait():
+    cpu = torch.device("cpu")
+    baseline = {"peers": [peer("reference eager fp32", 4, 1.0), peer("reference + bf16 autocast", 4, 3.0),
+                          peer("reference + bf16 autocast + channels_last", 2, 9.0)]}
+    chosen, why = bench_run.best_peer(baseline, 4, cpu)
+    assert chosen.name == "reference + bf16 autocast" and "measured" in why
+    fallback, why = bench_run.best_peer(None, 4, cpu)
+    assert fallback.implementation == "reference" and "expected" in why
+    result = {"sections": {"breakdown": {"variants": []}, "loop": {"run": {
+        "batch_size_per_process": 4, "images_per_s": common.summarise([2.0]), "precision": "bf16",
+        "data_wait_fraction": common.summarise([0.01])}}}}
+    bench_run.attach_data_wait(result)
+    wait = result["sections"]["breakdown"]["data_wait"]
+    assert wait["loop_step_ms"] == pytest.approx(2000.0) and wait["ms"] == pytest.approx(20.0)
+
+
 def test_the_gpu_check_plan_measures_the_papers_model_at_batch_32_and_64_with_the_peers():
     plan = bench_run.make_plan(torch.device("cuda"), quick=False, resolution=256, gpu_check=True)
     assert plan.step_batches == [32, 64] and plan.resolution == 256 and plan.model_overrides == []
@@ -116,7 +177,8 @@ def test_the_gpu_check_plan_measures_the_papers_model_at_batch_32_and_64_with_th
     assert dry.quick and dry.reference_peers and dry.step_batches == [2] and dry.scaling_processes == [1]
     with pytest.raises(SystemExit, match="--quick"):
         bench_run.make_plan(torch.device("cpu"), quick=False, resolution=256, gpu_check=True)
-    assert not bench_run.make_plan(torch.device("cpu"), quick=True, resolution=256).reference_peers
+    assert bench_run.make_plan(torch.device("cpu"), quick=False, resolution=256).reference_peers  # make bench
+    assert not bench_run.make_plan(torch.device("cpu"), quick=False, resolution=256).quick
 
 
 def test_peer_comparison_is_the_default_over_each_peer_at_the_same_batch():
