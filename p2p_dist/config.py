@@ -29,6 +29,7 @@ LABEL_ENCODINGS = ("color", "onehot")         # data.label_encoding: p2p_dist.da
 NORMS = ("batch", "instance", "syncbatch")    # model.norm: p2p_dist.models.norm.make_norm
 GAN_MODES = ("vanilla", "lsgan")              # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
+NORM_MODES = ("per-image", "running")         # eval.norm_mode: p2p_dist.models.translation_modes
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:  # noqa: A002
@@ -116,6 +117,10 @@ class EvalConfig:
     fcn: bool = opt(True, "Include the FCN-score in periodic evaluation (trains the segmenter once if needed).")
     fid: bool = opt(False, "Include FID/KID in periodic evaluation (Inception is slow on a CPU).")
     segmenter: str = opt("", "Segmenter checkpoint for the FCN-score; default: trained and cached next to the shards.")
+    norm_mode: str = opt("per-image", "Test-time statistics of batch-norm and syncbatch generators in sample grids, "
+                         "periodic evaluation, sweeps and (as their default) launch/evaluate.py and "
+                         "launch/translate.py: per-image = each image's own, computed one image at a time (the "
+                         "paper's protocol); running = the running statistics of training.", choices=NORM_MODES)
 
 
 @dataclass

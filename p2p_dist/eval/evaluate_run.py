@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from p2p_dist.data.loaders.build import build_loader, loader_options
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import CEILING_PREFIX, Evaluator
 from p2p_dist.eval.report import metrics_table, write_report
 from p2p_dist.eval.segmenter.ensure import run_segmenter_path, segmenter_for
-from p2p_dist.models.translation_modes import translation_modes
+from p2p_dist.models.translation_modes import recorded_norm_mode, translation_modes
+from p2p_dist.progress import progress_bar
 from p2p_dist.run_dir import RunDir, resolve_checkpoint
 from p2p_dist.runtime import init_runtime, shutdown
 from p2p_dist.train.samples import sample_grid, save_grid
@@ -27,10 +27,11 @@ EVAL_PRECISION = "fp32"
 def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "val", shards: Path | None = None,
                  batch_size: int = 8, max_images: int | None = None, segmenter: Path | None = None,
                  fcn: bool = True, fid: bool = True, kid_subset_size: int = 100, dropout: bool = True,
-                 norm_mode: str = "eval", seed: int = 0) -> dict:
+                 norm_mode: str | None = None, seed: int = 0) -> dict:
     """Metrics of the generated photos (and the FCN ceiling of the real ones) over the split, on every rank;
     rank 0 writes RUN/eval/<tag>.json and .md and prints the table. `max_images` scores the split's first N
-    images only."""
+    images only. `norm_mode`: the test-time statistics of batch-norm generators (see
+    p2p_dist.models.translation_modes); None takes the run's eval.norm_mode, each image's own by default."""
     ckpt = resolve_checkpoint(run_dir, checkpoint)
     generator, cfg = load_generator(run_dir, ckpt, device="cpu")
     # The options stand in for the run's own settings, so the segmenter is found as the run's would be.
@@ -38,6 +39,7 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
         cfg.data.shards = str(shards)
     if segmenter is not None:
         cfg.eval.segmenter = str(segmenter)
+    norm_mode = norm_mode or cfg.eval.norm_mode
     trained_precision, cfg.precision = cfg.precision, EVAL_PRECISION
     rt = init_runtime(cfg)
     try:
@@ -55,22 +57,20 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
             # The same segmenter on the real photos too: the paper's "ground truth" row, in the same pass.
             generated = Evaluator(rt.device, fid_kid=fid, fcn=fcn, fcn_ceiling=fcn, kid_subset_size=kid_subset_size)
             torch.manual_seed(seed + rt.rank)  # the test-time dropout noise
-            progress = (lambda it, total: tqdm(it, total=total, desc=f"evaluate {split}", unit="batch")) \
+            progress = (lambda it, total: progress_bar(total, f"evaluate {split}", "batch", iterable=it)) \
                 if rt.is_main else None
-            with translation_modes(generator, dropout=dropout, norm_mode=norm_mode):
-                metrics = evaluate(lambda batch: generator(batch["label"]), loader, generated, seg, max_images,
+            with translation_modes(generator, dropout=dropout, norm_mode=norm_mode) as translate:
+                metrics = evaluate(lambda batch: translate(batch["label"]), loader, generated, seg, max_images,
                                    progress)
-                # Every rank runs the generator for the grid, not only rank 0, which saves it: batch norm in
-                # train mode (--norm-mode train) with model.norm=syncbatch all-reduces its statistics, and
-                # would wait forever for ranks that do not join.
-                grid = _grid(generator, loader)
+                grid = _grid(translate, loader) if rt.is_main else None
             ceiling = {key.removeprefix(CEILING_PREFIX): metrics.pop(key)
                        for key in [k for k in metrics if k.startswith(CEILING_PREFIX)]} or None
         finally:
             loader.close()
         result = {"run_dir": str(run_dir), "checkpoint": ckpt.name, "num_images": num_images, "metrics": metrics,
                   "ceiling": ceiling, "world_size": rt.world_size,
-                  "settings": {"split": split, "shards": d.shards, "dropout": dropout, "norm_mode": norm_mode,
+                  "settings": {"split": split, "shards": d.shards, "dropout": dropout,
+                               "norm_mode": recorded_norm_mode(generator, norm_mode),
                                "segmenter": str(run_segmenter_path(cfg)) if fcn else "",
                                "width": d.crop_size, "height": d.crop_size, "seed": seed,
                                "precision": EVAL_PRECISION, "kid_subset_size": kid_subset_size if fid else None}}
@@ -85,10 +85,10 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | None = None, split: str = "
         shutdown()
 
 
-def _grid(generator, loader) -> torch.Tensor:
-    """This rank's first batch translated whole (batch statistics as in the evaluation), its first rows shown."""
+def _grid(translate, loader) -> torch.Tensor:
+    """The first images of this rank's first batch, translated as in the evaluation."""
     batch = next(iter(loader.epoch(0)))
     n = min(GRID_IMAGES, len(batch["key"]))
     with torch.no_grad():
-        fake = generator(batch["label"])[:n]
+        fake = translate(batch["label"][:n])
     return sample_grid(batch["ids"][:n], fake, batch["photo"][:n])

@@ -1,10 +1,13 @@
 """`evaluate`: the loop over a split behind launch/evaluate.py and periodic evaluation, on real (tiny) shards."""
 
 import pytest
+import torch
 
 from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.eval.evaluate import evaluate
 from p2p_dist.eval.metrics import Evaluator
+from p2p_dist.models import UNetGenerator
+from p2p_dist.models.translation_modes import translation_modes
 
 
 def val_loader(shards, batch_size: int):
@@ -40,3 +43,44 @@ def test_max_images_must_be_positive(tiny_shards):
             evaluate(mirrored, loader, Evaluator(fid_kid=False, fcn=False), None, max_images=0)
     finally:
         loader.close()
+
+
+def batch_norm_generator() -> UNetGenerator:
+    """A small unet_128 with batch norm whose running statistics differ from any image's own (as after training)."""
+    torch.manual_seed(0)
+    generator = UNetGenerator(3, num_downs=7, ngf=4, norm="batch")
+    for layer in generator.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.uniform_(-1, 1)
+            layer.running_var.uniform_(0.5, 2)
+    return generator.eval()
+
+
+def test_metrics_do_not_depend_on_the_batch_size_nor_on_the_repeats_padding_the_last_batch(tiny_shards):
+    """Per-image statistics, one image at a time: batch 3 over 4 images pads its last batch with two wrap-around
+    repeats, and still generates exactly the photos batch 1 generates (dropout noise included, drawn image by
+    image), so it scores the same."""
+    generator = batch_norm_generator()
+    scores, photos = {}, {}
+    for batch_size in (1, 3, 4):
+        loader = val_loader(tiny_shards, batch_size)
+        photos[batch_size] = {}
+
+        def generate(batch, seen=photos[batch_size]):
+            fake = translate(batch["label"])
+            for key, photo, repeat in zip(batch["key"], fake, batch["is_repeat"]):
+                if not repeat:
+                    seen[key] = photo
+            return fake
+
+        try:
+            with translation_modes(generator, dropout=True, norm_mode="per-image") as translate:
+                torch.manual_seed(7)
+                scores[batch_size] = evaluate(generate, loader, Evaluator(fid_kid=False, fcn=False), None)
+        finally:
+            loader.close()
+    assert len(photos[1]) == 4 and photos[3].keys() == photos[1].keys() == photos[4].keys()
+    for key, photo in photos[1].items():
+        assert torch.equal(photos[3][key], photo) and torch.equal(photos[4][key], photo), key
+    # Metric sums accumulate per batch: equal up to float rounding.
+    assert scores[3] == pytest.approx(scores[1], rel=1e-6) and scores[4] == pytest.approx(scores[1], rel=1e-6)

@@ -63,21 +63,24 @@ def test_two_process_evaluation_gives_the_same_numbers_as_one(tiny_run, tiny_seg
     assert double["ceiling"] == pytest.approx(single["ceiling"], rel=1e-5, abs=1e-6)
 
 
-def test_train_norm_mode_with_syncbatch_on_two_processes_matches_one_process_over_the_first_n_images(
-        tmp_path_factory, tiny_shards):
-    """Two processes with batch 2 see the global batch one process with batch 4 sees: synced batch statistics
-    make their photos, and so the metrics of the first 3 images, the same. The sample grid, made on every
-    rank, must not leave rank 0 alone in a batch-norm all-reduce (it hung)."""
+def test_per_image_syncbatch_on_two_processes_matches_one_process_at_another_batch_size(tmp_path_factory, tiny_shards):
+    """Per-image statistics (the default) never span images or ranks: two processes with batch 1 give the photos,
+    and so the metrics of the first 3 images, of one process with batch 4 (whose one batch also holds the fourth
+    image). The old batch-statistics mode (--norm-mode train) depended on both and is gone."""
     run = tmp_path_factory.mktemp("eval_syncbatch") / "run"
     run_training(run, tiny_shards, "train.steps=2", "model.norm=syncbatch")
-    common = ("--no-fcn", "--no-fid", "--no-dropout", "--norm-mode", "train", "--max-images", "3")
+    common = ("--no-fcn", "--no-fid", "--no-dropout", "--max-images", "3")
     evaluate(run, *common, "--batch-size", "4")
     single = json.loads((run / "eval" / "step_000002.json").read_text())
-    evaluate(run, *common, "--batch-size", "2", nprocs=2)
+    evaluate(run, *common, "--batch-size", "1", nprocs=2)
     double = json.loads((run / "eval" / "step_000002.json").read_text())
     assert single["num_images"] == double["num_images"] == 3 and double["world_size"] == 2
-    assert double["metrics"] == pytest.approx(single["metrics"], rel=1e-4, abs=1e-6)
+    assert single["settings"]["norm_mode"] == double["settings"]["norm_mode"] == "per-image"
+    assert double["metrics"] == pytest.approx(single["metrics"], rel=1e-5, abs=1e-6)
     assert (run / "eval" / "step_000002_samples.png").stat().st_size > 0
+    refused = subprocess.run([sys.executable, EVALUATE, "--run", str(run), "--norm-mode", "train"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "invalid choice: 'train'" in refused.stderr
 
 
 def test_an_fp16_run_evaluates_in_fp32_on_cpu_with_the_segmenter_cached_for_its_crop_size(
