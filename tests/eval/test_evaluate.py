@@ -84,3 +84,39 @@ def test_metrics_do_not_depend_on_the_batch_size_nor_on_the_repeats_padding_the_
         assert torch.equal(photos[3][key], photo) and torch.equal(photos[4][key], photo), key
     # Metric sums accumulate per batch: equal up to float rounding.
     assert scores[3] == pytest.approx(scores[1], rel=1e-6) and scores[4] == pytest.approx(scores[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("holdout", [0, 5])
+def test_periodic_evaluation_scores_the_held_out_train_images_when_there_are_some_else_val(tiny_shards, holdout):
+    """What a sweep's objective is scored on: with data.holdout (sweeps set it from tune.holdout_images) the first
+    eval.num_images of the held-out train images, which the trainer's loader skips; val stays for the report."""
+    from p2p_dist.config import load_config
+    from p2p_dist.data.holdout import holdout_indices
+    from p2p_dist.data.loaders.build import loader_options
+    from p2p_dist.eval.periodic import PeriodicEvaluation
+    from p2p_dist.runtime import Runtime
+
+    cfg = load_config(None, ["train.steps=1", "data.loader=webdataset", "data.num_workers=1", "data.load_size=128",
+                             "data.crop_size=128", "eval.fcn=false", "eval.num_images=3", f"data.holdout={holdout}"])
+    rt = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"), precision="fp32")
+    periodic = PeriodicEvaluation(cfg, rt, tiny_shards)
+    scored = []
+    try:
+        periodic(lambda label: scored.append(label) or torch.zeros(len(label), 3, 128, 128))
+        keys = periodic.loader.shards.keys
+    finally:
+        periodic.close()
+    train = build_loader(tiny_shards, "train", loader_options(cfg.data, batch_size=2, train=True, seed=0))
+    train_keys = train.shards.keys
+    train.close()
+    if holdout:
+        whole = build_loader(tiny_shards, "train", backend="webdataset", batch_size=2, num_workers=0)
+        all_train = whole.shards.keys
+        whole.close()
+        assert keys == [all_train[i] for i in holdout_indices(len(all_train), holdout)]
+        assert not set(keys) & set(train_keys) and len(train_keys) == len(all_train) - holdout
+    else:
+        val = val_loader(tiny_shards, 2)
+        assert keys == val.shards.keys
+        val.close()
+    assert sum(len(label) for label in scored) >= 3
