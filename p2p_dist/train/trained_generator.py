@@ -19,10 +19,11 @@ def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     """The generator of a training run directory (written by launch/train.py) and the run's config.
 
     `checkpoint`: None for the latest, a tag such as ``step_000500``, or a checkpoint directory. `device`:
-    None picks cuda when available. The generator is returned in eval mode, in fp32; weights are loaded without
-    DeepSpeed engines, so any ZeRO stage <= 2 and any world size work. An fp16 run's generator gets its fp32
-    master weights (see `p2p_dist.train.checkpoint.load_weights`); ``generator.weights_source`` says which copy
-    was read.
+    None picks cuda when available. The generator is returned in eval mode (called bare, batch norm would use its
+    running statistics: translate under p2p_dist.models.translation_modes for the paper's per-image statistics),
+    in fp32; weights are loaded without DeepSpeed engines, so any ZeRO stage <= 2 and any world size work. An
+    fp16 run's generator gets its fp32 master weights (see `p2p_dist.train.checkpoint.load_weights`);
+    ``generator.weights_source`` says which copy was read.
     """
     run = RunDir(run_dir)
     cfg = run.read_config()
