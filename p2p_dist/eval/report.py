@@ -73,9 +73,9 @@ def protocol(*, split: str, num_images: int, split_images: int, width: int, heig
             f"segmenter {segmenter} (trained on the real train photos) labels the generated photos; its predictions "
             f"are scored against the input label maps at {width}x{height} over the 19 train ids (255 ignored), one "
             f"confusion matrix over all images; classes absent from both labels and predictions are left out of "
-            f"the means (the paper's Caffe code counts them as 0 over all 19). The ceiling is the same segmenter "
-            f"on the real photos; relative_to_ceiling = generated / ceiling. Comparable only with scores from the "
-            f"same segmenter, not with the paper's Caffe FCN-8s numbers")
+            f"the means (the paper's evaluation code counts them as 0 in a mean over all 19). The ceiling is the "
+            f"same segmenter on the real photos; relative_to_ceiling = generated / ceiling. Comparable only with "
+            f"scores from the same segmenter, not with the paper's Caffe FCN-8s numbers")
     if fid:
         kid = (f"KID: the mean over {kid_subsets} random subsets of {kid_subset_size} real and {kid_subset_size} "
                f"generated images (polynomial kernel)")
