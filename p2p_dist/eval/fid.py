@@ -11,6 +11,11 @@ gives slightly different (non-standard) numbers.
 
 Images enter as float tensors in [-1, 1] and are quantised to uint8 (round to nearest), the form in which
 generated images are saved and compared.
+
+On CUDA the Inception forward runs with TF32 off (``torch.backends.cuda.matmul.allow_tf32`` and
+``torch.backends.cudnn.allow_tf32`` False, restored afterwards): cuDNN's convolutions default to TF32 on
+Ampere and later GPUs, whose 10-bit mantissa would move the features, and so FID/KID, away from the fp32
+reference values (torch-fidelity and the original TF code compute in full fp32).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +213,18 @@ def build_inception(
     return extractor.to(device)
 
 
+@contextmanager
+def tf32_off() -> Iterator[None]:
+    """CUDA matmuls and cuDNN convolutions in full fp32 (no TF32) inside, the previous settings restored after."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _kid_metric(feature: nn.Module, subsets: int, subset_size: int) -> KernelInceptionDistance:
     # KID warns that it buffers every feature (8-16 KiB per image at 2048-d): expected, and small here.
     with warnings.catch_warnings():
@@ -267,8 +286,9 @@ class InceptionMetrics(nn.Module):
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
-        """(B,3,H,W) images in [-1, 1] -> (B, feature) float64 Inception features."""
-        return self.extractor(to_uint8(images)).double()
+        """(B,3,H,W) images in [-1, 1] -> (B, feature) float64 Inception features, computed in full fp32."""
+        with tf32_off():
+            return self.extractor(to_uint8(images)).double()
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:

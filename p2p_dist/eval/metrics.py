@@ -13,9 +13,14 @@ Conventions (all inputs are float images in [-1, 1], as the generator produces t
   * ``class_acc``  = mean over classes PRESENT IN THE LABELS of (correct pixels of c / labelled pixels of c)
   * ``mean_iou``   = mean over classes present in the labels OR the predictions of TP / (TP + FP + FN)
 
-  A class absent from both is excluded from the means (its score is 0/0), the convention of the FCN
-  evaluation code used by the pix2pix paper (nanmean over per-class scores). A class only predicted
-  counts with IoU 0; it has no accuracy (no labelled pixel) so it does not enter ``class_acc``.
+  A class absent from both is left out of the means (its score is 0/0). This DIFFERS from the FCN evaluation
+  code behind the pix2pix paper's numbers (pytorch-CycleGAN-and-pix2pix, scripts/eval_cityscapes/util.py,
+  from clockwork-fcn): it divides by ``count + 1e-12``, so an absent class scores 0, never NaN, and its
+  ``nanmean`` averages over all 19 classes with the absent ones counted as 0. On full Cityscapes val every
+  class occurs and the two agree; on a set where some never occur (four of the demo scenes' 19) p2p_dist's
+  means are over the classes present, the reference's would be lower by the share of absent classes.
+  A class only predicted counts with IoU 0; it has no accuracy (no labelled pixel) so it does not enter
+  ``class_acc`` (the reference counts its accuracy as 0 too).
 """
 
 from __future__ import annotations

@@ -17,17 +17,21 @@ from p2p_dist.runtime import Runtime
 
 
 class PeriodicEvaluation:
-    """Image quality on a fixed val subset during training (FCN-score, L1/SSIM/PSNR, FID/KID if enabled), so
-    that a sweep can optimise what users look at, not a loss. All ranks share the work.
+    """Image quality on a fixed subset during training (FCN-score, L1/SSIM/PSNR, FID/KID if enabled), so that a
+    sweep can optimise what users look at, not a loss. All ranks share the work. The subset is the first
+    eval.num_images of the train images held out from training (data.holdout > 0, as sweeps set it: the val
+    split stays untouched for the final report), else of val. Batch norm uses eval.norm_mode's statistics
+    (the trainer's `translate`).
 
     Built by the trainer on every rank as ``PeriodicEvaluation(cfg, rt, shards)``; called with the generator
     as a function of label maps, it returns the metrics (equal on every rank)."""
 
     def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
         self.segmenter = segmenter_for(cfg, rt) if cfg.eval.fcn else None
-        self.loader = build_loader(shards, "val", loader_options(
+        holdout = cfg.data.holdout > 0
+        self.loader = build_loader(shards, "train" if holdout else "val", loader_options(
             cfg.data, batch_size=cfg.train.batch_size, train=False, seed=cfg.seed, rank=rt.rank,
-            world_size=rt.world_size, device=rt.device))
+            world_size=rt.world_size, device=rt.device, holdout_only=holdout))
         self.num_images = cfg.eval.num_images
         self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
 

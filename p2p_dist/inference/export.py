@@ -17,9 +17,15 @@ from p2p_dist.data import labels
 from p2p_dist.inference.label_maps import Size
 from p2p_dist.inference.translate import size_hint
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, sidecar_path
-from p2p_dist.models.translation_modes import apply_test_time_modes
+from p2p_dist.models.translation_modes import DEFAULT_NORM_MODE, apply_test_time_modes, recorded_norm_mode
 
 EXPORT_FORMATS = ("torchscript", "onnx")
+NORM_DESCRIPTIONS = {
+    "per-image": "batch norm with each image's own statistics (mean and variance over its height and width), "
+                 "whatever the batch: the pix2pix paper's test protocol (batch size 1, train mode)",
+    "running": "batch norm with the running statistics stored in training",
+    "instance": "instance norm: each image's own statistics",
+}
 
 
 class _SizeChecked(nn.Module):
@@ -63,7 +69,7 @@ def _has_active_dropout(module: nn.Module) -> bool:
     return any(isinstance(layer, nn.modules.dropout._DropoutNd) and layer.training for layer in module.modules())
 
 
-def _describe_export(cfg: Config, path: Path, fmt: str, multiple: int, dropout: bool,
+def _describe_export(cfg: Config, path: Path, fmt: str, multiple: int, dropout: bool, norm_mode: str,
                      checkpoint: str | None) -> dict:
     encoding = cfg.data.label_encoding
     if encoding == "color":
@@ -82,8 +88,17 @@ def _describe_export(cfg: Config, path: Path, fmt: str, multiple: int, dropout: 
                    "value_range": [-1.0, 1.0], "to_uint8": "round((photo + 1) * 127.5)"},
         "accepted_sizes": {"height_multiple_of": multiple, "width_multiple_of": multiple,
                            "trained_at": [cfg.data.crop_size, cfg.data.crop_size], "batch": "any"},
+        "geometry": {
+            "input_size": [cfg.data.crop_size, cfg.data.crop_size],
+            "how": f"feed label maps as in training: label ids resized nearest-neighbour to {cfg.data.crop_size}x"
+                   f"{cfg.data.crop_size} whatever their aspect ratio (2:1 Cityscapes frames are squashed; source "
+                   f"pixel of output pixel i = min(floor((i + 0.5) * in / out), in - 1) per axis), then encoded; "
+                   f"resize the photo back to the map's size if wanted. Other accepted sizes show objects at "
+                   f"another scale than the model was trained on.",
+        },
         "dropout": dropout,
-        "norm_mode": "eval",
+        "norm_mode": norm_mode,
+        "norm_statistics": NORM_DESCRIPTIONS[norm_mode],
         "model": {"architecture": f"unet_{multiple}", "ngf": cfg.model.ngf, "norm": cfg.model.norm,
                   "label_encoding": encoding},
         "checkpoint": checkpoint,
@@ -98,13 +113,15 @@ def export_generator(
     example_size: Size | None = None,
     *,
     dropout: bool = True,
+    norm_mode: str = DEFAULT_NORM_MODE,
     checkpoint: str | None = None,
 ) -> Path:
     """Write a standalone generator (TorchScript or ONNX, float32, CPU weights) to `path` and a JSON sidecar
     (`sidecar_path`) describing its input encoding, value ranges and accepted sizes; return the sidecar path.
 
-    The exported model runs with norm layers in eval mode, and with dropout active when `dropout` (and the
-    model has dropout layers): each call then draws fresh noise. Height, width and batch size are dynamic
+    The exported model normalises with `norm_mode`'s statistics (per-image: each image of a batch its own, the
+    default; running: the stored running statistics), and runs dropout when `dropout` (and the model has
+    dropout layers): each call then draws fresh noise. Height, width and batch size are dynamic
     (any multiple of ``generator.size_multiple``). `example_size` = (height, width), default the training
     crop: the size traced. TorchScript: ``torch.jit.trace`` inside a scripted size check.
     ONNX: ``torch.onnx.export(dynamo=True)``, opset 20+, one file (weights inline). `checkpoint` is recorded
@@ -120,7 +137,8 @@ def export_generator(
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise ValueError(f"example_size {height}x{width} (HxW): {size_hint(multiple)}")
     model = copy.deepcopy(generator).cpu().float()
-    apply_test_time_modes(model, dropout, "eval")
+    apply_test_time_modes(model, dropout, norm_mode)
+    recorded = recorded_norm_mode(model, norm_mode)
     stochastic = _has_active_dropout(model)
     channels = LABEL_CHANNELS[cfg.data.label_encoding]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,5 +163,5 @@ def export_generator(
         torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, input_names=["label"],
                           output_names=["photo"], dynamic_shapes=dynamic, verbose=False)
     sidecar = sidecar_path(path)
-    sidecar.write_text(json.dumps(_describe_export(cfg, path, format, multiple, stochastic, checkpoint), indent=1))
+    sidecar.write_text(json.dumps(_describe_export(cfg, path, format, multiple, stochastic, recorded, checkpoint), indent=1))
     return sidecar

@@ -124,16 +124,46 @@ def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> Trai
     return state
 
 
+MODULE_WEIGHTS = "module weights (fp32)"
+MASTER_WEIGHTS = "fp32 master weights from the DeepSpeed optimizer states (the module holds fp16/bf16 copies)"
+HALF_MODULE_WEIGHTS = "fp16/bf16 module weights (the checkpoint holds no fp32 master copy)"
+
+
 def load_weights(path: Path, network: str) -> dict:
-    """The module state dict of network "G" or "D" from a checkpoint directory, without DeepSpeed engines
-    (for evaluation, translation and export): tensors and plain values only, whoever wrote the file."""
-    files = sorted((path / network / ENGINE_TAG).glob("mp_rank_*_model_states.pt"))
+    """The state dict of network "G" or "D" from a checkpoint directory, without DeepSpeed engines (for
+    evaluation, translation and export): the module's weights, except where the module holds fp16/bf16 copies
+    (precision=fp16: DeepSpeed casts the module to half and keeps the fp32 master weights in the ZeRO optimizer
+    state files, ``zero_pp_rank_*_optim_states.pt``): then the fp32 masters, merged over the ranks' partitions
+    by DeepSpeed's own zero_to_fp32 reader (buffers, e.g. batch-norm statistics, exist only in the module)."""
+    return load_weights_and_source(path, network)[0]
+
+
+def load_weights_and_source(path: Path, network: str) -> tuple[dict, str]:
+    """`load_weights` and which copy it read (`MODULE_WEIGHTS`, `MASTER_WEIGHTS` or `HALF_MODULE_WEIGHTS`)."""
+    engine_dir = path / network / ENGINE_TAG
+    files = sorted(engine_dir.glob("mp_rank_*_model_states.pt"))
     if not files:
-        raise FileNotFoundError(f"no {network} weights under {path / network / ENGINE_TAG}")
+        raise FileNotFoundError(f"no {network} weights under {engine_dir}")
     states = load_tensors(files[0])
     if not isinstance(states, dict) or "module" not in states:
         raise BadFileError(f"{files[0]}: no 'module' weights in it: not a DeepSpeed model checkpoint")
-    return states["module"]
+    module = states["module"]
+    if not any(t.dtype in (torch.float16, torch.bfloat16) for t in module.values()):
+        return module, MODULE_WEIGHTS
+    if not any(engine_dir.glob("*_optim_states.pt")):
+        return module, HALF_MODULE_WEIGHTS
+    return _zero_master_weights(path / network), MASTER_WEIGHTS
+
+
+def _zero_master_weights(engine_root: Path) -> dict:
+    import contextlib
+    import io
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    # The reader prints what it parses and draws a progress bar: not the caller's business.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(engine_root), tag=ENGINE_TAG))
 
 
 def clean_partial(ckpt_root: Path) -> None:

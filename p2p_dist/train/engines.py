@@ -178,9 +178,11 @@ class Pix2Pix:
 
     @torch.no_grad()
     def translate(self, label: torch.Tensor, dropout: bool = True) -> torch.Tensor:
-        """G's photos for label maps, norm layers in eval mode; dropout on by default (the paper's test noise)."""
+        """G's photos for label maps (sample grids, periodic evaluation): batch norm with eval.norm_mode's statistics
+        (each image's own by default, one image at a time); dropout on by default (the paper's test noise)."""
         label = label.to(self.rt.device, self.rt.input_dtype, memory_format=self.memory_format)
-        with translation_modes(self.G.module, dropout=dropout, norm_mode="eval") as generator, self._autocast():
+        with (translation_modes(self.G.module, dropout=dropout, norm_mode=self.cfg.eval.norm_mode) as generator,
+              self._autocast()):
             return generator(label).float()
 
     def apply_config_learning_rates(self) -> None:

@@ -2,10 +2,13 @@
 
 What is searched: ``train.lambda_l1``, ``train.lr_g`` and ``train.lr_d`` log-uniformly within the ranges
 ``tune.lambda_l1 / tune.lr_g / tune.lr_d`` (``[low, high]``; ``[v, v]`` pins a value), plus every dotted key
-in ``tune.choices`` (``{model.norm: [batch, instance], model.ngf: [32, 64]}``). The objective is a
-validation metric from the trainer's periodic evaluation (``eval.every`` steps): ``tune.metric`` =
-``fcn_miou`` (FCN-score mean IoU, maximised; needs ``eval.fcn``), ``fid`` (needs ``eval.fid``) or ``l1``
-(both minimised). ``tune.scheduler`` = ``asha`` stops weak trials early at rungs of ``tune.grace_period``
+in ``tune.choices`` (``{model.norm: [batch, instance], model.ngf: [32, 64]}``). The objective is an image
+metric from the trainer's periodic evaluation (``eval.every`` steps): ``tune.metric`` = ``fcn_miou`` (FCN-score
+mean IoU, maximised; needs ``eval.fcn``), ``fid`` (needs ``eval.fid``) or ``l1`` (both minimised). It is
+scored on ``tune.holdout_images`` train images spread evenly over the train split and held out of every
+trial's training (``data.holdout``, p2p_dist.data.holdout), so the val split, which final results are reported
+on, plays no part in choosing them (``tune.holdout_images=0`` scores on val instead); the results table says
+which. The best config trains on the whole train split. ``tune.scheduler`` = ``asha`` stops weak trials early at rungs of ``tune.grace_period``
 x ``tune.reduction_factor``^k evaluations; ``pbt`` lets weak trials copy a strong trial's checkpoint every
 ``tune.perturbation_interval`` evaluations and continue with mutated parameters (the trainer applies the
 mutated learning rates to the restored optimisers).

@@ -66,17 +66,29 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def table(rows: list[TrialSummary], keys: list[str], goal: Objective) -> tuple[list[str], list[list[Any]]]:
+def scored_on(cfg: Config) -> str:
+    """Which images a sweep's objective was scored on (its trials' periodic evaluation): the held-out train images
+    (tune.holdout_images, never trained on) or, with none held out, val."""
+    held, num = cfg.tune.holdout_images, cfg.eval.num_images
+    if held:
+        return f"train holdout ({min(num, held)} of {held} held-out train images)"
+    return f"val (first {num} images)"
+
+
+def table(rows: list[TrialSummary], keys: list[str], goal: Objective,
+          scored: str = "") -> tuple[list[str], list[list[Any]]]:
     header = ["trial", "status", *(_short(k) for k in keys), "steps", f"final {goal.name}", f"best {goal.name}",
-              "best step"]
-    body = [[r.trial, r.status, *(r.params.get(k) for k in keys), r.steps, r.final, r.best, r.best_step]
+              "best step", "scored on"]
+    body = [[r.trial, r.status, *(r.params.get(k) for k in keys), r.steps, r.final, r.best, r.best_step, scored]
             for r in rows]
     return header, body
 
 
-def write_tables(rows: list[TrialSummary], keys: list[str], goal: Objective, out_dir: Path) -> str:
-    """results.csv (full precision) and results.md; returns the Markdown table."""
-    header, body = table(rows, keys, goal)
+def write_tables(rows: list[TrialSummary], keys: list[str], goal: Objective, out_dir: Path,
+                 scored: str = "") -> str:
+    """results.csv (full precision) and results.md; returns the Markdown table. `scored` names the images the
+    objective was scored on (`scored_on(cfg)`), in a column and the Markdown caption."""
+    header, body = table(rows, keys, goal, scored)
     with open(out_dir / RESULTS_CSV, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -84,7 +96,9 @@ def write_tables(rows: list[TrialSummary], keys: list[str], goal: Objective, out
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_format(v) for v in row) + " |" for row in body]
     markdown = "\n".join(lines)
-    (out_dir / RESULTS_MD).write_text(f"Objective: {goal.name} ({goal.mode}imize), best trial first.\n\n{markdown}\n")
+    caption = f", scored on {scored}" if scored else ""
+    (out_dir / RESULTS_MD).write_text(
+        f"Objective: {goal.name} ({goal.mode}imize){caption}, best trial first.\n\n{markdown}\n")
     return markdown
 
 
@@ -93,7 +107,8 @@ def write_best_config(user_cfg: Config, best: TrialSummary, goal: Objective, swe
     ``python launch/train.py --config PATH`` runs; its run.dir is fresh, so it trains from scratch."""
     cfg = trial_config(user_cfg, best.params, f"runs/{sweep_name}-best")
     header = (f"# Best trial of sweep '{sweep_name}': {best.trial}, {goal.name} = {best.best:.6g} at step "
-              f"{best.best_step} ({best.status} at step {best.steps}).\n"
+              f"{best.best_step} ({best.status} at step {best.steps}), scored on {scored_on(user_cfg)}.\n"
+              f"# It trains on the whole train split (no images held out); report it on val with launch/evaluate.py.\n"
               f"# Train it: python launch/train.py --config {path}\n")
     path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path

@@ -72,9 +72,13 @@ def absolute_paths(cfg: Config) -> Config:
 
 def prepare_inputs(user_cfg: Config) -> tuple[Config, float | None]:
     """The trials' base config, after building what concurrent trials would otherwise race to build: the
-    demo shards and the FCN-score segmenter. Returns it with the seconds spent training the segmenter."""
+    demo shards and the FCN-score segmenter. Returns it with the seconds spent training the segmenter.
+
+    Trials hold tune.holdout_images train images out of training (data.holdout) and score the objective on
+    them, so the val split stays untouched for the final report."""
     ensure_demo_shards_if_default(user_cfg.data.shards)
     cfg = absolute_paths(user_cfg)
+    cfg.data.holdout = holdout_images(cfg)
     if not (cfg.eval.fcn and not cfg.eval.segmenter):
         return cfg, None
     from p2p_dist.eval.segmenter.ensure import ensure_run_segmenter, run_segmenter_ready
@@ -85,12 +89,23 @@ def prepare_inputs(user_cfg: Config) -> tuple[Config, float | None]:
     return cfg, None if ready else time.perf_counter() - start
 
 
+def holdout_images(cfg: Config) -> int:
+    """tune.holdout_images, checked against the train split: at least one image must remain to train on."""
+    count = cfg.tune.holdout_images
+    if count:
+        num_train = read_manifest(Path(cfg.data.shards))["splits"]["train"]["num_samples"]
+        if count >= num_train:
+            raise ConfigError(f"tune.holdout_images={count}: the train split of {cfg.data.shards} has only "
+                              f"{num_train} images; hold out fewer (0 scores the objective on val)")
+    return count
+
+
 def run_length(cfg: Config) -> int:
     """Optimiser steps of each trial, as the trainer will count them (for ASHA's max_t)."""
     t = cfg.train
     if t.steps > 0:
         return t.steps
-    num_train = read_manifest(Path(cfg.data.shards))["splits"]["train"]["num_samples"]
+    num_train = read_manifest(Path(cfg.data.shards))["splits"]["train"]["num_samples"] - cfg.data.holdout
     batches_per_epoch = math.ceil(num_train / (cfg.tune.workers_per_trial * t.batch_size))
     return total_steps(t.steps, t.epochs, batches_per_epoch, t.grad_accum)
 
@@ -226,7 +241,7 @@ def write_results(user_cfg: Config, grid, length: int, exp_dir: Path, segmenter_
         rows.append(results.summarize(name, {k: result.config.get(k) for k in keys}, curve, goal, length,
                                       result.path, saved_status.get(name, "ERROR" if result.error else "TERMINATED")))
     rows = results.rank(rows, goal)
-    markdown = results.write_tables(rows, keys, goal, exp_dir)
+    markdown = results.write_tables(rows, keys, goal, exp_dir, scored=results.scored_on(user_cfg))
     best = rows[0] if rows and math.isfinite(rows[0].best) else None
     best_config = (results.write_best_config(user_cfg, best, goal, user_cfg.tune.name, exp_dir / results.BEST_CONFIG)
                    if best else None)

@@ -168,3 +168,38 @@ def test_bad_arguments_are_rejected(marker_shards):
     loader = loader_for(marker_shards, "webdataset")
     with pytest.raises(ValueError, match="start_batch"):
         loader.epoch(0, start_batch=loader.batches_per_epoch + 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_held_out_slice_is_never_trained_on_and_can_be_read_alone(marker_shards, backend):
+    from p2p_dist.data.holdout import holdout_indices
+
+    everything = build_loader(marker_shards, "train", backend=backend, batch_size=3, num_workers=0, **PLAIN)
+    keys = everything.shards.keys
+    everything.close()
+    held_out = {keys[i] for i in holdout_indices(len(keys), 3)}
+    assert sorted(holdout_indices(10, 3)) == [1, 5, 8]  # evenly spread, not a contiguous slice
+    training = loader_for(marker_shards, backend, holdout=3)
+    scoring = loader_for(marker_shards, backend, holdout=3, holdout_only=True, **PLAIN)
+    try:
+        assert training.num_samples == 7 and scoring.num_samples == 3
+        trained_on = {key for epoch in (0, 1) for batch in training.epoch(epoch) for key in batch["key"]}
+        scored = [key for batch in scoring.epoch(0) for key, repeat in zip(batch["key"], batch["is_repeat"])
+                  if not repeat]
+    finally:
+        training.close()
+        scoring.close()
+    assert trained_on == set(keys) - held_out
+    assert sorted(scored) == sorted(held_out)
+
+
+def test_loader_options_apply_data_holdout_to_training_and_holdout_only_loaders():
+    from p2p_dist.config import load_config
+    from p2p_dist.data.loaders.build import loader_options
+
+    data = load_config(None, ["data.holdout=5", "train.steps=1"]).data
+    common = {"batch_size": 2, "seed": 0}
+    assert loader_options(data, train=True, **common).holdout == 5
+    assert loader_options(data, train=False, **common).holdout == 0  # val loaders: nothing held out of them
+    only = loader_options(data, train=False, holdout_only=True, **common)
+    assert (only.holdout, only.holdout_only) == (5, True)

@@ -134,6 +134,29 @@ def test_kid_depends_on_the_set_of_images_not_their_batch_order(inception_cache)
     assert scores[0]["fid"] == pytest.approx(scores[1]["fid"], rel=1e-6)
 
 
+def test_inception_features_are_computed_with_tf32_off_and_the_settings_restored(inception_cache):
+    """cuDNN convolutions default to TF32 on Ampere+ GPUs (torch.backends.cudnn.allow_tf32 is True by default):
+    the Inception forward must run in full fp32, whatever the caller set, and leave the caller's settings as
+    they were."""
+    metrics = InceptionMetrics(feature=64, cache_dir=inception_cache)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, images):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return torch.zeros(len(images), 64)
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        metrics.extractor = Recorder()
+        metrics.update(smooth_photos(2, 64, seed=1), real=True)
+        assert seen == [(False, False)]
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.mark.slow
 def test_standard_2048_fid_is_near_zero_against_itself_and_large_against_noise(inception_cache):
     """The standard 2048-d FID (slow on CPU: the 2048x2048 matrix square root takes tens of seconds)."""

@@ -9,6 +9,7 @@ import torch
 
 from inference_helpers import TRANSLATE, block_ids, read_rgb, run_script, save_colour, save_ids, translate_cli
 from p2p_dist.inference.translate import translate_paths
+from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.train.trained_generator import load_generator
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:F
 def test_help_explains_inputs_sizes_test_time_behaviour_and_export():
     result = run_script(TRANSLATE, "--help")
     for text in ("--run", "--input", "--output", "--checkpoint", "--batch-size", "--device", "--size WxH",
-                 "--no-dropout", "--norm-mode", "--input-format", "--export", "--export-path", "multiples of N",
+                 "--no-dropout", "--norm-mode", "--output-size", "--input-format", "--export", "--export-path", "multiples of N",
                  "cuda when available"):
         assert text in result.stdout, text
 
@@ -33,13 +34,13 @@ def test_argument_errors_exit_with_a_message(args, message):
     assert result.returncode == 2 and message in result.stderr
 
 
-def test_a_bad_map_exits_with_its_name_and_the_accepted_sizes(color_run, tmp_path, capsys):
+def test_a_size_the_generator_cannot_take_exits_with_the_accepted_sizes(color_run, tmp_path, capsys):
     save_ids(tmp_path / "in" / "odd_labelIds.png", block_ids(128, 200, seed=1))
     status = translate_cli().main(["--run", str(color_run), "--input", str(tmp_path / "in"), "--output",
-                                   str(tmp_path / "out"), "--device", "cpu"])
+                                   str(tmp_path / "out"), "--device", "cpu", "--size", "200x128"])
     assert status == 2
     stderr = capsys.readouterr().err
-    assert "odd_labelIds.png: size 200x128 (WxH)" in stderr and "multiples of 128" in stderr
+    assert "size 200x128 (WxH)" in stderr and "multiples of 128" in stderr
 
 
 def translate_and_export_through_the_cli(run, tmp_path, cli_call) -> None:
@@ -51,7 +52,7 @@ def translate_and_export_through_the_cli(run, tmp_path, cli_call) -> None:
     out, export = tmp_path / "out", tmp_path / "export" / "generator.pt"
     stderr = cli_call("--run", run, "--input", inputs, "--output", out, "--batch-size", "2", "--no-dropout",
                       "--no-progress", "--device", "cpu", "--export", "torchscript", "--export-path", export)
-    assert "wrote 2 photos" in stderr and "exported torchscript" in stderr
+    assert "wrote 2 photos" in stderr and "generated at 128x128" in stderr and "exported torchscript" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_fake.png", "b_fake.png"]
 
     generator, cfg = load_generator(run, device="cpu")
@@ -63,9 +64,10 @@ def translate_and_export_through_the_cli(run, tmp_path, cli_call) -> None:
     checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     meta = json.loads(export.with_suffix(".json").read_text())
     assert meta["checkpoint"] == str(checkpoint) and meta["dropout"] is False
-    label = torch.zeros(1, 3, 128, 128)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(export))(label), generator(label), rtol=0, atol=1e-5)
+    assert meta["norm_mode"] == ("instance" if cfg.model.norm == "instance" else "per-image")
+    label = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad(), translation_modes(generator, dropout=False) as translate:
+        torch.testing.assert_close(torch.jit.load(str(export))(label), translate(label), rtol=0, atol=1e-5)
 
 
 def test_cli_translates_a_folder_and_exports_the_generator(color_run, tmp_path, capsys):

@@ -22,9 +22,9 @@ def labels_batch(encoding: str, batch: int, height: int, width: int) -> torch.Te
     return encode_labels(torch.from_numpy(ids), encoding)
 
 
-def eager(generator, label: torch.Tensor, dropout: bool) -> torch.Tensor:
-    with torch.no_grad(), translation_modes(generator, dropout=dropout):
-        return generator(label)
+def eager(generator, label: torch.Tensor, dropout: bool, norm_mode: str = "per-image") -> torch.Tensor:
+    with torch.no_grad(), translation_modes(generator, dropout=dropout, norm_mode=norm_mode) as translate:
+        return translate(label)
 
 
 def onnx_session(path) -> onnxruntime.InferenceSession:
@@ -55,6 +55,20 @@ def test_torchscript_export_matches_the_model_at_any_accepted_size_and_batch(col
         exported(torch.zeros(1, 3, 128, 200))
     meta = json.loads(sidecar.read_text())
     assert sidecar == tmp_path / "generator.json" and meta["format"] == "torchscript" and meta["dropout"] is False
+    assert meta["norm_mode"] == "per-image"
+
+
+def test_torchscript_export_with_running_statistics_on_request(color_run, tmp_path):
+    generator, cfg = load_generator(color_run, device="cpu")
+    sidecar = export_generator(generator, cfg, tmp_path / "running.pt", "torchscript", dropout=False,
+                               norm_mode="running")
+    exported = torch.jit.load(str(tmp_path / "running.pt"))
+    label = labels_batch("color", 2, 128, 256)
+    with torch.no_grad():
+        out = exported(label)
+    torch.testing.assert_close(out, eager(generator, label, dropout=False, norm_mode="running"), rtol=0, atol=1e-5)
+    assert (out - eager(generator, label, dropout=False)).abs().max() > 0.05
+    assert json.loads(sidecar.read_text())["norm_mode"] == "running"
 
 
 def test_torchscript_export_with_dropout_draws_the_same_noise_as_the_model_from_the_torch_rng(color_run, tmp_path):
@@ -92,7 +106,8 @@ def test_onnx_sidecar_describes_encoding_value_ranges_and_accepted_sizes(onnx_ex
     assert meta["input"]["value_range"] == [-1.0, 1.0] and meta["output"]["value_range"] == [-1.0, 1.0]
     assert meta["input"]["palette"][7] == [128, 64, 128]  # road
     assert meta["accepted_sizes"]["height_multiple_of"] == 128 == meta["accepted_sizes"]["width_multiple_of"]
-    assert meta["dropout"] is False and meta["norm_mode"] == "eval"
+    assert meta["dropout"] is False and meta["norm_mode"] == "per-image"
+    assert meta["geometry"]["input_size"] == [128, 128] and "nearest-neighbour" in meta["geometry"]["how"]
 
 
 def test_export_refuses_unknown_formats_and_example_sizes_the_generator_cannot_take(color_run, tmp_path):

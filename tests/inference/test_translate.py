@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from inference_helpers import block_ids, read_rgb, save_colour, save_ids
 from p2p_dist.inference.label_maps import TranslateError, encode_labels, resize_ids
@@ -46,22 +47,44 @@ def test_id_maps_and_colour_maps_of_the_same_scene_give_the_same_photo_without_d
 
     assert [p.name for p in outputs] == ["s0_fake.png", "s1_fake.png", "s0_color_fake.png", "s1_color_fake.png"]
     photos = [read_rgb(p) for p in outputs]
-    assert all(photo.shape == (128, 256, 3) for photo in photos)
+    assert all(photo.shape == (128, 128, 3) for photo in photos)  # the training crop
     assert np.array_equal(photos[0], photos[2]) and np.array_equal(photos[1], photos[3])
     assert np.abs(photos[0].astype(int) - photos[1]).mean() > 2  # different scenes, different photos
-    # The files hold the generator's output for the loader's encoding of the map, quantised to uint8.
-    with torch.no_grad():
-        direct = generator(encode_labels(torch.from_numpy(scenes[0])[None], cfg.data.label_encoding))
+    # The files hold the generator's output for the loader's encoding of the squashed map, quantised to uint8.
+    squashed = torch.from_numpy(resize_ids(scenes[0], (128, 128)))[None]
+    with torch.no_grad(), translation_modes(generator, dropout=False) as translate:
+        direct = translate(encode_labels(squashed, cfg.data.label_encoding))
     assert np.abs(to_uint8(direct)[0].permute(1, 2, 0).numpy().astype(int) - photos[0]).max() <= 1
 
 
-def test_maps_of_different_sizes_are_batched_by_size_and_keep_their_size(color_run, tmp_path):
+def test_by_default_maps_are_fed_at_the_training_geometry_and_photos_written_at_that_size(color_run, tmp_path):
+    """The loader squashes every frame to the square crop (nearest-neighbour ids); translate feeds the generator
+    the same, whatever the map's size or aspect ratio, and writes the photo at that size."""
     generator, cfg = load_generator(color_run, device="cpu")
-    shapes = {"wide": (256, 512), "square": (128, 128), "tall": (256, 128), "square2": (128, 128)}
-    inputs = [save_ids(tmp_path / f"{name}.png", block_ids(*shape, seed=i))
-              for i, (name, shape) in enumerate(shapes.items())]
-    outputs = quiet_translate(generator, cfg, inputs, tmp_path / "out", batch_size=4, dropout=False)
-    assert [read_rgb(p).shape[:2] for p in outputs] == list(shapes.values())
+    shapes = {"wide": (256, 512), "square": (128, 128), "tall": (256, 128), "odd": (100, 300)}
+    maps = {name: block_ids(*shape, seed=i) for i, (name, shape) in enumerate(shapes.items())}
+    inputs = [save_ids(tmp_path / "in" / f"{name}.png", ids) for name, ids in maps.items()]
+    squashed = [save_ids(tmp_path / "squashed" / f"{name}.png", resize_ids(ids, (128, 128)))
+                for name, ids in maps.items()]
+    outputs = quiet_translate(generator, cfg, inputs, tmp_path / "out", batch_size=3, dropout=False)
+    expected = quiet_translate(generator, cfg, squashed, tmp_path / "expected", dropout=False)
+    assert [read_rgb(p).shape for p in outputs] == [(128, 128, 3)] * 4
+    for produced, wanted in zip(outputs, expected):
+        assert np.array_equal(read_rgb(produced), read_rgb(wanted)), produced.name
+
+
+def test_output_size_input_resizes_each_photo_back_to_its_maps_size(color_run, tmp_path):
+    generator, cfg = load_generator(color_run, device="cpu")
+    shapes = [(256, 512), (100, 300), (128, 128)]
+    inputs = [save_ids(tmp_path / "in" / f"m{i}.png", block_ids(*shape, seed=i)) for i, shape in enumerate(shapes)]
+    model_size = quiet_translate(generator, cfg, inputs, tmp_path / "model", dropout=False)
+    input_size = quiet_translate(generator, cfg, inputs, tmp_path / "input", dropout=False, output_size="input")
+    assert [read_rgb(p).shape[:2] for p in input_size] == shapes
+    for small, big, (height, width) in zip(model_size, input_size, shapes):
+        resized = Image.open(small).convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        assert np.array_equal(np.asarray(resized), read_rgb(big))
+    with pytest.raises(ValueError, match="output_size must be one of model, input"):
+        quiet_translate(generator, cfg, inputs, tmp_path / "x", output_size="native")
 
 
 def test_size_option_resizes_maps_with_nearest_neighbour(color_run, tmp_path):
@@ -76,12 +99,11 @@ def test_size_option_resizes_maps_with_nearest_neighbour(color_run, tmp_path):
         quiet_translate(generator, cfg, inputs[:1], tmp_path / "out", size=(100, 200))
 
 
-def test_sizes_the_generator_cannot_take_are_named_with_the_accepted_sizes_before_any_output(color_run, tmp_path):
+def test_a_size_the_generator_cannot_take_is_named_with_the_accepted_sizes_before_any_output(color_run, tmp_path):
     generator, cfg = load_generator(color_run, device="cpu")
     good = save_ids(tmp_path / "in" / "good.png", block_ids(128, 128, seed=6))
-    bad = save_ids(tmp_path / "in" / "odd_size.png", block_ids(128, 200, seed=7))
-    with pytest.raises(TranslateError, match=r"odd_size.png: size 200x128 \(WxH\)(.|\n)*multiples of 128"):
-        quiet_translate(generator, cfg, [good, bad], tmp_path / "out")
+    with pytest.raises(TranslateError, match=r"size 200x128 \(WxH\): .*multiples of 128"):
+        quiet_translate(generator, cfg, [good], tmp_path / "out", size=(128, 200))
     assert not (tmp_path / "out").exists()
 
 
@@ -116,14 +138,18 @@ def test_dropout_is_on_by_default_and_seeded_noise_is_reproducible(color_run, tm
     assert np.array_equal(photo("e", dropout=False, seed=1), photo("f", dropout=False, seed=2))
 
 
-def test_norm_mode_train_uses_batch_statistics_and_leaves_the_running_statistics_alone(color_run, tmp_path):
+def test_per_image_statistics_by_default_running_on_request_and_the_stored_statistics_never_change(
+        color_run, tmp_path):
     generator, cfg = load_generator(color_run, device="cpu")
     before = {k: v.clone() for k, v in generator.state_dict().items()}
     source = [save_ids(tmp_path / "in.png", block_ids(128, 256, seed=13))]
-    eval_photo = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "eval", dropout=False)[0])
-    train_photo = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "train", dropout=False,
-                                           norm_mode="train")[0])
-    assert np.abs(eval_photo.astype(int) - train_photo).mean() > 1
+    default = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "default", dropout=False)[0])
+    per_image = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "per_image", dropout=False,
+                                         norm_mode="per-image")[0])
+    running = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "running", dropout=False,
+                                       norm_mode="running")[0])
+    assert np.array_equal(default, per_image)
+    assert np.abs(per_image.astype(int) - running).mean() > 1
     after = generator.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not changed, changed
@@ -131,10 +157,19 @@ def test_norm_mode_train_uses_batch_statistics_and_leaves_the_running_statistics
     assert norms and all(m.track_running_stats and not m.training for m in norms)  # modes restored
 
 
+def test_photos_do_not_depend_on_the_batch_size_even_with_seeded_dropout(color_run, tmp_path):
+    generator, cfg = load_generator(color_run, device="cpu")
+    inputs = [save_ids(tmp_path / "in" / f"m{i}.png", block_ids(128, 256, seed=30 + i)) for i in range(5)]
+    ones = quiet_translate(generator, cfg, inputs, tmp_path / "b1", batch_size=1, seed=4)
+    fours = quiet_translate(generator, cfg, inputs, tmp_path / "b4", batch_size=4, seed=4)  # 4 + 1
+    for a, b in zip(ones, fours):
+        assert np.array_equal(read_rgb(a), read_rgb(b)), a.name
+
+
 def test_translation_modes_restores_the_callers_modes(color_run):
     generator, _ = load_generator(color_run, device="cpu")
     generator.train()
-    with translation_modes(generator, dropout=False, norm_mode="train"):
+    with translation_modes(generator, dropout=False, norm_mode="running"):
         dropouts = [m for m in generator.modules() if isinstance(m, torch.nn.Dropout)]
         assert dropouts and not any(m.training for m in dropouts)
     assert all(m.training for m in generator.modules())

@@ -39,7 +39,9 @@ def test_trials_rank_best_first_and_trials_without_a_finite_result_last():
 def test_tables_best_config_and_plot_are_written(tmp_path):
     rows = results.rank([row("t0", [(2, 0.3), (4, 0.28)], total=4, lr_g=3e-4),
                          row("t1", [(2, 0.25), (4, 0.21)], total=4, lr_g=7e-5)], L1)
-    markdown = results.write_tables(rows, KEYS, L1, tmp_path)
+    user_cfg = load_config(None, ["train.steps=4", "eval.every=2", "data.shards=shards/demo", "eval.num_images=32",
+                                  "tune.holdout_images=48"])
+    markdown = results.write_tables(rows, KEYS, L1, tmp_path, scored=results.scored_on(user_cfg))
 
     with open(tmp_path / results.RESULTS_CSV) as f:
         table = list(csv.DictReader(f))
@@ -47,15 +49,25 @@ def test_tables_best_config_and_plot_are_written(tmp_path):
     assert float(table[0]["lr_g"]) == 7e-5 and table[0]["model.norm"] == "instance"
     assert float(table[0]["best l1"]) == 0.21 and table[0]["status"] == "completed"
     assert markdown.splitlines()[0].startswith("| trial | status | lambda_l1 | lr_g | lr_d | model.norm |")
-    assert "| t1 | completed | 50 | 7e-05 | 0.0002 | instance | 4 | 0.21 | 0.21 | 4 |" in markdown.splitlines()
+    scored = "train holdout (32 of 48 held-out train images)"
+    assert table[0]["scored on"] == scored
+    assert (f"| t1 | completed | 50 | 7e-05 | 0.0002 | instance | 4 | 0.21 | 0.21 | 4 | {scored} |"
+            in markdown.splitlines())
+    assert f"Objective: l1 (minimize), scored on {scored}, best trial first." in (tmp_path / results.RESULTS_MD).read_text()
     assert markdown in (tmp_path / results.RESULTS_MD).read_text()
-
-    user_cfg = load_config(None, ["train.steps=4", "eval.every=2", "data.shards=shards/demo"])
     path = results.write_best_config(user_cfg, rows[0], L1, "mysweep", tmp_path / results.BEST_CONFIG)
     best = load_config(path)  # a training config, as launch/train.py reads it
     assert (best.train.lr_g, best.train.lambda_l1, best.model.norm) == (7e-5, 50.0, "instance")
     assert best.run.dir == "runs/mysweep-best" and best.data.shards == "shards/demo"
-    assert "t1" in path.read_text().splitlines()[0]
+    assert "t1" in path.read_text().splitlines()[0] and scored in path.read_text().splitlines()[0]
+    assert best.data.holdout == 0  # the chosen config trains on the whole train split
 
     plot = results.plot_curves(rows, L1, "test", tmp_path / results.PLOT)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+
+
+def test_the_objective_is_scored_on_held_out_train_images_by_default_or_on_val_when_none_are_held_out():
+    cfg = load_config(None, ["train.steps=4", "eval.num_images=64"])
+    assert cfg.tune.holdout_images == 64 and cfg.data.holdout == 0
+    assert results.scored_on(cfg) == "train holdout (64 of 64 held-out train images)"
+    assert results.scored_on(load_config(None, ["train.steps=4", "tune.holdout_images=0"])) == "val (first 64 images)"

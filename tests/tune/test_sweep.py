@@ -71,6 +71,7 @@ def test_asha_sweep_trains_each_trial_with_its_sampled_values_and_writes_table_b
         trial = exp / row["trial"]
         # The trainer ran with this trial's values, in the trial's own directory ...
         trained = load_config(trial / "run" / "config.yaml")
+        assert trained.data.holdout == 4 and row["scored on"] == "train holdout (4 of 4 held-out train images)"
         assert trained.train.lr_g == pytest.approx(float(row["lr_g"]))
         assert trained.train.lambda_l1 == pytest.approx(float(row["lambda_l1"]))
         assert trained.run.dir == str(trial / "run")
@@ -84,7 +85,7 @@ def test_asha_sweep_trains_each_trial_with_its_sampled_values_and_writes_table_b
     best = load_config(exp / "best_config.yaml")
     assert best.train.lr_g == pytest.approx(float(rows[0]["lr_g"]))
     assert best.train.lambda_l1 == pytest.approx(float(rows[0]["lambda_l1"]))
-    assert best.run.dir == "runs/sweep-best" and best.data.shards == str(tiny_shards)
+    assert best.run.dir == "runs/sweep-best" and best.data.shards == str(tiny_shards) and best.data.holdout == 0
     assert (exp / "metric_vs_step.png").read_bytes()[:4] == b"\x89PNG"
     assert "| trial | status | lambda_l1 | lr_g | lr_d |" in result.stdout
     assert str(exp / "best_config.yaml") in result.stdout and str(exp / "results.csv") in result.stdout

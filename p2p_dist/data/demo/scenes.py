@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from p2p_dist.progress import progress_bar
 
 from p2p_dist.config import ConfigError
 from p2p_dist.data.image_size import ImageSize
@@ -834,7 +834,7 @@ def write_demo_cityscapes(root: Path, *, num_train: int = 300, num_val: int = 10
     (root / "README").write_text(_README)
     (root / "license.txt").write_text(_LICENSE)
 
-    bar = tqdm(total=len(jobs), desc="demo scenes", unit="scene", disable=not progress)
+    bar = progress_bar(len(jobs), "demo scenes", "scene", enabled=progress)
     if workers == 1:
         for job in jobs:
             _write_scene(job)

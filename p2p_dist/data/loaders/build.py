@@ -25,14 +25,20 @@ from p2p_dist.data.loaders.contract import CPU, LoaderOptions, ShardLoader
 
 
 def loader_options(data: DataConfig, *, batch_size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1,
-                   device: torch.device = CPU, num_workers: int | None = None) -> LoaderOptions:
+                   device: torch.device = CPU, num_workers: int | None = None,
+                   holdout_only: bool = False) -> LoaderOptions:
     """A run's loader options: the config's data section (backend, sizes, flip, label encoding, workers) plus
     what differs between a run's loaders. ``train=False`` gives evaluation geometry (no shuffling, images
-    resized straight to ``data.crop_size``); ``num_workers`` replaces ``data.num_workers`` when given."""
+    resized straight to ``data.crop_size``); ``num_workers`` replaces ``data.num_workers`` when given.
+
+    ``data.holdout`` (train-split samples held out, see p2p_dist.data.holdout): a training loader
+    (``train=True``, for the train split) skips them; ``holdout_only=True`` reads just them (for the train
+    split); other loaders ignore it."""
     return LoaderOptions(
         batch_size=batch_size, backend=data.loader, rank=rank, world_size=world_size, seed=seed, train=train,
         load_size=data.load_size, crop_size=data.crop_size, flip=data.flip, label_encoding=data.label_encoding,
         device=device, num_workers=data.num_workers if num_workers is None else num_workers,
+        holdout=data.holdout if train or holdout_only else 0, holdout_only=holdout_only,
     )
 
 

@@ -30,6 +30,7 @@ import torch
 
 from p2p_dist.config import BACKENDS, LABEL_ENCODINGS, DataConfig
 from p2p_dist.data import labels
+from p2p_dist.data.holdout import holdout_indices, kept_indices
 from p2p_dist.data.order import EpochPlan, Geometry, SampleOrder
 from p2p_dist.data.shards.read import ShardSet
 
@@ -43,6 +44,9 @@ class LoaderOptions:
     The data settings default to ``DataConfig``'s (``p2p_dist/config.py``, their one owner); a run builds its
     options from its config with ``build.loader_options``. ``train=False`` is evaluation: no shuffling, images
     resized straight to ``crop_size`` (``load_size`` and ``flip`` do not apply).
+
+    ``holdout`` > 0 sets that many samples of the split aside (``p2p_dist.data.holdout``, evenly spread): the
+    loader reads every other sample, or with ``holdout_only`` just those.
     """
 
     batch_size: int
@@ -57,6 +61,8 @@ class LoaderOptions:
     label_encoding: str = DataConfig.label_encoding
     device: torch.device = CPU
     num_workers: int = DataConfig.num_workers
+    holdout: int = 0
+    holdout_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
@@ -68,6 +74,8 @@ class LoaderOptions:
             raise ValueError(f"device {self.device} requested but CUDA is not available")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.holdout < 0 or (self.holdout_only and self.holdout == 0):
+            raise ValueError(f"holdout must be >= 0, and > 0 with holdout_only; got {self.holdout}")
 
     @property
     def geometry(self) -> Geometry:
@@ -83,6 +91,13 @@ class ShardLoader(ABC):
     def __init__(self, shards_dir: Path, split: str, options: LoaderOptions) -> None:
         self.options = options
         self.shards = ShardSet(shards_dir, split)
+        if options.holdout:
+            total = self.shards.num_samples
+            if options.holdout >= total:
+                raise ValueError(f"{shards_dir} split {split!r}: cannot hold out {options.holdout} of its {total} "
+                                 f"samples (at least one must remain)")
+            select = holdout_indices if options.holdout_only else kept_indices
+            self.shards.select(select(total, options.holdout))
         self.order = SampleOrder(self.shards.num_samples, options.batch_size, options.geometry,
                                  rank=options.rank, world_size=options.world_size, seed=options.seed,
                                  shuffle=options.train)

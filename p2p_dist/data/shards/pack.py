@@ -51,6 +51,8 @@ from p2p_dist.data.shards.format import (
     sha256_file,
 )
 from p2p_dist.data.sources import BadSourceFile, SourceProblem, SourceSample, SourceScan
+from p2p_dist.progress import PlainProgress
+from p2p_dist.progress import progress_bar as make_progress_bar
 
 JPEG_SUBSAMPLING = ("4:4:4", "4:2:2", "4:2:0")
 DEFAULT_SIZE = ImageSize(512, 256)
@@ -294,7 +296,7 @@ def ordered_map(workers: int) -> Iterator[Callable[[Callable, list], Iterator]]:
 
 
 def _pack_split(results: Iterable[_Encoded | _Skipped], out_dir: Path, split: str, settings: PackSettings,
-                scan_problems: list[SourceProblem], strict: bool, progress_bar: tqdm) -> dict:
+                scan_problems: list[SourceProblem], strict: bool, progress_bar: tqdm | PlainProgress) -> dict:
     """Write one split's encoded samples into shards; returns the split's manifest entry."""
     skipped = [{"path": str(problem.path), "reason": problem.reason} for problem in scan_problems]
     for item in skipped:
@@ -371,7 +373,7 @@ def pack_pairs(
     }
     started = time.perf_counter()
     encode = partial(_encode_sample, settings=settings, root=scan.root)
-    progress_bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr)
+    progress_bar = make_progress_bar(total, "pack", "img", enabled=progress, file=sys.stderr)
     try:
         with progress_bar, ordered_map(workers) as map_in_order:
             for split, samples in scan.samples.items():

@@ -68,8 +68,8 @@ class _OpenShard:
 class ShardSet:
     """One split of a shard set, checked against its manifest on opening (see module docstring).
 
-    Sample ``i`` is the ``i``-th sample in shard order. Instances are picklable and reopen their file
-    descriptors in each process that reads.
+    Sample ``i`` is the ``i``-th sample in shard order, or after `select` the ``i``-th selected one. Instances
+    are picklable and reopen their file descriptors in each process that reads.
     """
 
     def __init__(self, shards_dir: Path, split: str) -> None:
@@ -91,6 +91,7 @@ class ShardSet:
         self._shard_of = np.repeat(np.arange(len(counts)), counts)
         self._first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.keys: list[str] = [sample.key for shard in self._shards for sample in shard.samples]
+        self._selected: np.ndarray | None = None
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
@@ -125,6 +126,17 @@ class ShardSet:
     def num_samples(self) -> int:
         return len(self.keys)
 
+    def select(self, samples: np.ndarray) -> None:
+        """Keep only these samples of the split (indices in shard order, e.g. a held-out slice or what remains
+        without it): sample ``i`` is then ``samples[i]``. Once, on a fresh set."""
+        if self._selected is not None:
+            raise RuntimeError("select() was already called on this ShardSet")
+        selected = np.asarray(samples, dtype=np.int64)
+        if len(selected) == 0 or selected.min() < 0 or selected.max() >= len(self.keys):
+            raise ValueError(f"samples must be a non-empty selection of the split's {len(self.keys)} indices")
+        self._selected = selected
+        self.keys = [self.keys[i] for i in selected]
+
     def _fd(self, shard_number: int) -> int:
         if os.getpid() != self._pid:  # forked into a worker: descriptors are per process
             self._fds, self._pid = {}, os.getpid()
@@ -134,6 +146,8 @@ class ShardSet:
 
     def read(self, index: int) -> SampleBytes:
         """The stored bytes of sample ``index``, CRC-checked against the manifest."""
+        if self._selected is not None:
+            index = int(self._selected[index])
         shard_number = int(self._shard_of[index])
         shard = self._shards[shard_number]
         local = index - int(self._first[shard_number])

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from p2p_dist.progress import progress_bar
 
 from p2p_dist.data import labels
 from p2p_dist.data.shards.format import (
@@ -129,8 +129,8 @@ def verify_shards(shards_dir: Path, full: bool = False, *, workers: int | None =
     samples, problems = 0, []
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     with ordered_map(workers) as map_in_order:
-        for checked, shard_problems in tqdm(map_in_order(_verify_shard, jobs), total=len(jobs), unit="shard",
-                                            desc="verify", disable=not progress, file=sys.stderr):
+        for checked, shard_problems in progress_bar(len(jobs), "verify", "shard", enabled=progress, file=sys.stderr,
+                                                    iterable=map_in_order(_verify_shard, jobs)):
             samples += checked
             problems += shard_problems
     return VerifyReport(shards_dir, len(jobs), samples, problems)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
+from p2p_dist.progress import progress_bar
 
 from p2p_dist.data.labels import IGNORE_INDEX, to_train_ids
 from p2p_dist.data.loaders.build import build_loader
@@ -100,14 +100,14 @@ def _fit(model: SegmenterNet, loader, config: SegmenterTrainConfig, device: torc
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
     loss = math.nan
-    with tqdm(total=total_steps, desc="segmenter", unit="batch", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(total_steps, "segmenter", "batch", enabled=progress, file=sys.stderr) as bar:
         for epoch in range(config.epochs):
             for photos, ids in _photo_and_ids(loader, epoch):
                 photos = photos.to(device).contiguous(memory_format=torch.channels_last)
                 loss = train_step(model, optimizer, photos, to_train_ids(ids.to(device)))
                 scheduler.step()
-                bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
+                bar.update()
     return loss
 
 
