@@ -33,8 +33,13 @@ def summarise(samples: list[float]) -> dict:
     """Median, min and max of repeated measurements (the samples are kept: they show the noise)."""
     if not samples:
         raise ValueError("summarise needs at least one sample")
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples),
-            "samples": list(samples)}
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "n": len(samples),
+        "samples": list(samples),
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -121,17 +126,23 @@ def gpu_facts() -> dict:
     if not torch.cuda.is_available():
         return {}
     properties = torch.cuda.get_device_properties(0)
-    facts = {"gpu_memory_gib": round(properties.total_memory / GIB, 1),
-             "gpu_compute_capability": f"{properties.major}.{properties.minor}",
-             "gpu_multiprocessors": properties.multi_processor_count,
-             "cudnn": torch.backends.cudnn.version(),
-             # cuDNN convolutions use TF32 for fp32 by default; fp32 matmuls do not.
-             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
-             "gpu_driver": None}
+    facts = {
+        "gpu_memory_gib": round(properties.total_memory / GIB, 1),
+        "gpu_compute_capability": f"{properties.major}.{properties.minor}",
+        "gpu_multiprocessors": properties.multi_processor_count,
+        "cudnn": torch.backends.cudnn.version(),
+        # cuDNN convolutions use TF32 for fp32 by default; fp32 matmuls do not.
+        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+        "gpu_driver": None,
+    }
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
-                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
             driver, max_sm_clock, power_limit = [v.strip() for v in out.splitlines()[0].split(",")][:3]
             facts.update(gpu_driver=driver, gpu_max_sm_clock=max_sm_clock, gpu_power_limit=power_limit)
         except (OSError, subprocess.SubprocessError, IndexError, ValueError):
@@ -140,15 +151,27 @@ def gpu_facts() -> dict:
 
 
 # The CPU features the report names: AVX2, AVX-512 (and its bf16/fp16/VNNI parts), AMX.
-REPORTED_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-                      "amx_bf16", "amx_int8")
+REPORTED_CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def machine_facts() -> dict:
     """Hardware and software a result depends on, recorded next to every result."""
     from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV, cpu_flags, has_fast_bf16
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),

@@ -32,18 +32,39 @@ def _step_rows(rows: list[dict]) -> list[list[str]]:
             out.append([r["variant"], r["precision"], r["batch_size"], f"skipped: {r['skipped']}"] + ["-"] * 8)
             continue
         note = "" if r["warmed_up"] else " (1 unwarmed step)"
-        out.append([r["variant"], r["precision"], r["batch_size"], _rate(r["images_per_s"]) + note,
-                    f"{r['step_s']['median']:.3f}", f"{r['cpu_s_per_image']['median']:.2f}",
-                    f"{r['flops_per_image'] / 1e9:.1f}",
-                    f"{r.get('achieved_flops', 0) / 1e9:.1f}",
-                    f"{100 * r['utilisation']:.1f}%" if "utilisation" in r else "-",
-                    _percent(r.get("utilisation_of_bf16_peak")),
-                    f"{r['peak_memory_bytes'] / GIB:.2f}", r["images_per_s"]["n"]])
+        out.append(
+            [
+                r["variant"],
+                r["precision"],
+                r["batch_size"],
+                _rate(r["images_per_s"]) + note,
+                f"{r['step_s']['median']:.3f}",
+                f"{r['cpu_s_per_image']['median']:.2f}",
+                f"{r['flops_per_image'] / 1e9:.1f}",
+                f"{r.get('achieved_flops', 0) / 1e9:.1f}",
+                f"{100 * r['utilisation']:.1f}%" if "utilisation" in r else "-",
+                _percent(r.get("utilisation_of_bf16_peak")),
+                f"{r['peak_memory_bytes'] / GIB:.2f}",
+                r["images_per_s"]["n"],
+            ]
+        )
     return out
 
 
-STEP_HEADER = ["variant", "precision", "batch", "images/s median (min-max)", "s/step", "CPU s/image", "GFLOP/image",
-               "GFLOP/s", "of peak", "of bf16 peak", "peak mem GiB", "n"]
+STEP_HEADER = [
+    "variant",
+    "precision",
+    "batch",
+    "images/s median (min-max)",
+    "s/step",
+    "CPU s/image",
+    "GFLOP/image",
+    "GFLOP/s",
+    "of peak",
+    "of bf16 peak",
+    "peak mem GiB",
+    "n",
+]
 
 
 def _percent(value: float | None) -> str:
@@ -66,10 +87,16 @@ def _cpu_flags_line(m: dict) -> str:
     """The CPU's bf16/AMX/AVX-512 flags that the automatic choices read, and whether they were simulated."""
     flags = " ".join(m.get("cpu_simd") or []) or "none of avx2/avx512/amx"
     native = m.get("cpu_native_bf16")
-    kind = "" if native is None else ("; native bf16 (precision=auto -> bf16)" if native else
-                                      "; no native bf16 (precision=auto -> fp32)")
-    simulated = (" -- SIMULATED by P2P_DIST_CPU_FLAGS: the automatic choices are those of that CPU kind, the "
-                 "figures this CPU's" if m.get("cpu_flags_simulated") else "")
+    kind = (
+        ""
+        if native is None
+        else ("; native bf16 (precision=auto -> bf16)" if native else "; no native bf16 (precision=auto -> fp32)")
+    )
+    simulated = (
+        " -- SIMULATED by P2P_DIST_CPU_FLAGS: the automatic choices are those of that CPU kind, the figures this CPU's"
+        if m.get("cpu_flags_simulated")
+        else ""
+    )
     return f"CPU flags: {flags}{kind}{simulated}"
 
 
@@ -77,14 +104,35 @@ def _headline_lines(baseline: dict) -> list[str]:
     rows = baseline.get("headline") or []
     if not rows:
         return []
-    lines = ["Headline: p2p_dist's default configuration over the best reference peer measured at each batch size "
-             "(and over the fp32 reference step), all interleaved in this run:", ""]
-    lines += _table(["batch", "p2p_dist default images/s", "precision", "best peer", "best peer images/s",
-                     "vs best peer", "vs fp32 reference"],
-                    [[r["batch_size"], _rate(r["default"]), r["default_precision"], r["best_peer"] or "-",
-                      _rate(r["best_peer_images_per_s"]), _ratio(r["vs_best_peer"]), _ratio(r["vs_fp32_reference"])]
-                     for r in rows])
-    return lines + [""]
+    lines = [
+        "Headline: p2p_dist's default configuration over the best reference peer measured at each batch size "
+        "(and over the fp32 reference step), all interleaved in this run:",
+        "",
+    ]
+    lines += _table(
+        [
+            "batch",
+            "p2p_dist default images/s",
+            "precision",
+            "best peer",
+            "best peer images/s",
+            "vs best peer",
+            "vs fp32 reference",
+        ],
+        [
+            [
+                r["batch_size"],
+                _rate(r["default"]),
+                r["default_precision"],
+                r["best_peer"] or "-",
+                _rate(r["best_peer_images_per_s"]),
+                _ratio(r["vs_best_peer"]),
+                _ratio(r["vs_fp32_reference"]),
+            ]
+            for r in rows
+        ],
+    )
+    return [*lines, ""]
 
 
 def _ratio(value: float | None) -> str:
@@ -96,10 +144,13 @@ def _breakdown_lines(s: dict) -> list[str]:
     variants = s["variants"]
     if not variants:
         return []
-    lines = [f"Batch {s['batch_size']}, {s['steps']} profiled step(s) each after a warm-up; best peer: "
-             f"{s['best_peer']} ({s['best_peer_chosen_by']}). Times are {variants[0]['timing']}, per step; "
-             "ranges of a kind entered several times in a step are summed. The profiler itself slows small ops: "
-             "compare the shares, and the step's speed with the tables above.", ""]
+    lines = [
+        f"Batch {s['batch_size']}, {s['steps']} profiled step(s) each after a warm-up; best peer: "
+        f"{s['best_peer']} ({s['best_peer_chosen_by']}). Times are {variants[0]['timing']}, per step; "
+        "ranges of a kind entered several times in a step are summed. The profiler itself slows small ops: "
+        "compare the shares, and the step's speed with the tables above.",
+        "",
+    ]
     header = ["part of the step"]
     for v in variants:
         header += [f"{v['variant']} ({v['precision']}) ms", "share"]
@@ -114,10 +165,17 @@ def _breakdown_lines(s: dict) -> list[str]:
     body.append(["**whole step**"] + [cell for v in variants for cell in (f"**{v['step_ms']:.1f}**", "100%")])
     wait = s.get("data_wait")
     if wait:
-        body.append([f"data wait in the real loop (section 4: {_percent(wait['fraction'])} of its wall time, "
-                     f"{wait['loop_step_ms']:.0f} ms per step, {wait['precision']})"]
-                    + [cell for v in variants for cell in ((f"{wait['ms']:.1f}", _percent(wait["fraction"]))
-                                                           if v.get("default") else ("-", "-"))])
+        body.append(
+            [
+                f"data wait in the real loop (section 4: {_percent(wait['fraction'])} of its wall time, "
+                f"{wait['loop_step_ms']:.0f} ms per step, {wait['precision']})"
+            ]
+            + [
+                cell
+                for v in variants
+                for cell in ((f"{wait['ms']:.1f}", _percent(wait["fraction"])) if v.get("default") else ("-", "-"))
+            ]
+        )
     for i in range(len(variants[0]["of_which"])):
         part = variants[0]["of_which"][i]["part"]
         row = [f"of which: {part}"]
@@ -126,21 +184,30 @@ def _breakdown_lines(s: dict) -> list[str]:
             row += [f"{o['ms']:.1f} ({o['calls']:.0f} calls)", _percent(o["share"])]
         body.append(row)
     lines += _table(header, body)
-    return lines + ["", "A host synchronisation on a CPU reads a CPU tensor (torch's CPU Adam kernels read each step "
-                        "counter so): it waits for nothing; on CUDA it would stall the launch queue.", ""]
+    note = (
+        "A host synchronisation on a CPU reads a CPU tensor (torch's CPU Adam kernels read each step counter so): "
+        "it waits for nothing; on CUDA it would stall the launch queue."
+    )
+    return [*lines, "", note, ""]
 
 
 def gpu_check_markdown(result: dict) -> str:
     """`make gpu-check`'s own report: each part's status and time, every gpu test's outcome, where packages came
     from (the carried wheels or the machine's image). The benchmark sections follow it (``markdown``)."""
     g, m = result["gpu_check"], result["machine"]
-    lines = [f"# gpu-check: {result['machine_name']}, {result['date']}: {'OK' if g['ok'] else 'FAILED'}"
-             + (" (QUICK dry run: tiny sizes, not a measurement)" if g["quick"] else ""), "",
-             f"- {', '.join(m['gpus']) or 'no GPU'}; driver {m.get('gpu_driver') or '-'}, CUDA {m.get('cuda') or '-'}, "
-             f"cuDNN {m.get('cudnn') or '-'}, torch {m['torch']}, Python {m['python']}",
-             f"- wall {g['wall_s']:.0f} s of a {g['budget_s']:.0f} s budget; {g['gpus']} GPU(s)", ""]
-    lines += _table(["part", "status", "wall s", "limit s"],
-                    [[p["part"], p["status"], f"{p['wall_s']:.0f}", p["limit_s"]] for p in g["parts"]])
+    lines = [
+        f"# gpu-check: {result['machine_name']}, {result['date']}: {'OK' if g['ok'] else 'FAILED'}"
+        + (" (QUICK dry run: tiny sizes, not a measurement)" if g["quick"] else ""),
+        "",
+        f"- {', '.join(m['gpus']) or 'no GPU'}; driver {m.get('gpu_driver') or '-'}, CUDA {m.get('cuda') or '-'}, "
+        f"cuDNN {m.get('cudnn') or '-'}, torch {m['torch']}, Python {m['python']}",
+        f"- wall {g['wall_s']:.0f} s of a {g['budget_s']:.0f} s budget; {g['gpus']} GPU(s)",
+        "",
+    ]
+    lines += _table(
+        ["part", "status", "wall s", "limit s"],
+        [[p["part"], p["status"], f"{p['wall_s']:.0f}", p["limit_s"]] for p in g["parts"]],
+    )
     lines.append("")
     for p in g["parts"]:
         if not p["ok"] and p.get("output_tail"):
@@ -149,16 +216,21 @@ def gpu_check_markdown(result: dict) -> str:
     if tests:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(g["tests"]["counts"].items()))
         lines += [f"## GPU tests ({counts})", ""]
-        lines += _table(["test", "outcome", "s", "message"],
-                        [[t["test"], t["outcome"], f"{t['seconds']:.1f}", t["message"].replace("|", "/")]
-                         for t in tests])
+        lines += _table(
+            ["test", "outcome", "s", "message"],
+            [[t["test"], t["outcome"], f"{t['seconds']:.1f}", t["message"].replace("|", "/")] for t in tests],
+        )
         lines.append("")
     imports = g.get("imports")
     if imports:
         lines += [f"## Packages ({imports['executable']}, Python {imports['python']})", ""]
-        lines += _table(["distribution", "version", "from"],
-                        [[name, d["version"], d["location"]] if d else [name, "absent", "-"]
-                         for name, d in imports["distributions"].items()])
+        lines += _table(
+            ["distribution", "version", "from"],
+            [
+                [name, d["version"], d["location"]] if d else [name, "absent", "-"]
+                for name, d in imports["distributions"].items()
+            ],
+        )
         failed = {k: v for k, v in imports["imports"].items() if str(v).startswith("FAILED")}
         if failed:
             lines += ["", "Imports that failed:", ""] + [f"- `{k}`: {v}" for k, v in failed.items()]
@@ -169,48 +241,81 @@ def gpu_check_markdown(result: dict) -> str:
 def markdown(result: dict) -> str:
     m, plan, sections = result["machine"], result["plan"], result["sections"]
     lines = [f"# p2p_dist benchmark: {result['machine_name']}, {result['date']}", ""]
-    lines += [f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB" + _gpu_line(m),
-              "- " + _cpu_flags_line(m),
-              f"- software: torch {m['torch']}, deepspeed {m['deepspeed']}, DALI {m['dali']}, "
-              f"webdataset {m['webdataset']}, Python {m['python']}; OpenMP env {m.get('openmp_env', '?')}",
-              f"- model: pix2pix unet + PatchGAN at {plan['resolution']}x{plan['resolution']}"
-              + (f", overrides {' '.join(plan['model_overrides'])}" if plan["model_overrides"] else
-                 " (p2p_dist defaults: ngf=ndf=64, batch norm)") + ("; QUICK run (tiny, not a measurement)"
-                                                                    if plan["quick"] else ""),
-              f"- command: `{result['command']}`",
-              "- every figure: median (min-max) over n repeats after warm-up; variants measured interleaved",
-              "- CPU s/image: this process's CPU time per image over all its threads; unlike wall time it barely "
-              "moves with other load, but counts OpenMP threads spinning at barriers",
-              f"- load averages (1/5/15 min) at start {result['load_start']}, at end {result['load_end']} "
-              f"on {m['cpu_cores']} cores: a load above the core count means other work shared the machine", ""]
+    lines += [
+        f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB" + _gpu_line(m),
+        "- " + _cpu_flags_line(m),
+        f"- software: torch {m['torch']}, deepspeed {m['deepspeed']}, DALI {m['dali']}, "
+        f"webdataset {m['webdataset']}, Python {m['python']}; OpenMP env {m.get('openmp_env', '?')}",
+        f"- model: pix2pix unet + PatchGAN at {plan['resolution']}x{plan['resolution']}"
+        + (
+            f", overrides {' '.join(plan['model_overrides'])}"
+            if plan["model_overrides"]
+            else " (p2p_dist defaults: ngf=ndf=64, batch norm)"
+        )
+        + ("; QUICK run (tiny, not a measurement)" if plan["quick"] else ""),
+        f"- command: `{result['command']}`",
+        "- every figure: median (min-max) over n repeats after warm-up; variants measured interleaved",
+        "- CPU s/image: this process's CPU time per image over all its threads; unlike wall time it barely "
+        "moves with other load, but counts OpenMP threads spinning at barriers",
+        f"- load averages (1/5/15 min) at start {result['load_start']}, at end {result['load_end']} "
+        f"on {m['cpu_cores']} cores: a load above the core count means other work shared the machine",
+        "",
+    ]
 
     targets = result.get("targets", [])
     if targets:
         lines += ["## Targets", ""]
-        lines += _table(["target", "measured", "met"],
-                        [[t["target"], t["measured"], {True: "yes", False: "NO", None: "n/a"}[t["met"]]]
-                         for t in targets])
+        lines += _table(
+            ["target", "measured", "met"],
+            [[t["target"], t["measured"], {True: "yes", False: "NO", None: "n/a"}[t["met"]]] for t in targets],
+        )
         lines.append("")
 
     if "data" in sections:
         s = sections["data"]
         lines += [f"## 1. Data plane ({_load(s)})", ""]
-        lines += _table(["loader", "decode", "batch", "resolution", "workers", "images/s median (min-max)", "n"],
-                        [[r["backend"], r["decode"], r["batch_size"], r["crop_size"], r["num_workers"],
-                          _rate(r["images_per_s"], 1), r["images_per_s"]["n"]] for r in s["loaders"]])
+        lines += _table(
+            ["loader", "decode", "batch", "resolution", "workers", "images/s median (min-max)", "n"],
+            [
+                [
+                    r["backend"],
+                    r["decode"],
+                    r["batch_size"],
+                    r["crop_size"],
+                    r["num_workers"],
+                    _rate(r["images_per_s"], 1),
+                    r["images_per_s"]["n"],
+                ]
+                for r in s["loaders"]
+            ],
+        )
         lines.append("")
-        lines += _table(["packing workers", "images", "source", "stored as", "images/s median (min-max)", "n"],
-                        [[r["workers"], r["num_images"], "x".join(map(str, r["source_size"])), r["storage_size"],
-                          _rate(r["images_per_s"], 1), r["images_per_s"]["n"]] for r in s["packing"]])
+        lines += _table(
+            ["packing workers", "images", "source", "stored as", "images/s median (min-max)", "n"],
+            [
+                [
+                    r["workers"],
+                    r["num_images"],
+                    "x".join(map(str, r["source_size"])),
+                    r["storage_size"],
+                    _rate(r["images_per_s"], 1),
+                    r["images_per_s"]["n"],
+                ]
+                for r in s["packing"]
+            ],
+        )
         lines.append("")
 
     if "step" in sections:
         s = sections["step"]
         lines += [f"## 2. Training step, per process ({_load(s)})", ""]
         lines += _table(STEP_HEADER, _step_rows(s["rows"]))
-        lines += ["", "Matmul peaks (the utilisation denominators): "
-                  + "; ".join(f"{k} {v['peak_flops'] / 1e9:.0f} GFLOP/s (n={v['size']})"
-                              for k, v in s["peaks"].items()), ""]
+        lines += [
+            "",
+            "Matmul peaks (the utilisation denominators): "
+            + "; ".join(f"{k} {v['peak_flops'] / 1e9:.0f} GFLOP/s (n={v['size']})" for k, v in s["peaks"].items()),
+            "",
+        ]
         if s.get("notes"):
             lines += [f"- {note}" for note in s["notes"]] + [""]
 
@@ -218,20 +323,47 @@ def markdown(result: dict) -> str:
         s = sections["baseline"]
         lines += [f"## 3. Against the reference recipe and its peers ({_load(s)})", ""]
         lines += _headline_lines(s)
-        lines += _table(["batch", "reference eager fp32 images/s", "p2p_dist default images/s",
-                         "p2p_dist default precision", "ratio"],
-                        [[r["batch_size"], _rate(r["reference"]), _rate(r["default"]), r["default_precision"],
-                          f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"] for r in s["comparison"]])
+        lines += _table(
+            [
+                "batch",
+                "reference eager fp32 images/s",
+                "p2p_dist default images/s",
+                "p2p_dist default precision",
+                "ratio",
+            ],
+            [
+                [
+                    r["batch_size"],
+                    _rate(r["reference"]),
+                    _rate(r["default"]),
+                    r["default_precision"],
+                    f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-",
+                ]
+                for r in s["comparison"]
+            ],
+        )
         lines.append("")
         if s.get("peers"):
-            lines += ["The reference step's peers (the same recipe with PyTorch's documented speed-ups), measured "
-                      "interleaved with the rows above; ratio = p2p_dist default / peer:", ""]
-            lines += _table(["peer", "precision", "batch", "peer images/s", "of bf16 peak", "p2p_dist default images/s",
-                             "ratio"],
-                            [[r["peer"], r["precision"], r["batch_size"],
-                              _rate(r["images_per_s"]) if r["images_per_s"] else f"skipped: {r.get('skipped')}",
-                              _percent(r.get("utilisation_of_bf16_peak")), _rate(r["default"]),
-                              f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"] for r in s["peers"]])
+            lines += [
+                "The reference step's peers (the same recipe with PyTorch's documented speed-ups), measured "
+                "interleaved with the rows above; ratio = p2p_dist default / peer:",
+                "",
+            ]
+            lines += _table(
+                ["peer", "precision", "batch", "peer images/s", "of bf16 peak", "p2p_dist default images/s", "ratio"],
+                [
+                    [
+                        r["peer"],
+                        r["precision"],
+                        r["batch_size"],
+                        _rate(r["images_per_s"]) if r["images_per_s"] else f"skipped: {r.get('skipped')}",
+                        _percent(r.get("utilisation_of_bf16_peak")),
+                        _rate(r["default"]),
+                        f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-",
+                    ]
+                    for r in s["peers"]
+                ],
+            )
             lines.append("")
 
     if "breakdown" in sections:
@@ -243,54 +375,101 @@ def markdown(result: dict) -> str:
         s = sections["loop"]
         r = s["run"]
         lines += [f"## 4. The real loop: `launch/train.py` ({_load(s)})", ""]
-        lines += _table(["steps", "batch", "precision", "loader", "images/s median (min-max)", "data wait median (max)",
-                         "vs isolated step", "records"],
-                        [[r["steps"], r["batch_size_per_process"], r["precision"], s.get("loader", "dali"),
-                          _rate(r["images_per_s"]),
-                          f"{100 * r['data_wait_fraction']['median']:.2f}% "
-                          f"({100 * r['data_wait_fraction']['max']:.2f}%)",
-                          f"{s['vs_isolated_step']:.2f}x" if s.get("vs_isolated_step") else "-",
-                          r["records_used"]]])
+        lines += _table(
+            [
+                "steps",
+                "batch",
+                "precision",
+                "loader",
+                "images/s median (min-max)",
+                "data wait median (max)",
+                "vs isolated step",
+                "records",
+            ],
+            [
+                [
+                    r["steps"],
+                    r["batch_size_per_process"],
+                    r["precision"],
+                    s.get("loader", "dali"),
+                    _rate(r["images_per_s"]),
+                    f"{100 * r['data_wait_fraction']['median']:.2f}% ({100 * r['data_wait_fraction']['max']:.2f}%)",
+                    f"{s['vs_isolated_step']:.2f}x" if s.get("vs_isolated_step") else "-",
+                    r["records_used"],
+                ]
+            ],
+        )
         lines.append("")
 
     if "scaling" in sections:
         s = sections["scaling"]
         lines += [f"## 5. Data-parallel scaling ({_load(s)})", ""]
-        lines += _table(["processes", "images/s (all)", "per process", "speed-up", "efficiency", "data wait"],
-                        [[r["processes"], _rate(r["images_per_s"]), f"{r['per_process_images_per_s']:.2f}",
-                          f"{r['speedup']:.2f}x", f"{100 * r['efficiency']:.0f}%",
-                          f"{100 * r['data_wait_fraction']['median']:.2f}%"] for r in s["rows"]])
+        lines += _table(
+            ["processes", "images/s (all)", "per process", "speed-up", "efficiency", "data wait"],
+            [
+                [
+                    r["processes"],
+                    _rate(r["images_per_s"]),
+                    f"{r['per_process_images_per_s']:.2f}",
+                    f"{r['speedup']:.2f}x",
+                    f"{100 * r['efficiency']:.0f}%",
+                    f"{100 * r['data_wait_fraction']['median']:.2f}%",
+                ]
+                for r in s["rows"]
+            ],
+        )
         lines += ["", s["note"], ""]
 
     if "candidates" in sections:
         s = sections["candidates"]
         lines += [f"## Candidates for a faster default at unchanged maths ({_load(s)})", ""]
-        lines += ["Each variant was measured interleaved with the default in its group; \"vs default\" is its "
-                  "images/s over that default's, \"CPU vs default\" its CPU seconds per image over the default's "
-                  "(below 1: less work; steadier than wall time on a shared machine).", ""]
-        lines += _table(STEP_HEADER + ["vs default", "CPU vs default"],
-                        [row + [f"{r['vs_default']:.2f}x" if r.get("vs_default") else "-",
-                                f"{r['cpu_vs_default']:.2f}" if r.get("cpu_vs_default") else "-"]
-                         for row, r in zip(_step_rows(s["rows"]), s["rows"])])
+        lines += [
+            'Each variant was measured interleaved with the default in its group; "vs default" is its '
+            "images/s over that default's, \"CPU vs default\" its CPU seconds per image over the default's "
+            "(below 1: less work; steadier than wall time on a shared machine).",
+            "",
+        ]
+        lines += _table(
+            [*STEP_HEADER, "vs default", "CPU vs default"],
+            [
+                [
+                    *row,
+                    f"{r['vs_default']:.2f}x" if r.get("vs_default") else "-",
+                    f"{r['cpu_vs_default']:.2f}" if r.get("cpu_vs_default") else "-",
+                ]
+                for row, r in zip(_step_rows(s["rows"]), s["rows"])
+            ],
+        )
         lines.append("")
         if s.get("adam"):
-            lines += _table(["Adam implementation (G's parameters)", "s/step median (min-max)", "vs for-loop",
-                             "max abs diff vs for-loop"],
-                            [[r["implementation"], _rate(r["step_s"], 4), f"{r['speedup']:.2f}x",
-                              f"{r['max_abs_diff']:.2e}"] for r in s["adam"]])
+            lines += _table(
+                [
+                    "Adam implementation (G's parameters)",
+                    "s/step median (min-max)",
+                    "vs for-loop",
+                    "max abs diff vs for-loop",
+                ],
+                [
+                    [r["implementation"], _rate(r["step_s"], 4), f"{r['speedup']:.2f}x", f"{r['max_abs_diff']:.2e}"]
+                    for r in s["adam"]
+                ],
+            )
             lines.append("")
 
     for p in (sections.get("breakdown") or {}).get("variants", []):
         if not p.get("top_ops"):
             continue
-        lines += [f"## Profile: {p['variant']}, batch {p['batch_size']}, {p['steps']} steps (trace: {p['trace']})",
-                  ""]
+        lines += [f"## Profile: {p['variant']}, batch {p['batch_size']}, {p['steps']} steps (trace: {p['trace']})", ""]
         on_device = any(o.get("self_device_ms") for o in p["top_ops"])  # CUDA: kernel time is what counts
-        lines += _table(["op", "calls/step", "self CPU ms/step", "share of self CPU time"]
-                        + (["self GPU ms/step"] if on_device else []),
-                        [[o["name"], o["calls"] // p["steps"], f"{o['self_cpu_ms']:.1f}",
-                          f"{100 * o['self_cpu_share']:.1f}%"] + ([f"{o['self_device_ms']:.2f}"] if on_device else [])
-                         for o in p["top_ops"]])
+        lines += _table(
+            ["op", "calls/step", "self CPU ms/step", "share of self CPU time"]
+            + (["self GPU ms/step"] if on_device else []),
+            [
+                [o["name"], o["calls"] // p["steps"], f"{o['self_cpu_ms']:.1f}", f"{100 * o['self_cpu_share']:.1f}%"]
+                + ([f"{o['self_device_ms']:.2f}"] if on_device else [])
+                for o in p["top_ops"]
+            ],
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -308,14 +487,19 @@ def plot(result: dict, path: Path) -> None:
     for ax, name in zip(axes[0], panels):
         if name == "step":
             baseline = sections.get("baseline", {})
-            rows = [r for r in sections["step"]["rows"] + baseline.get("peer_rows", baseline.get("reference_rows", []))
-                    if "images_per_s" in r]
+            rows = [
+                r
+                for r in sections["step"]["rows"] + baseline.get("peer_rows", baseline.get("reference_rows", []))
+                if "images_per_s" in r
+            ]
             for variant in dict.fromkeys(r["variant"] for r in rows):
                 mine = [r for r in rows if r["variant"] == variant]
                 x = [r["batch_size"] for r in mine]
                 y = [r["images_per_s"]["median"] for r in mine]
-                err = [[v - r["images_per_s"]["min"] for v, r in zip(y, mine)],
-                       [r["images_per_s"]["max"] - v for v, r in zip(y, mine)]]
+                err = [
+                    [v - r["images_per_s"]["min"] for v, r in zip(y, mine)],
+                    [r["images_per_s"]["max"] - v for v, r in zip(y, mine)],
+                ]
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=variant)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -324,8 +508,9 @@ def plot(result: dict, path: Path) -> None:
             ax.legend(fontsize=7)
         elif name == "data":
             s = sections["data"]
-            labels = [f"{r['backend']}\n({r['decode']})" for r in s["loaders"]] + \
-                     [f"pack\n{r['workers']} worker(s)" for r in s["packing"]]
+            labels = [f"{r['backend']}\n({r['decode']})" for r in s["loaders"]] + [
+                f"pack\n{r['workers']} worker(s)" for r in s["packing"]
+            ]
             values = [r["images_per_s"]["median"] for r in s["loaders"] + s["packing"]]
             ax.bar(range(len(values)), values)
             ax.set_xticks(range(len(values)), labels, fontsize=7)
@@ -334,8 +519,13 @@ def plot(result: dict, path: Path) -> None:
             rows = sections["scaling"]["rows"]
             ax.bar([str(r["processes"]) for r in rows], [r["images_per_s"]["median"] for r in rows])
             for i, r in enumerate(rows):
-                ax.annotate(f"{100 * r['efficiency']:.0f}%", (i, r["images_per_s"]["median"]), ha="center",
-                            va="bottom", fontsize=8)
+                ax.annotate(
+                    f"{100 * r['efficiency']:.0f}%",
+                    (i, r["images_per_s"]["median"]),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
             ax.set_xlabel("processes")
             ax.set_ylabel("images/s, all processes (efficiency)")
         ax.set_title(name)

@@ -16,15 +16,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import REPO_ROOT, summarise
 from p2p_dist.config import Config, save_config
 from p2p_dist.run_dir import RunDir
 from p2p_dist.runtime import free_port
 
+from bench_common import REPO_ROOT, summarise
+
 TRAIN_SCRIPT = REPO_ROOT / "launch" / "train.py"
 # The benchmark process may itself have joined a process group (the step section): children must not inherit it.
-DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                   "CROSS_RANK", "CROSS_SIZE")
+DISTRIBUTED_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "CROSS_RANK",
+    "CROSS_SIZE",
+)
 
 
 def _child_env() -> dict:
@@ -39,8 +48,16 @@ def train_command(config_path: Path, nprocs: int, launcher: str) -> list[str]:
         if nprocs != 1:
             raise ValueError(f"launcher 'python' runs one process, not {nprocs}")
         return [sys.executable, str(TRAIN_SCRIPT), "--config", str(config_path)]
-    return [*deepspeed_launcher(), "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(TRAIN_SCRIPT),
-            "--config", str(config_path)]
+    return [
+        *deepspeed_launcher(),
+        "--num_gpus",
+        str(nprocs),
+        "--master_port",
+        str(free_port()),
+        str(TRAIN_SCRIPT),
+        "--config",
+        str(config_path),
+    ]
 
 
 def deepspeed_launcher() -> list[str]:
@@ -72,19 +89,29 @@ def run_training(cfg: Config, nprocs: int, launcher: str, timeout_s: float, work
         save_config(cfg, config_path)
         command = train_command(config_path, nprocs, launcher)
         started = time.perf_counter()
-        result = subprocess.run(command, env=_child_env(), cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=timeout_s)
+        result = subprocess.run(
+            command, env=_child_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s
+        )
         wall = time.perf_counter() - started
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n"
-                               f"{result.stderr[-4000:]}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+            )
         run_dir = RunDir(cfg.run.dir)
         records = [json.loads(line) for line in run_dir.metrics.read_text().splitlines() if line]
         summary = json.loads(run_dir.summary.read_text())
-    return {"processes": nprocs, "launcher": launcher, "command": " ".join(command),
-            "steps": summary["steps"], "batch_size_per_process": cfg.train.batch_size,
-            "precision": summary["precision"], "device": summary["device"], "wall_s": round(wall, 1),
-            **summarise_metrics(records), "records": records}
+    return {
+        "processes": nprocs,
+        "launcher": launcher,
+        "command": " ".join(command),
+        "steps": summary["steps"],
+        "batch_size_per_process": cfg.train.batch_size,
+        "precision": summary["precision"],
+        "device": summary["device"],
+        "wall_s": round(wall, 1),
+        **summarise_metrics(records),
+        "records": records,
+    }
 
 
 def scaling_rows(runs: list[dict], cores_per_machine: int, accelerators: int) -> list[dict]:
@@ -97,9 +124,16 @@ def scaling_rows(runs: list[dict], cores_per_machine: int, accelerators: int) ->
         n = run["processes"]
         rate = run["images_per_s"]["median"]
         hardware = min(n, accelerators) if accelerators else 1  # CPU processes add no cores
-        rows.append({"processes": n, "images_per_s": run["images_per_s"], "per_process_images_per_s": rate / n,
-                     "speedup": rate / base, "efficiency": rate / (n * base),
-                     "resource_efficiency": rate / (hardware * base),
-                     "data_wait_fraction": run["data_wait_fraction"],
-                     "cores_per_process": cores_per_machine / n if not accelerators else None})
+        rows.append(
+            {
+                "processes": n,
+                "images_per_s": run["images_per_s"],
+                "per_process_images_per_s": rate / n,
+                "speedup": rate / base,
+                "efficiency": rate / (n * base),
+                "resource_efficiency": rate / (hardware * base),
+                "data_wait_fraction": run["data_wait_fraction"],
+                "cores_per_process": cores_per_machine / n if not accelerators else None,
+            }
+        )
     return rows

@@ -7,7 +7,8 @@ interleaved rounds (A, B, C, A, B, C, ...) so that load changing on a shared mac
 Per variant and batch size: images/s, seconds per step and process CPU seconds per image (median, min, max
 over repeats after warm-up), model FLOPs per image (torch.utils.flop_counter over one real step: forward
 and backward of both networks, all three discriminator passes), FLOP/s utilisation against the device's
-measured matmul peak, and peak memory: the resident state (parameters, gradients, optimizer state) plus the step's transient peak
+measured matmul peak, and peak memory: the resident state (parameters, gradients, optimizer state) plus the
+step's transient peak
 (``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak of tensor storage allocated inside the step,
 tracked per ATen op, since RSS cannot be reset per variant).
 """
@@ -29,13 +30,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_common import Budget, summarise, synchronize, time_call, time_call_with_cpu
 from p2p_dist.config import Config, load_config
 from p2p_dist.models import PHOTO_CHANNELS, generator_for
 from p2p_dist.runtime import Runtime, has_fast_bf16, resolve_precision
-from p2p_dist.train.engines import ADAM_KERNEL, Pix2Pix
 from p2p_dist.train import step_ranges
+from p2p_dist.train.engines import ADAM_KERNEL, Pix2Pix
 from p2p_dist.train.reference_step import ReferenceStep
+
+from bench_common import Budget, summarise, synchronize, time_call, time_call_with_cpu
 
 # The paper's load size for 256 crops, kept proportional for other resolutions.
 LOAD_SIZE_RATIO = 286 / 256
@@ -44,8 +46,16 @@ STEPS_FOREVER = 10**9  # the learning-rate schedule never decays during a benchm
 
 def config_for(resolution: int, batch_size: int, *overrides: str) -> Config:
     """p2p_dist's default config at ``resolution``, plus dotted overrides (the benchmark's model settings)."""
-    return load_config(None, [f"data.crop_size={resolution}", f"data.load_size={round(resolution * LOAD_SIZE_RATIO)}",
-                              f"train.batch_size={batch_size}", f"train.steps={STEPS_FOREVER}", *overrides])
+    return load_config(
+        None,
+        [
+            f"data.crop_size={resolution}",
+            f"data.load_size={round(resolution * LOAD_SIZE_RATIO)}",
+            f"train.batch_size={batch_size}",
+            f"train.steps={STEPS_FOREVER}",
+            *overrides,
+        ],
+    )
 
 
 def precisions_for(device: torch.device) -> list[str]:
@@ -108,10 +118,17 @@ def reference_peers(device: torch.device) -> list[Variant]:
     """The reference recipe with the speed-ups PyTorch documents, each a peer to beat: fp32 as written, bf16
     autocast, bf16 autocast + channels_last (parameters and inputs), and on CUDA fp16 autocast with a GradScaler.
     The maths is the reference's; only the arithmetic precision and memory layout change."""
-    peers = [reference_variant(),
-             Variant("reference + bf16 autocast", "reference", precision="bf16"),
-             Variant("reference + bf16 autocast + channels_last", "reference", precision="bf16",
-                     memory_format="channels_last", channels_last_model=True)]
+    peers = [
+        reference_variant(),
+        Variant("reference + bf16 autocast", "reference", precision="bf16"),
+        Variant(
+            "reference + bf16 autocast + channels_last",
+            "reference",
+            precision="bf16",
+            memory_format="channels_last",
+            channels_last_model=True,
+        ),
+    ]
     if device.type == "cuda":
         peers.append(Variant("reference + fp16 autocast + GradScaler", "reference", precision="fp16"))
     return peers
@@ -120,9 +137,16 @@ def reference_peers(device: torch.device) -> list[Variant]:
 def precision_variants(device: torch.device) -> list[Variant]:
     """p2p_dist at each precision with its other defaults; the one `auto` resolves to is the default."""
     auto = resolve_precision("auto", 0, device)
-    return [Variant(f"p2p_dist {p}" + (" (default)" if p == auto else ""), "p2p_dist", precision=p,
-                    zero_stage=1 if p == "fp16" else 0, default=p == auto)
-            for p in precisions_for(device)]
+    return [
+        Variant(
+            f"p2p_dist {p}" + (" (default)" if p == auto else ""),
+            "p2p_dist",
+            precision=p,
+            zero_stage=1 if p == "fp16" else 0,
+            default=p == auto,
+        )
+        for p in precisions_for(device)
+    ]
 
 
 class EngineStep:
@@ -141,8 +165,9 @@ class EngineStep:
 class BuiltVariant:
     """A variant's step function with its process-wide settings applied around every call."""
 
-    def __init__(self, variant: Variant, step: Callable[[dict], None], resolved_precision: str,
-                 roots: list[object]) -> None:
+    def __init__(
+        self, variant: Variant, step: Callable[[dict], None], resolved_precision: str, roots: list[object]
+    ) -> None:
         self.variant, self.step, self.resolved_precision, self.roots = variant, step, resolved_precision, roots
 
     def __call__(self, batch: dict) -> None:
@@ -157,14 +182,20 @@ class BuiltVariant:
             torch.set_num_threads(threads)
 
 
-def build_variant(variant: Variant, rt: Runtime, resolution: int, seed: int = 0,
-                  model_overrides: tuple[str, ...] = ()) -> BuiltVariant:
+def build_variant(
+    variant: Variant, rt: Runtime, resolution: int, seed: int = 0, model_overrides: tuple[str, ...] = ()
+) -> BuiltVariant:
     """Models from ``seed`` (so every variant starts from the same weights) in ``variant``'s configuration."""
     cfg = config_for(resolution, 1, *model_overrides, *variant.overrides())
     torch.manual_seed(seed)
     if variant.implementation == "reference":
-        step = ReferenceStep(cfg, rt.device, channels_last=variant.memory_format == "channels_last",
-                             precision=variant.precision, channels_last_model=variant.channels_last_model)
+        step = ReferenceStep(
+            cfg,
+            rt.device,
+            channels_last=variant.memory_format == "channels_last",
+            precision=variant.precision,
+            channels_last_model=variant.channels_last_model,
+        )
         return BuiltVariant(variant, step, variant.precision, step.state_roots())
     if variant.implementation != "p2p_dist":
         raise ValueError(f"unknown implementation {variant.implementation!r} in variant {variant.name!r}")
@@ -173,8 +204,7 @@ def build_variant(variant: Variant, rt: Runtime, resolution: int, seed: int = 0,
     return BuiltVariant(variant, step, precision, step.state_roots())
 
 
-def make_batch(batch_size: int, resolution: int, device: torch.device, label_channels: int = 3,
-               seed: int = 0) -> dict:
+def make_batch(batch_size: int, resolution: int, device: torch.device, label_channels: int = 3, seed: int = 0) -> dict:
     """Seeded inputs in [-1, 1] shaped like the loader's batches (compute cost does not depend on values)."""
     generator = torch.Generator().manual_seed(seed)
     shape = (batch_size, label_channels, resolution, resolution)
@@ -289,8 +319,9 @@ def probe_step(built: BuiltVariant, batch: dict, device: torch.device) -> Probe:
         with FlopCounterMode(display=False) as flops, NewTensorMemory(device) as memory:
             built(batch)
         transient = memory.peak
-    return Probe(time.perf_counter() - started, time.process_time() - cpu_started, flops.get_total_flops(), resident,
-                 transient)
+    return Probe(
+        time.perf_counter() - started, time.process_time() - cpu_started, flops.get_total_flops(), resident, transient
+    )
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> dict:
@@ -306,8 +337,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     for _ in range(repeats):
         seconds = time_call(lambda: [a @ b for _ in range(calls)], device)
         rates.append(2 * size**3 * calls / seconds)
-    return {"dtype": str(dtype).removeprefix("torch."), "size": size, **summarise(rates),
-            "peak_flops": max(rates)}
+    return {"dtype": str(dtype).removeprefix("torch."), "size": size, **summarise(rates), "peak_flops": max(rates)}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -346,8 +376,15 @@ def _failure(exc: BaseException) -> str:
 
 def _row(built: BuiltVariant, batch_size: int, **values) -> dict:
     v = built.variant
-    return {"variant": v.name, "implementation": v.implementation, "precision": built.resolved_precision,
-            "requested_precision": v.precision, "default": v.default, "batch_size": batch_size, **values}
+    return {
+        "variant": v.name,
+        "implementation": v.implementation,
+        "precision": built.resolved_precision,
+        "requested_precision": v.precision,
+        "default": v.default,
+        "batch_size": batch_size,
+        **values,
+    }
 
 
 def failed_rows(variant: Variant, batch_sizes: list[int], message: str) -> list[dict]:
@@ -356,8 +393,9 @@ def failed_rows(variant: Variant, batch_sizes: list[int], message: str) -> list[
     return [_row(stub, batch_size, skipped=message) for batch_size in batch_sizes]
 
 
-def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.device,
-                     log: Callable[[str], None] = print) -> list[dict]:
+def measure_variants(
+    built: list[BuiltVariant], plan: StepPlan, device: torch.device, log: Callable[[str], None] = print
+) -> list[dict]:
     """Rows of images/s, step time, FLOPs and memory per (variant, batch size), variants interleaved. A variant
     whose step raises is reported as failed (the row says why) and left out of later rounds and batch sizes; the
     others go on."""
@@ -373,7 +411,7 @@ def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.de
                 continue
             try:
                 setup = _set_up(b, batch, batch_size, plan, device, per_image_s, log)
-            except Exception as exc:  # noqa: BLE001 (CUDA out of memory, a DeepSpeed error: the others go on)
+            except Exception as exc:
                 failed[b.variant.name] = _failure(exc)
                 rows.append(_row(b, batch_size, skipped=failed[b.variant.name]))
                 log(f"  {b.variant.name} @ batch {batch_size}: {failed[b.variant.name]}")
@@ -387,8 +425,9 @@ def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.de
                 if round_index < a.repeats and a.failed is None:
                     try:
                         wall, cpu = time_call_with_cpu(
-                            lambda: [a.built(batch) for _ in range(a.steps_per_sample)], device)
-                    except Exception as exc:  # noqa: BLE001
+                            lambda a=a, batch=batch: [a.built(batch) for _ in range(a.steps_per_sample)], device
+                        )
+                    except Exception as exc:
                         a.failed = failed[a.built.variant.name] = _failure(exc)
                         log(f"  {a.built.variant.name} @ batch {batch_size}: {a.failed}")
                         continue
@@ -401,20 +440,37 @@ def measure_variants(built: list[BuiltVariant], plan: StepPlan, device: torch.de
             step_s = summarise(a.seconds)
             per_image_s[a.built.variant.name] = step_s["median"] / batch_size
             images = summarise([batch_size / s for s in a.seconds])
-            rows.append(_row(a.built, batch_size, images_per_s=images, step_s=step_s,
-                             cpu_s_per_image=summarise([cpu / batch_size for cpu in a.cpu_seconds]),
-                             warmed_up=a.repeats > 0, steps_per_sample=a.steps_per_sample,
-                             flops_per_image=a.probe.flops / batch_size,
-                             resident_bytes=a.probe.resident_bytes,
-                             transient_peak_bytes=a.probe.transient_peak_bytes,
-                             peak_memory_bytes=a.probe.peak_bytes))
-            log(f"  {a.built.variant.name} @ batch {batch_size}: {images['median']:.2f} images/s "
-                f"(min {images['min']:.2f}, max {images['max']:.2f}, n={images['n']})")
+            rows.append(
+                _row(
+                    a.built,
+                    batch_size,
+                    images_per_s=images,
+                    step_s=step_s,
+                    cpu_s_per_image=summarise([cpu / batch_size for cpu in a.cpu_seconds]),
+                    warmed_up=a.repeats > 0,
+                    steps_per_sample=a.steps_per_sample,
+                    flops_per_image=a.probe.flops / batch_size,
+                    resident_bytes=a.probe.resident_bytes,
+                    transient_peak_bytes=a.probe.transient_peak_bytes,
+                    peak_memory_bytes=a.probe.peak_bytes,
+                )
+            )
+            log(
+                f"  {a.built.variant.name} @ batch {batch_size}: {images['median']:.2f} images/s "
+                f"(min {images['min']:.2f}, max {images['max']:.2f}, n={images['n']})"
+            )
     return rows
 
 
-def _set_up(b: BuiltVariant, batch: dict, batch_size: int, plan: StepPlan, device: torch.device,
-            per_image_s: dict[str, float], log: Callable[[str], None]) -> _Active | dict:
+def _set_up(
+    b: BuiltVariant,
+    batch: dict,
+    batch_size: int,
+    plan: StepPlan,
+    device: torch.device,
+    per_image_s: dict[str, float],
+    log: Callable[[str], None],
+) -> _Active | dict:
     """Probe and warm up one variant at one batch size: what to time, or the row of a skipped one."""
     projected = per_image_s.get(b.variant.name, 0.0) * batch_size
     if projected > plan.max_step_s:
@@ -471,8 +527,15 @@ CAST_OPS = ("aten::_to_copy",)  # dtype and layout conversions (.to), forward an
 HOST_SYNC_OPS = ("aten::_local_scalar_dense",)  # a tensor read by the host: .item(), bool(tensor), .tolist()
 
 
-def profile_steps(built: BuiltVariant, batch_size: int, resolution: int, device: torch.device, steps: int,
-                  trace_path: Path | None = None, row_limit: int = 20) -> dict:
+def profile_steps(
+    built: BuiltVariant,
+    batch_size: int,
+    resolution: int,
+    device: torch.device,
+    steps: int,
+    trace_path: Path | None = None,
+    row_limit: int = 20,
+) -> dict:
     """torch.profiler over ``steps`` training steps (after one warm-up): the per-step breakdown by the step's
     named ranges (p2p_dist.train.step_ranges); with ``trace_path`` also a Chrome trace and the top ops."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -488,22 +551,42 @@ def profile_steps(built: BuiltVariant, batch_size: int, resolution: int, device:
         synchronize(device)
         wall_s = time.perf_counter() - started
     averages = prof.key_averages()
-    out = {"variant": built.variant.name, "implementation": built.variant.implementation,
-           "precision": built.resolved_precision, "default": built.variant.default, "batch_size": batch_size,
-           "steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps, **step_breakdown(averages, steps, device)}
+    out = {
+        "variant": built.variant.name,
+        "implementation": built.variant.implementation,
+        "precision": built.resolved_precision,
+        "default": built.variant.default,
+        "batch_size": batch_size,
+        "steps": steps,
+        "wall_ms_per_step": 1e3 * wall_s / steps,
+        **step_breakdown(averages, steps, device),
+    }
     if trace_path is None:
         return out
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace_path))
     sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     total_self = sum(e.self_cpu_time_total for e in averages) or 1.0
-    top = sorted(averages, key=lambda e: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total,
-                 reverse=True)[:row_limit]
-    out.update(trace=str(trace_path), table=averages.table(sort_by=sort_key, row_limit=row_limit),
-               top_ops=[{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
-                         "cpu_total_ms": e.cpu_time_total / 1e3 / steps,
-                         "self_device_ms": e.self_device_time_total / 1e3 / steps,
-                         "self_cpu_share": e.self_cpu_time_total / total_self} for e in top])
+    top = sorted(
+        averages,
+        key=lambda e: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total,
+        reverse=True,
+    )[:row_limit]
+    out.update(
+        trace=str(trace_path),
+        table=averages.table(sort_by=sort_key, row_limit=row_limit),
+        top_ops=[
+            {
+                "name": e.key,
+                "calls": e.count,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
+                "cpu_total_ms": e.cpu_time_total / 1e3 / steps,
+                "self_device_ms": e.self_device_time_total / 1e3 / steps,
+                "self_cpu_share": e.self_cpu_time_total / total_self,
+            }
+            for e in top
+        ],
+    )
     return out
 
 
@@ -521,22 +604,47 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
         if event is None:
             continue
         ms = event.cpu_time_total / 1e3 / steps
-        rows.append({"part": name.removeprefix("step/"), "range": name, "ms": ms, "share": ms / step_ms,
-                     "calls": event.count / steps})
+        rows.append(
+            {
+                "part": name.removeprefix("step/"),
+                "range": name,
+                "ms": ms,
+                "share": ms / step_ms,
+                "calls": event.count / steps,
+            }
+        )
     outside = step_ms - sum(r["ms"] for r in rows)
-    rows.append({"part": "outside the ranges (Python between them, requires_grad toggles, loss bookkeeping)",
-                 "range": None, "ms": outside, "share": outside / step_ms, "calls": None})
+    rows.append(
+        {
+            "part": "outside the ranges (Python between them, requires_grad toggles, loss bookkeeping)",
+            "range": None,
+            "ms": outside,
+            "share": outside / step_ms,
+            "calls": None,
+        }
+    )
 
     def part_of(label: str, names: tuple[str, ...]) -> dict:
         found = [events[n] for n in names if n in events]
         ms = sum(e.cpu_time_total for e in found) / 1e3 / steps
-        return {"part": label, "ops": list(names), "ms": ms, "share": ms / step_ms,
-                "calls": sum(e.count for e in found) / steps}
+        return {
+            "part": label,
+            "ops": list(names),
+            "ms": ms,
+            "share": ms / step_ms,
+            "calls": sum(e.count for e in found) / steps,
+        }
 
-    of_which = [part_of("casts: dtype and layout conversions (forward and backward)", CAST_OPS),
-                part_of("host synchronisations: tensors read by the host", HOST_SYNC_OPS)]
-    return {"step_ms": step_ms, "rows": rows, "of_which": of_which,
-            "timing": "host (CUDA kernels run asynchronously)" if device.type == "cuda" else "wall time on the host"}
+    of_which = [
+        part_of("casts: dtype and layout conversions (forward and backward)", CAST_OPS),
+        part_of("host synchronisations: tensors read by the host", HOST_SYNC_OPS),
+    ]
+    return {
+        "step_ms": step_ms,
+        "rows": rows,
+        "of_which": of_which,
+        "timing": "host (CUDA kernels run asynchronously)" if device.type == "cuda" else "wall time on the host",
+    }
 
 
 # ------------------------------------------------------------------------------------------- candidates
@@ -551,12 +659,21 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
     variants = [
         default_variant(),
         # layout: inputs (train.memory_format) and parameters (train.model_memory_format)
-        Variant("contiguous inputs and parameters", "p2p_dist", memory_format="contiguous",
-                model_memory_format="contiguous"),
-        Variant("channels_last inputs, contiguous parameters", "p2p_dist", memory_format="channels_last",
-                model_memory_format="contiguous"),
-        Variant("channels_last inputs and parameters", "p2p_dist", memory_format="channels_last",
-                model_memory_format="channels_last"),
+        Variant(
+            "contiguous inputs and parameters", "p2p_dist", memory_format="contiguous", model_memory_format="contiguous"
+        ),
+        Variant(
+            "channels_last inputs, contiguous parameters",
+            "p2p_dist",
+            memory_format="channels_last",
+            model_memory_format="contiguous",
+        ),
+        Variant(
+            "channels_last inputs and parameters",
+            "p2p_dist",
+            memory_format="channels_last",
+            model_memory_format="channels_last",
+        ),
         # how bf16 runs (train.bf16_mode; only where precision=auto resolves to bf16)
         Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
         Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
@@ -570,8 +687,11 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         *reference_peers(device),
     ]
     if device.type == "cpu" and cores > 1:
-        variants.append(Variant(f"{cores - 1} intra-op thread(s) instead of {cores} (one core left free)",
-                                "p2p_dist", threads=cores - 1))
+        variants.append(
+            Variant(
+                f"{cores - 1} intra-op thread(s) instead of {cores} (one core left free)", "p2p_dist", threads=cores - 1
+            )
+        )
     if with_compile:
         variants.append(Variant("torch.compile (inductor)", "p2p_dist", compile=True))
     return variants
@@ -598,8 +718,13 @@ def measure_adam(cfg: Config, device: torch.device, repeats: int, warmup: int = 
             optimizer.step()
         seconds = [time_call(optimizer.step, device) for _ in range(repeats)]
         finals[name] = params
-        results.append({"implementation": name + (" (torch's default here)" if name == default else ""),
-                        "name": name, "step_s": summarise(seconds)})
+        results.append(
+            {
+                "implementation": name + (" (torch's default here)" if name == default else ""),
+                "name": name,
+                "step_s": summarise(seconds),
+            }
+        )
         del optimizer
     base = next(r for r in results if r["name"] == "for-loop")["step_s"]["median"]
     with torch.no_grad():

@@ -50,9 +50,18 @@ def measure_throughput(
 ) -> dict:
     """Time the loader on ``split`` of ``shards``; images/s is the median over ``repeats``."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loader = build_loader(shards, split, backend=backend, batch_size=batch_size, train=True, load_size=load_size,
-                          crop_size=crop_size, label_encoding=label_encoding, device=device,
-                          num_workers=num_workers)
+    loader = build_loader(
+        shards,
+        split,
+        backend=backend,
+        batch_size=batch_size,
+        train=True,
+        load_size=load_size,
+        crop_size=crop_size,
+        label_encoding=label_encoding,
+        device=device,
+        num_workers=num_workers,
+    )
     stream = _endless(loader)
     for _ in range(warmup):
         next(stream)
@@ -103,14 +112,24 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args()
     result = measure_throughput(
-        args.shards, backend=args.backend, split=args.split, batch_size=args.batch_size, batches=args.batches,
-        repeats=args.repeats, warmup=args.warmup, num_workers=args.workers, load_size=args.load_size,
-        crop_size=args.crop_size, label_encoding=args.label_encoding,
+        args.shards,
+        backend=args.backend,
+        split=args.split,
+        batch_size=args.batch_size,
+        batches=args.batches,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        num_workers=args.workers,
+        load_size=args.load_size,
+        crop_size=args.crop_size,
+        label_encoding=args.label_encoding,
         device=torch.device(args.device) if args.device else None,
     )
     print(json.dumps(result, indent=1))
-    print(f"{result['backend']} on {result['device']}: {result['images_per_s']:.1f} images/s "
-          f"(median of {result['repeats']} x {result['batches']} batches of {result['batch_size']})")
+    print(
+        f"{result['backend']} on {result['device']}: {result['images_per_s']:.1f} images/s "
+        f"(median of {result['repeats']} x {result['batches']} batches of {result['batch_size']})"
+    )
 
 
 if __name__ == "__main__":

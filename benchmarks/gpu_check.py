@@ -48,10 +48,34 @@ REPORT_RESERVE_S = 15  # kept back for merging and writing the results
 MIN_PART_S = 20  # a part that would get less than this is skipped, not started
 TEST_TIMEOUT_S = 90  # one gpu test (a ~20 s launch/train.py run on an H200)
 # The GPU path's imports, and the distributions whose versions and locations the report names.
-IMPORTS = ("torch", "deepspeed", "webdataset", "pydantic", "hjson", "cityscapesscripts.helpers.labels", "wds2idx",
-           "torchmetrics", "torchvision", "p2p_dist.train.loop", "p2p_dist.data.loaders.webdataset")
-DISTRIBUTIONS = ("torch", "torchvision", "torchmetrics", "deepspeed", "webdataset", "pydantic", "pydantic-core",
-                 "hjson", "cityscapesscripts", "numpy", "pillow", "pytest", "nvidia-dali-cuda130")
+IMPORTS = (
+    "torch",
+    "deepspeed",
+    "webdataset",
+    "pydantic",
+    "hjson",
+    "cityscapesscripts.helpers.labels",
+    "wds2idx",
+    "torchmetrics",
+    "torchvision",
+    "p2p_dist.train.loop",
+    "p2p_dist.data.loaders.webdataset",
+)
+DISTRIBUTIONS = (
+    "torch",
+    "torchvision",
+    "torchmetrics",
+    "deepspeed",
+    "webdataset",
+    "pydantic",
+    "pydantic-core",
+    "hjson",
+    "cityscapesscripts",
+    "numpy",
+    "pillow",
+    "pytest",
+    "nvidia-dali-cuda130",
+)
 
 
 def gpu_test_files() -> list[Path]:
@@ -75,7 +99,7 @@ class Clock:
 _running: list[subprocess.Popen] = []  # the part in flight, for the SIGTERM handler
 
 
-def _stop_on_sigterm(signum, frame) -> None:  # noqa: ARG001
+def _stop_on_sigterm(signum, frame) -> None:
     """gpu_check.sh's hard limit (timeout) sends SIGTERM: take the part's own process group down with us (it runs
     in a session of its own, which the lent machine would otherwise leave running)."""
     for proc in _running:
@@ -89,8 +113,16 @@ def run_part(name: str, command: list[str], limit_s: float, env: dict) -> dict:
     shown = " ".join("<script>" if "\n" in arg else arg for arg in command)
     print(f"\n=== gpu-check {name}: {shown} (limit {limit_s:.0f} s)", flush=True)
     started = time.monotonic()
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     _running.append(proc)
     tail: deque[str] = deque(maxlen=40)
 
@@ -115,9 +147,16 @@ def run_part(name: str, command: list[str], limit_s: float, env: dict) -> dict:
     else:
         status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
     print(f"=== gpu-check {name}: {status}, {wall:.0f} s", flush=True)
-    return {"part": name, "status": status, "ok": status == "ok", "wall_s": round(wall, 1),
-            "limit_s": round(limit_s), "returncode": proc.returncode, "command": shown,
-            "output_tail": list(tail)}
+    return {
+        "part": name,
+        "status": status,
+        "ok": status == "ok",
+        "wall_s": round(wall, 1),
+        "limit_s": round(limit_s),
+        "returncode": proc.returncode,
+        "command": shown,
+        "output_tail": list(tail),
+    }
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -149,11 +188,20 @@ def junit_results(path: Path) -> dict:
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
                 outcome = {"failure": "failed"}.get(child.tag, child.tag)
-                message = (child.get("message") or child.text or "").strip().splitlines()[0][:300] \
-                    if (child.get("message") or child.text) else ""
+                message = (
+                    (child.get("message") or child.text or "").strip().splitlines()[0][:300]
+                    if (child.get("message") or child.text)
+                    else ""
+                )
                 break
-        tests.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
-                      "seconds": round(float(case.get("time", 0.0)), 1), "message": message})
+        tests.append(
+            {
+                "test": f"{case.get('classname')}::{case.get('name')}",
+                "outcome": outcome,
+                "seconds": round(float(case.get("time", 0.0)), 1),
+                "message": message,
+            }
+        )
     counts: dict[str, int] = {}
     for t in tests:
         counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
@@ -188,8 +236,18 @@ def parse_imports(part: dict) -> dict | None:
 
 
 def bench_command(sections: str, quick: bool, out: Path) -> list[str]:
-    return [sys.executable, str(RUN), "--gpu-check", *(["--quick"] if quick else []), "--sections", sections,
-            "--out", str(out), "--stem", "part"]
+    return [
+        sys.executable,
+        str(RUN),
+        "--gpu-check",
+        *(["--quick"] if quick else []),
+        "--sections",
+        sections,
+        "--out",
+        str(out),
+        "--stem",
+        "part",
+    ]
 
 
 def merge_sections(result: dict, part_json: Path) -> dict | None:
@@ -210,8 +268,7 @@ def isolated_ratio(result: dict) -> None:
     if not loop or not step:
         return
     batch = loop["run"]["batch_size_per_process"]
-    default = next((r for r in step["rows"] if r["default"] and r["batch_size"] == batch and "images_per_s" in r),
-                   None)
+    default = next((r for r in step["rows"] if r["default"] and r["batch_size"] == batch and "images_per_s" in r), None)
     if default:
         loop["vs_isolated_step"] = loop["run"]["images_per_s"]["median"] / default["images_per_s"]["median"]
 
@@ -233,12 +290,19 @@ def output_dirs(args: argparse.Namespace) -> list[Path]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="dry run on any device: tiny model and data, every part (tests skip without CUDA)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="dry run on any device: tiny model and data, every part (tests skip without CUDA)",
+    )
     parser.add_argument("--budget-s", type=float, default=TOTAL_BUDGET_S, help="total seconds for all parts")
     parser.add_argument("--parts", default="imports,tests,step,loop,scaling", help="comma-separated subset")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results directory (default benchmarks/results; --quick with $OUT set: only $OUT)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default benchmarks/results; --quick with $OUT set: only $OUT)",
+    )
     return parser.parse_args(argv)
 
 
@@ -251,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-check: no CUDA device here: nothing to check (--quick dry-runs the plan on this machine)")
         return 0
     import run as bench_run
+
     import bench_report
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -260,12 +325,20 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     facts = common.machine_facts()
     stem = f"{common.machine_name(facts)}-{common.today()}" + ("-quick" if args.quick else "")
-    print(f"gpu-check: {stem}: {facts.get('gpu_name') or 'no GPU (dry run)'}, driver {facts.get('gpu_driver')}, "
-          f"CUDA {facts.get('cuda')}, torch {facts['torch']}, Python {facts['python']}; budget {args.budget_s:.0f} s",
-          flush=True)
-    result = {"machine_name": common.machine_name(facts), "date": common.today(), "machine": facts,
-              "plan": None, "command": "bash benchmarks/gpu_check.sh" + (" --quick" if args.quick else ""),
-              "load_start": common.load_average(), "sections": {}}
+    print(
+        f"gpu-check: {stem}: {facts.get('gpu_name') or 'no GPU (dry run)'}, driver {facts.get('gpu_driver')}, "
+        f"CUDA {facts.get('cuda')}, torch {facts['torch']}, Python {facts['python']}; budget {args.budget_s:.0f} s",
+        flush=True,
+    )
+    result = {
+        "machine_name": common.machine_name(facts),
+        "date": common.today(),
+        "machine": facts,
+        "plan": None,
+        "command": "bash benchmarks/gpu_check.sh" + (" --quick" if args.quick else ""),
+        "load_start": common.load_average(),
+        "sections": {},
+    }
     parts, tests = [], {"tests": [], "counts": {}}
     imports = None
 
@@ -274,9 +347,24 @@ def main(argv: list[str] | None = None) -> int:
         plan = [
             ("imports", [sys.executable, "-c", IMPORT_PROBE, ",".join(IMPORTS), ",".join(DISTRIBUTIONS)]),
             # Each test bounded too (pytest-timeout), so that one hung test fails alone and the report still comes.
-            ("tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rA",
-                       "-o", f"timeout={TEST_TIMEOUT_S}", f"--junitxml={tmp / 'junit.xml'}",
-                       *map(str, gpu_test_files())]),
+            (
+                "tests",
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "-m",
+                    "gpu",
+                    "-rA",
+                    "-o",
+                    f"timeout={TEST_TIMEOUT_S}",
+                    f"--junitxml={tmp / 'junit.xml'}",
+                    *map(str, gpu_test_files()),
+                ],
+            ),
             ("step", bench_command("step,baseline", args.quick, tmp / "step")),
             ("loop", bench_command("loop", args.quick, tmp / "loop")),
             ("scaling", bench_command("scaling", args.quick, tmp / "scaling")),
@@ -307,17 +395,27 @@ def main(argv: list[str] | None = None) -> int:
     if result["plan"] is None:
         import dataclasses
 
-        result["plan"] = dataclasses.asdict(bench_run.make_plan(torch.device("cuda" if cuda else "cpu"), args.quick,
-                                                                256, gpu_check=True))
+        result["plan"] = dataclasses.asdict(
+            bench_run.make_plan(torch.device("cuda" if cuda else "cpu"), args.quick, 256, gpu_check=True)
+        )
     isolated_ratio(result)
     result["load_end"] = common.load_average()
     result["targets"] = bench_run.evaluate_targets(result)
     failed_tests = [t for t in tests["tests"] if t["outcome"] in ("failed", "error")]
-    result["gpu_check"] = {"budget_s": args.budget_s, "wall_s": round(clock.elapsed(), 1), "quick": args.quick,
-                           "parts": [{k: v for k, v in p.items() if k != "output_tail"} | {
-                               "output_tail": p.get("output_tail", [])[-15:] if not p["ok"] else []} for p in parts],
-                           "tests": tests, "imports": imports, "gpus": gpus,
-                           "ok": all(p["ok"] for p in parts) and not failed_tests}
+    result["gpu_check"] = {
+        "budget_s": args.budget_s,
+        "wall_s": round(clock.elapsed(), 1),
+        "quick": args.quick,
+        "parts": [
+            {k: v for k, v in p.items() if k != "output_tail"}
+            | {"output_tail": p.get("output_tail", [])[-15:] if not p["ok"] else []}
+            for p in parts
+        ],
+        "tests": tests,
+        "imports": imports,
+        "gpus": gpus,
+        "ok": all(p["ok"] for p in parts) and not failed_tests,
+    }
 
     report = bench_report.gpu_check_markdown(result) + "\n" + bench_report.markdown(result)
     written = []
@@ -332,8 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(f"gpu-check: {p['part']:8s} {p['status']} ({p['wall_s']:.0f} s)" for p in parts))
     if failed_tests:
         print(f"gpu-check: {len(failed_tests)} test(s) failed: " + ", ".join(t["test"] for t in failed_tests))
-    print(f"gpu-check: {'OK' if result['gpu_check']['ok'] else 'FAILED'} in {clock.elapsed():.0f} s; results: "
-          + ", ".join(f"{w}.json/.md/.png" for w in written), flush=True)
+    print(
+        f"gpu-check: {'OK' if result['gpu_check']['ok'] else 'FAILED'} in {clock.elapsed():.0f} s; results: "
+        + ", ".join(f"{w}.json/.md/.png" for w in written),
+        flush=True,
+    )
     return 0 if result["gpu_check"]["ok"] else 1
 
 

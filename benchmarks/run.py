@@ -41,23 +41,25 @@ from pathlib import Path
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".venv" / "torch_extensions"))
 
 # The in-process sections run with the OpenMP settings launch/train.py runs with (re-executing if torch loaded).
-from p2p_dist.openmp_defaults import apply_openmp_defaults  # noqa: E402
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 
 if __name__ == "__main__":
     apply_openmp_defaults()
 
-import torch  # noqa: E402
+import torch
 
-import bench_common as common  # noqa: E402
-import bench_report  # noqa: E402
+import bench_common as common
+import bench_report
 
 SECTIONS = ("data", "step", "baseline", "breakdown", "loop", "scaling")
 OPTIONAL_SECTIONS = ("candidates",)
 TARGET_BATCH = 4  # the batch size of the speed-up targets against the reference recipe and its peers
 # Issue 12's targets for the real loop at TARGET_BATCH, per CPU kind: (the peer's step it is measured against,
 # the ratio to reach). "best peer" is the fastest reference peer measured in the same run.
-LOOP_TARGETS = {"native-bf16 CPU": (("best peer", 1.3), ("reference eager fp32", 2.0)),
-                "AVX2-only CPU": (("reference eager fp32", 1.3),)}
+LOOP_TARGETS = {
+    "native-bf16 CPU": (("best peer", 1.3), ("reference eager fp32", 2.0)),
+    "AVX2-only CPU": (("reference eager fp32", 1.3),),
+}
 GPU_UTILISATION_TARGET = 0.40  # of the bf16 matmul peak, at a batch of at least GPU_TARGET_MIN_BATCH
 GPU_TARGET_MIN_BATCH = 32
 CANDIDATE_GROUP = 5  # candidates measured interleaved with the default at a time
@@ -109,51 +111,148 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     processes = sorted({1, 2, gpus}) if gpus > 2 else [1, 2]
     if quick:  # a tiny model on tiny data: exercises every code path in seconds
-        plan = Plan(quick=True, resolution=128, model_overrides=["model.ngf=8", "model.ndf=8"], step_batches=[1, 2],
-                    warmup=1, repeats=2, min_repeats=2, budget_s=10, max_step_s=30, min_sample_s=0.0,
-                    data_batch=2, data_batches=3, data_repeats=2, data_warmup=1, data_workers=1, pack_images=4,
-                    pack_size=(128, 64), pack_repeats=1, run_batch=2, loop_steps=4, scaling_steps=3, log_every=1,
-                    scaling_processes=[1, 2], candidate_batch=2, profile_steps=1, run_timeout_s=600)
+        plan = Plan(
+            quick=True,
+            resolution=128,
+            model_overrides=["model.ngf=8", "model.ndf=8"],
+            step_batches=[1, 2],
+            warmup=1,
+            repeats=2,
+            min_repeats=2,
+            budget_s=10,
+            max_step_s=30,
+            min_sample_s=0.0,
+            data_batch=2,
+            data_batches=3,
+            data_repeats=2,
+            data_warmup=1,
+            data_workers=1,
+            pack_images=4,
+            pack_size=(128, 64),
+            pack_repeats=1,
+            run_batch=2,
+            loop_steps=4,
+            scaling_steps=3,
+            log_every=1,
+            scaling_processes=[1, 2],
+            candidate_batch=2,
+            profile_steps=1,
+            run_timeout_s=600,
+        )
         if gpu_check:  # the dry run of gpu-check's plan: one batch size, one process per GPU
-            plan = dataclasses.replace(plan, step_batches=[2],
-                                       scaling_processes=[1, gpus] if gpus > 1 else [1])
+            plan = dataclasses.replace(plan, step_batches=[2], scaling_processes=[1, gpus] if gpus > 1 else [1])
         return plan
     if gpu_check:
         if device.type != "cuda":
             raise SystemExit("--gpu-check sizes are for a CUDA device (add --quick for a dry run of the plan)")
         cores = os.cpu_count() or 1
-        return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=list(GPU_CHECK_BATCHES),
-                    warmup=3, repeats=5, min_repeats=3, budget_s=8, max_step_s=30, min_sample_s=0.3,
-                    data_batch=GPU_CHECK_BATCHES[0], data_batches=30, data_repeats=2, data_warmup=3,
-                    data_workers=max(1, min(12, cores - 2)), pack_images=16, pack_size=(2048, 1024), pack_repeats=1,
-                    run_batch=GPU_CHECK_BATCHES[0], loop_steps=60, scaling_steps=40, log_every=10,
-                    scaling_processes=[1, gpus] if gpus > 1 else [1], candidate_batch=GPU_CHECK_BATCHES[0],
-                    profile_steps=3, run_timeout_s=100, reference_peers=True, demo_scenes=GPU_CHECK_DEMO_SCENES)
+        return Plan(
+            quick=False,
+            resolution=resolution,
+            model_overrides=[],
+            step_batches=list(GPU_CHECK_BATCHES),
+            warmup=3,
+            repeats=5,
+            min_repeats=3,
+            budget_s=8,
+            max_step_s=30,
+            min_sample_s=0.3,
+            data_batch=GPU_CHECK_BATCHES[0],
+            data_batches=30,
+            data_repeats=2,
+            data_warmup=3,
+            data_workers=max(1, min(12, cores - 2)),
+            pack_images=16,
+            pack_size=(2048, 1024),
+            pack_repeats=1,
+            run_batch=GPU_CHECK_BATCHES[0],
+            loop_steps=60,
+            scaling_steps=40,
+            log_every=10,
+            scaling_processes=[1, gpus] if gpus > 1 else [1],
+            candidate_batch=GPU_CHECK_BATCHES[0],
+            profile_steps=3,
+            run_timeout_s=100,
+            reference_peers=True,
+            demo_scenes=GPU_CHECK_DEMO_SCENES,
+        )
     if device.type == "cuda":
-        return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=[1, 4, 16, 64], warmup=5,
-                    repeats=7, min_repeats=3, budget_s=30, max_step_s=60, min_sample_s=0.5, data_batch=16,
-                    data_batches=50, data_repeats=3, data_warmup=5, data_workers=4, pack_images=64,
-                    pack_size=(2048, 1024), pack_repeats=3, run_batch=16, loop_steps=60, scaling_steps=60,
-                    log_every=10, scaling_processes=processes, candidate_batch=16, profile_steps=5)
+        return Plan(
+            quick=False,
+            resolution=resolution,
+            model_overrides=[],
+            step_batches=[1, 4, 16, 64],
+            warmup=5,
+            repeats=7,
+            min_repeats=3,
+            budget_s=30,
+            max_step_s=60,
+            min_sample_s=0.5,
+            data_batch=16,
+            data_batches=50,
+            data_repeats=3,
+            data_warmup=5,
+            data_workers=4,
+            pack_images=64,
+            pack_size=(2048, 1024),
+            pack_repeats=3,
+            run_batch=16,
+            loop_steps=60,
+            scaling_steps=60,
+            log_every=10,
+            scaling_processes=processes,
+            candidate_batch=16,
+            profile_steps=5,
+        )
     # CPU: one 256x256 image costs ~87 GFLOP per step, seconds on two cores. Budgets keep the whole run near
     # 10-15 minutes on a quiet 2-core machine; what they cut is recorded in the rows (n, skipped).
     # Without native bf16 units, bf16 steps (p2p_dist's and the peers') take ~55 s at batch 1 (slow reference
     # kernels): a 30 s step limit reports them from their first step and skips their larger batches.
     from p2p_dist.runtime import has_fast_bf16
 
-    return Plan(quick=False, resolution=resolution, model_overrides=[], step_batches=[1, 4, 16], warmup=2, repeats=5,
-                min_repeats=2, budget_s=40, max_step_s=60 if has_fast_bf16(device) else 30, min_sample_s=0.0, data_batch=TARGET_BATCH,
-                data_batches=20, data_repeats=3, data_warmup=3, data_workers=2, pack_images=32, pack_size=(2048, 1024),
-                pack_repeats=2, run_batch=TARGET_BATCH, loop_steps=10, scaling_steps=6, log_every=2,
-                scaling_processes=processes, candidate_batch=TARGET_BATCH, profile_steps=3)
+    return Plan(
+        quick=False,
+        resolution=resolution,
+        model_overrides=[],
+        step_batches=[1, 4, 16],
+        warmup=2,
+        repeats=5,
+        min_repeats=2,
+        budget_s=40,
+        max_step_s=60 if has_fast_bf16(device) else 30,
+        min_sample_s=0.0,
+        data_batch=TARGET_BATCH,
+        data_batches=20,
+        data_repeats=3,
+        data_warmup=3,
+        data_workers=2,
+        pack_images=32,
+        pack_size=(2048, 1024),
+        pack_repeats=2,
+        run_batch=TARGET_BATCH,
+        loop_steps=10,
+        scaling_steps=6,
+        log_every=2,
+        scaling_processes=processes,
+        candidate_batch=TARGET_BATCH,
+        profile_steps=3,
+    )
 
 
 def step_plan(plan: Plan, batch_sizes: list[int]):
     from bench_step import StepPlan
 
-    return StepPlan(resolution=plan.resolution, batch_sizes=batch_sizes, warmup=plan.warmup, repeats=plan.repeats,
-                    min_repeats=plan.min_repeats, budget_s=plan.budget_s, max_step_s=plan.max_step_s,
-                    min_sample_s=plan.min_sample_s, model_overrides=tuple(plan.model_overrides))
+    return StepPlan(
+        resolution=plan.resolution,
+        batch_sizes=batch_sizes,
+        warmup=plan.warmup,
+        repeats=plan.repeats,
+        min_repeats=plan.min_repeats,
+        budget_s=plan.budget_s,
+        max_step_s=plan.max_step_s,
+        min_sample_s=plan.min_sample_s,
+        model_overrides=tuple(plan.model_overrides),
+    )
 
 
 class Suite:
@@ -197,14 +296,22 @@ class Suite:
 
         p = self.plan
         print(f"[data] loaders at {p.resolution}px, batch {p.data_batch}", flush=True)
-        record["loaders"] = measure_loaders(self.shards, batch_size=p.data_batch, resolution=p.resolution,
-                                            load_size=round(p.resolution * LOAD_SIZE_RATIO), batches=p.data_batches,
-                                            repeats=p.data_repeats, warmup=p.data_warmup,
-                                            num_workers=p.data_workers, device=self.device)
+        record["loaders"] = measure_loaders(
+            self.shards,
+            batch_size=p.data_batch,
+            resolution=p.resolution,
+            load_size=round(p.resolution * LOAD_SIZE_RATIO),
+            batches=p.data_batches,
+            repeats=p.data_repeats,
+            warmup=p.data_warmup,
+            num_workers=p.data_workers,
+            device=self.device,
+        )
         cores = os.cpu_count() or 1
         print(f"[data] packing {p.pack_images} synthetic {p.pack_size[0]}x{p.pack_size[1]} scenes", flush=True)
-        record["packing"] = measure_packing(num_images=p.pack_images, image_size=p.pack_size, repeats=p.pack_repeats,
-                                            workers_options=sorted({1, cores}))
+        record["packing"] = measure_packing(
+            num_images=p.pack_images, image_size=p.pack_size, repeats=p.pack_repeats, workers_options=sorted({1, cores})
+        )
 
     # ------------------------------------------------------------------------------- step and baseline
     def step_and_baseline(self, sections: dict, want_step: bool, want_baseline: bool) -> None:
@@ -220,15 +327,23 @@ class Suite:
             built, unbuilt = [], []
             for v in variants:  # one variant that cannot be built (say, on a new GPU stack) leaves the others
                 try:
-                    built.append(bs.build_variant(v, rt, self.plan.resolution,
-                                                  model_overrides=tuple(self.plan.model_overrides)))
-                except Exception as exc:  # noqa: BLE001
+                    built.append(
+                        bs.build_variant(v, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
+                    )
+                except Exception as exc:
                     message = f"failed to build: {type(exc).__name__}: {exc}"[:300]
                     print(f"  {v.name}: {message}", flush=True)
                     unbuilt += bs.failed_rows(v, self.plan.step_batches, message)
             print(f"[step] interleaved measurement at batch sizes {self.plan.step_batches}", flush=True)
-            rows = bs.measure_variants(built, step_plan(self.plan, self.plan.step_batches), self.device,
-                                       log=lambda line: print(line, flush=True)) + unbuilt
+            rows = (
+                bs.measure_variants(
+                    built,
+                    step_plan(self.plan, self.plan.step_batches),
+                    self.device,
+                    log=lambda line: print(line, flush=True),
+                )
+                + unbuilt
+            )
             peaks = self.peaks()
             bs.add_utilisation(rows, peaks)
             del built
@@ -237,29 +352,50 @@ class Suite:
         self.isolated_default = {b: r["images_per_s"]["median"] for b, r in defaults.items()}
         notes = []
         if any(r.get("utilisation", 0) > 1 for r in rows):
-            notes.append("utilisation above 100%: that precision's matmul is slower on this device than its "
-                         "convolutions, so the matmul figure is no upper bound there")
+            notes.append(
+                "utilisation above 100%: that precision's matmul is slower on this device than its "
+                "convolutions, so the matmul figure is no upper bound there"
+            )
         if not bs.has_fast_bf16(self.device):
-            notes.append("this device has no native bf16 units: bf16 autocast falls back to slow reference kernels, "
-                         "so precision=auto resolves to fp32 here; bf16 is measured with as few steps as the "
-                         "budget allows (rows say n and whether the step was warmed up)")
+            notes.append(
+                "this device has no native bf16 units: bf16 autocast falls back to slow reference kernels, "
+                "so precision=auto resolves to fp32 here; bf16 is measured with as few steps as the "
+                "budget allows (rows say n and whether the step was warmed up)"
+            )
         if want_step:
-            sections["step"] = {**record, "rows": [r for r in rows if r["implementation"] == "p2p_dist"],
-                                "peaks": peaks, "notes": notes}
+            sections["step"] = {
+                **record,
+                "rows": [r for r in rows if r["implementation"] == "p2p_dist"],
+                "peaks": peaks,
+                "notes": notes,
+            }
         if want_baseline:
             reference_name = bs.reference_variant().name
             reference = {r["batch_size"]: r for r in rows if r["variant"] == reference_name}
             comparison = []
             for batch_size in self.plan.step_batches:
                 ref, default = reference.get(batch_size, {}), defaults.get(batch_size, {})
-                ratio = (default["images_per_s"]["median"] / ref["images_per_s"]["median"]
-                         if "images_per_s" in ref and "images_per_s" in default else None)
-                comparison.append({"batch_size": batch_size, "reference": ref.get("images_per_s"),
-                                   "default": default.get("images_per_s"),
-                                   "default_precision": default.get("precision", "-"), "ratio": ratio})
-            sections["baseline"] = {**record, "comparison": comparison, "reference_rows": list(reference.values()),
-                                    "measured_with": "step" if want_step else "baseline",
-                                    "recipe": bs.ReferenceStep.__doc__.split("\n\n")[0]}
+                ratio = (
+                    default["images_per_s"]["median"] / ref["images_per_s"]["median"]
+                    if "images_per_s" in ref and "images_per_s" in default
+                    else None
+                )
+                comparison.append(
+                    {
+                        "batch_size": batch_size,
+                        "reference": ref.get("images_per_s"),
+                        "default": default.get("images_per_s"),
+                        "default_precision": default.get("precision", "-"),
+                        "ratio": ratio,
+                    }
+                )
+            sections["baseline"] = {
+                **record,
+                "comparison": comparison,
+                "reference_rows": list(reference.values()),
+                "measured_with": "step" if want_step else "baseline",
+                "recipe": bs.ReferenceStep.__doc__.split("\n\n")[0],
+            }
             if self.plan.reference_peers:
                 peer_rows = [r for r in rows if r["implementation"] == "reference"]
                 sections["baseline"]["peer_rows"] = peer_rows
@@ -271,10 +407,18 @@ class Suite:
         from bench_step import config_for
 
         p = self.plan
-        cfg = config_for(p.resolution, p.run_batch, *p.model_overrides, f"data.shards={self.shards}",
-                         f"data.loader={common.training_loader()}",
-                         f"data.num_workers={p.data_workers}", f"run.log_every={p.log_every}",
-                         "run.sample_every=1000000", "run.checkpoint_every=1000000", "eval.every=0")
+        cfg = config_for(
+            p.resolution,
+            p.run_batch,
+            *p.model_overrides,
+            f"data.shards={self.shards}",
+            f"data.loader={common.training_loader()}",
+            f"data.num_workers={p.data_workers}",
+            f"run.log_every={p.log_every}",
+            "run.sample_every=1000000",
+            "run.checkpoint_every=1000000",
+            "eval.every=0",
+        )
         cfg.train.steps = steps
         return cfg
 
@@ -283,8 +427,11 @@ class Suite:
 
         p = self.plan
         cfg = self._run_config(p.loop_steps)
-        print(f"[loop] launch/train.py, {p.loop_steps} steps at batch {p.run_batch}, data.loader={cfg.data.loader}, "
-              f"{p.data_workers} worker(s)", flush=True)
+        print(
+            f"[loop] launch/train.py, {p.loop_steps} steps at batch {p.run_batch}, data.loader={cfg.data.loader}, "
+            f"{p.data_workers} worker(s)",
+            flush=True,
+        )
         record["loader"] = cfg.data.loader
         record["run"] = run_training(cfg, 1, "python", p.run_timeout_s)
         isolated = self.isolated_default.get(p.run_batch)
@@ -297,19 +444,23 @@ class Suite:
         p = self.plan
         runs = []
         for n in p.scaling_processes:
-            print(f"[scaling] deepspeed --num_gpus {n}, {p.scaling_steps} steps at batch {p.run_batch} per process",
-                  flush=True)
+            print(
+                f"[scaling] deepspeed --num_gpus {n}, {p.scaling_steps} steps at batch {p.run_batch} per process",
+                flush=True,
+            )
             runs.append(run_training(self._run_config(p.scaling_steps), n, "deepspeed", p.run_timeout_s))
         gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
         record["runs"] = runs
         record["rows"] = scaling_rows(runs, os.cpu_count() or 1, gpus)
-        record["note"] = ("Efficiency = images/s(N) / (N x images/s(1)), batch per process fixed. "
-                          + ("Each process has its own GPU." if gpus else
-                             f"CPU processes share the same {os.cpu_count()} cores (each rank gets cores/N "
-                             "threads), so the hardware does not grow with N: ideal here is a speed-up of 1.0x, "
-                             "and what is lost below it is communication and per-process overhead. A speed-up "
-                             "above 1.0x means one process with several threads used the cores less well than "
-                             "several single-thread processes (threads waiting for each other on a busy machine)."))
+        record["note"] = "Efficiency = images/s(N) / (N x images/s(1)), batch per process fixed. " + (
+            "Each process has its own GPU."
+            if gpus
+            else f"CPU processes share the same {os.cpu_count()} cores (each rank gets cores/N "
+            "threads), so the hardware does not grow with N: ideal here is a speed-up of 1.0x, "
+            "and what is lost below it is communication and per-process overhead. A speed-up "
+            "above 1.0x means one process with several threads used the cores less well than "
+            "several single-thread processes (threads waiting for each other on a busy machine)."
+        )
 
     # ---------------------------------------------------------------------------------------- candidates
     def candidates(self, record: dict) -> None:
@@ -320,21 +471,32 @@ class Suite:
 
         rt = self.runtime()
         default, *others = bs.candidate_variants(self.device, with_compile=self.args.compile)
-        groups = [others[i:i + CANDIDATE_GROUP] for i in range(0, len(others), CANDIDATE_GROUP)]
-        print(f"[candidates] {len(others)} variants against the default at batch {self.plan.candidate_batch}, in "
-              f"{len(groups)} interleaved groups", flush=True)
+        groups = [others[i : i + CANDIDATE_GROUP] for i in range(0, len(others), CANDIDATE_GROUP)]
+        print(
+            f"[candidates] {len(others)} variants against the default at batch {self.plan.candidate_batch}, in "
+            f"{len(groups)} interleaved groups",
+            flush=True,
+        )
         record["rows"] = []
         for index, group in enumerate(groups, 1):
             print(f"[candidates] group {index}/{len(groups)}", flush=True)
             built, rows = [], []
             for v in (default, *group):
                 try:
-                    built.append(bs.build_variant(v, rt, self.plan.resolution,
-                                                  model_overrides=tuple(self.plan.model_overrides)))
-                except Exception as exc:  # noqa: BLE001 (torch.compile on a machine without a compiler, ...)
+                    built.append(
+                        bs.build_variant(v, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
+                    )
+                except Exception as exc:
                     rows += bs.failed_rows(v, [self.plan.candidate_batch], f"failed to build: {exc}"[:300])
-            rows = bs.measure_variants(built, step_plan(self.plan, [self.plan.candidate_batch]), self.device,
-                                       log=lambda line: print(line, flush=True)) + rows
+            rows = (
+                bs.measure_variants(
+                    built,
+                    step_plan(self.plan, [self.plan.candidate_batch]),
+                    self.device,
+                    log=lambda line: print(line, flush=True),
+                )
+                + rows
+            )
             del built
             gc.collect()
             bs.add_utilisation(rows, self.peaks())
@@ -361,13 +523,13 @@ class Suite:
         rt = self.runtime()
         batch, steps = self.plan.candidate_batch, self.plan.profile_steps
         peer, chosen_by = best_peer(sections.get("baseline"), batch, self.device)
-        record.update(batch_size=batch, steps=steps, best_peer=peer.name, best_peer_chosen_by=chosen_by,
-                      variants=[])
+        record.update(batch_size=batch, steps=steps, best_peer=peer.name, best_peer_chosen_by=chosen_by, variants=[])
         for variant in (bs.default_variant(), peer):
             print(f"[breakdown] {variant.name}: {steps} profiled step(s) at batch {batch}", flush=True)
-            built = bs.build_variant(variant, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides))
-            trace = (self.args.out / "traces" / f"{stem}-{common.slug(variant.name)}.json" if self.args.profile
-                     else None)
+            built = bs.build_variant(
+                variant, rt, self.plan.resolution, model_overrides=tuple(self.plan.model_overrides)
+            )
+            trace = self.args.out / "traces" / f"{stem}-{common.slug(variant.name)}.json" if self.args.profile else None
             profiled = bs.profile_steps(built, batch, self.plan.resolution, self.device, steps, trace)
             if "table" in profiled:
                 print(profiled.pop("table"), flush=True)
@@ -383,12 +545,15 @@ def best_peer(baseline: dict | None, batch_size: int, device: torch.device):
     import bench_step as bs
 
     peers = {v.name: v for v in bs.reference_peers(device)}
-    measured = [r for r in (baseline or {}).get("peers", [])
-                if r["batch_size"] == batch_size and r.get("images_per_s") and r["peer"] in peers]
+    measured = [
+        r
+        for r in (baseline or {}).get("peers", [])
+        if r["batch_size"] == batch_size and r.get("images_per_s") and r["peer"] in peers
+    ]
     if measured:
         best = max(measured, key=lambda r: r["images_per_s"]["median"])
         return peers[best["peer"]], f"fastest peer measured by the baseline at batch {batch_size}"
-    name = ("reference + bf16 autocast + channels_last" if bs.has_fast_bf16(device) else bs.reference_variant().name)
+    name = "reference + bf16 autocast + channels_last" if bs.has_fast_bf16(device) else bs.reference_variant().name
     return peers[name], "expected fastest here (the baseline did not measure the peers at this batch)"
 
 
@@ -401,16 +566,27 @@ def attach_data_wait(result: dict) -> None:
     run = loop["run"]
     fraction = run["data_wait_fraction"]["median"]
     loop_step_ms = 1e3 * run["batch_size_per_process"] / run["images_per_s"]["median"]
-    breakdown["data_wait"] = {"fraction": fraction, "ms": fraction * loop_step_ms, "loop_step_ms": loop_step_ms,
-                              "batch_size": run["batch_size_per_process"], "precision": run["precision"]}
+    breakdown["data_wait"] = {
+        "fraction": fraction,
+        "ms": fraction * loop_step_ms,
+        "loop_step_ms": loop_step_ms,
+        "batch_size": run["batch_size_per_process"],
+        "precision": run["precision"],
+    }
 
 
 def fp32_ceiling(result: dict) -> float | None:
     """How many times the reference's speed at the target batch a step of the same FLOPs would reach if all of
     it ran at the device's fp32 matmul peak: the bound on any speed-up that keeps the reference's fp32 maths."""
     peak = result["sections"].get("step", {}).get("peaks", {}).get("fp32")
-    reference = next((r for r in result["sections"].get("baseline", {}).get("reference_rows", [])
-                      if r["batch_size"] == TARGET_BATCH and "images_per_s" in r), None)
+    reference = next(
+        (
+            r
+            for r in result["sections"].get("baseline", {}).get("reference_rows", [])
+            if r["batch_size"] == TARGET_BATCH and "images_per_s" in r
+        ),
+        None,
+    )
     if not peak or reference is None:
         return None
     return peak["peak_flops"] / (reference["flops_per_image"] * reference["images_per_s"]["median"])
@@ -421,12 +597,24 @@ def peer_comparison(peer_rows: list[dict], defaults: dict[int, dict]) -> list[di
     out = []
     for r in peer_rows:
         default = defaults.get(r["batch_size"], {})
-        ratio = (default["images_per_s"]["median"] / r["images_per_s"]["median"]
-                 if "images_per_s" in r and "images_per_s" in default else None)
-        out.append({"peer": r["variant"], "precision": r["precision"], "batch_size": r["batch_size"],
-                    "images_per_s": r.get("images_per_s"), "default": default.get("images_per_s"),
-                    "default_precision": default.get("precision", "-"), "ratio": ratio,
-                    "utilisation_of_bf16_peak": r.get("utilisation_of_bf16_peak"), "skipped": r.get("skipped")})
+        ratio = (
+            default["images_per_s"]["median"] / r["images_per_s"]["median"]
+            if "images_per_s" in r and "images_per_s" in default
+            else None
+        )
+        out.append(
+            {
+                "peer": r["variant"],
+                "precision": r["precision"],
+                "batch_size": r["batch_size"],
+                "images_per_s": r.get("images_per_s"),
+                "default": default.get("images_per_s"),
+                "default_precision": default.get("precision", "-"),
+                "ratio": ratio,
+                "utilisation_of_bf16_peak": r.get("utilisation_of_bf16_peak"),
+                "skipped": r.get("skipped"),
+            }
+        )
     return out
 
 
@@ -437,13 +625,20 @@ def headline_rows(peers: list[dict], comparison: list[dict]) -> list[dict]:
     for c in comparison:
         measured = [p for p in peers if p["batch_size"] == c["batch_size"] and p.get("images_per_s")]
         best = max(measured, key=lambda p: p["images_per_s"]["median"], default=None)
-        vs_best = (c["default"]["median"] / best["images_per_s"]["median"]
-                   if best is not None and c.get("default") else None)
-        out.append({"batch_size": c["batch_size"], "default": c.get("default"),
-                    "default_precision": c.get("default_precision", "-"),
-                    "best_peer": best["peer"] if best else None,
-                    "best_peer_images_per_s": best["images_per_s"] if best else None,
-                    "vs_best_peer": vs_best, "vs_fp32_reference": c.get("ratio")})
+        vs_best = (
+            c["default"]["median"] / best["images_per_s"]["median"] if best is not None and c.get("default") else None
+        )
+        out.append(
+            {
+                "batch_size": c["batch_size"],
+                "default": c.get("default"),
+                "default_precision": c.get("default_precision", "-"),
+                "best_peer": best["peer"] if best else None,
+                "best_peer_images_per_s": best["images_per_s"] if best else None,
+                "vs_best_peer": vs_best,
+                "vs_fp32_reference": c.get("ratio"),
+            }
+        )
     return out
 
 
@@ -462,33 +657,53 @@ def evaluate_targets(result: dict) -> list[dict]:
     baseline = sections.get("baseline") or {}
     head = next((r for r in baseline.get("headline", []) if r["batch_size"] == TARGET_BATCH), None)
     if head and head["vs_best_peer"] is not None:
-        targets.append({"target": f"headline: the default configuration's step over the best peer's at batch "
-                                  f"{TARGET_BATCH}",
-                        "measured": f"{head['vs_best_peer']:.2f}x (best peer: {head['best_peer']})", "met": None})
+        targets.append(
+            {
+                "target": f"headline: the default configuration's step over the best peer's at batch {TARGET_BATCH}",
+                "measured": f"{head['vs_best_peer']:.2f}x (best peer: {head['best_peer']})",
+                "met": None,
+            }
+        )
     row = next((r for r in baseline.get("comparison", []) if r["batch_size"] == TARGET_BATCH), None)
     if row and row["ratio"] is not None:
         measured = f"{row['ratio']:.2f}x"
         ceiling = fp32_ceiling(result)
         if ceiling is not None:
-            measured += (f"; at unchanged fp32 maths at most {ceiling:.2f}x here (the fp32 matmul peak over the "
-                         f"reference's FLOP/s: every op of the step at matmul speed)")
-        targets.append({"target": f"the default configuration's step over the eager fp32 reference's at batch "
-                                  f"{TARGET_BATCH}", "measured": measured, "met": None})
+            measured += (
+                f"; at unchanged fp32 maths at most {ceiling:.2f}x here (the fp32 matmul peak over the "
+                f"reference's FLOP/s: every op of the step at matmul speed)"
+            )
+        targets.append(
+            {
+                "target": f"the default configuration's step over the eager fp32 reference's at batch {TARGET_BATCH}",
+                "measured": measured,
+                "met": None,
+            }
+        )
     targets += loop_targets(sections, kind)
     if kind == "CUDA":
         targets += gpu_utilisation_targets(sections)
     loop = sections.get("loop")
     if loop:
         wait = loop["run"]["data_wait_fraction"]["median"]
-        targets.append({"target": f"data wait < {100 * TARGET_DATA_WAIT:.0f}% of the real loop's wall time",
-                        "measured": f"{100 * wait:.2f}% (max {100 * loop['run']['data_wait_fraction']['max']:.2f}%)",
-                        "met": wait < TARGET_DATA_WAIT})
+        targets.append(
+            {
+                "target": f"data wait < {100 * TARGET_DATA_WAIT:.0f}% of the real loop's wall time",
+                "measured": f"{100 * wait:.2f}% (max {100 * loop['run']['data_wait_fraction']['max']:.2f}%)",
+                "met": wait < TARGET_DATA_WAIT,
+            }
+        )
     scaling = sections.get("scaling")
     if scaling:
         top = scaling["rows"][-1]
-        targets.append({"target": "scaling efficiency reported honestly",
-                        "measured": f"{top['processes']} processes: {top['speedup']:.2f}x speed-up, "
-                                    f"{100 * top['efficiency']:.0f}% efficiency", "met": None})
+        targets.append(
+            {
+                "target": "scaling efficiency reported honestly",
+                "measured": f"{top['processes']} processes: {top['speedup']:.2f}x speed-up, "
+                f"{100 * top['efficiency']:.0f}% efficiency",
+                "met": None,
+            }
+        )
     return targets
 
 
@@ -501,10 +716,13 @@ def loop_targets(sections: dict, kind: str) -> list[dict]:
     run = loop["run"]
     batch, rate = run["batch_size_per_process"], run["images_per_s"]["median"]
     peers = {p["peer"]: p for p in baseline.get("peers", []) if p["batch_size"] == batch and p.get("images_per_s")}
-    reference = next((r for r in baseline.get("reference_rows", [])
-                      if r["batch_size"] == batch and r.get("images_per_s")), None)
+    reference = next(
+        (r for r in baseline.get("reference_rows", []) if r["batch_size"] == batch and r.get("images_per_s")), None
+    )
     if reference is not None:
-        peers.setdefault(reference["variant"], {"peer": reference["variant"], "images_per_s": reference["images_per_s"]})
+        peers.setdefault(
+            reference["variant"], {"peer": reference["variant"], "images_per_s": reference["images_per_s"]}
+        )
     best = max(peers.values(), key=lambda p: p["images_per_s"]["median"], default=None)
     out = []
     for against, goal in LOOP_TARGETS[kind]:
@@ -515,45 +733,78 @@ def loop_targets(sections: dict, kind: str) -> list[dict]:
             continue
         ratio = rate / peer["images_per_s"]["median"]
         named = f", {peer['peer']}" if against == "best peer" else ""
-        out.append({"target": target, "measured": f"{ratio:.2f}x ({rate:.2f} vs {peer['images_per_s']['median']:.2f} "
-                                                  f"images/s{named})", "met": ratio >= goal})
+        out.append(
+            {
+                "target": target,
+                "measured": f"{ratio:.2f}x ({rate:.2f} vs {peer['images_per_s']['median']:.2f} images/s{named})",
+                "met": ratio >= goal,
+            }
+        )
     return out
 
 
 def gpu_utilisation_targets(sections: dict) -> list[dict]:
     """Issue 12's GPU target: the default step's FLOP/s over the bf16 matmul peak at a batch of 32 or more."""
-    rows = [r for r in sections.get("step", {}).get("rows", [])
-            if r["default"] and r["batch_size"] >= GPU_TARGET_MIN_BATCH and "utilisation_of_bf16_peak" in r]
+    rows = [
+        r
+        for r in sections.get("step", {}).get("rows", [])
+        if r["default"] and r["batch_size"] >= GPU_TARGET_MIN_BATCH and "utilisation_of_bf16_peak" in r
+    ]
     if not rows:
         return []
     best = max(rows, key=lambda r: r["utilisation_of_bf16_peak"])
-    return [{"target": f"GPU: >= {100 * GPU_UTILISATION_TARGET:.0f}% of the bf16 matmul peak at batch >= "
-                       f"{GPU_TARGET_MIN_BATCH}",
-             "measured": f"{100 * best['utilisation_of_bf16_peak']:.1f}% at batch {best['batch_size']}",
-             "met": best["utilisation_of_bf16_peak"] >= GPU_UTILISATION_TARGET}]
+    return [
+        {
+            "target": f"GPU: >= {100 * GPU_UTILISATION_TARGET:.0f}% of the bf16 matmul peak at batch >= "
+            f"{GPU_TARGET_MIN_BATCH}",
+            "measured": f"{100 * best['utilisation_of_bf16_peak']:.1f}% at batch {best['batch_size']}",
+            "met": best["utilisation_of_bf16_peak"] >= GPU_UTILISATION_TARGET,
+        }
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model and data (for tests/CI)")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated, from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}")
-    parser.add_argument("--resolution", type=int, default=256, choices=(128, 256, 512),
-                        help="training resolution (the paper's: 256); --quick uses 128")
-    parser.add_argument("--profile", action="store_true",
-                        help="the breakdown (implied) with a Chrome trace and the top ops of the default "
-                             "configuration's and the best peer's profiled steps")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        choices=(128, 256, 512),
+        help="training resolution (the paper's: 256); --quick uses 128",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="the breakdown (implied) with a Chrome trace and the top ops of the default "
+        "configuration's and the best peer's profiled steps",
+    )
     parser.add_argument("--compile", action="store_true", help="include torch.compile among the candidates (slow)")
-    parser.add_argument("--no-peers", action="store_true",
-                        help="baseline: the fp32 reference step alone, without its peers (bf16 autocast, + "
-                             "channels_last, (CUDA) fp16 autocast + GradScaler); the headline needs them")
-    parser.add_argument("--gpu-check", action="store_true",
-                        help="the sizes of `make gpu-check` (CUDA; batches 32 and 64, peers, a small demo set); "
-                             "with --quick a tiny dry run of that plan on any device")
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="baseline: the fp32 reference step alone, without its peers (bf16 autocast, + "
+        "channels_last, (CUDA) fp16 autocast + GradScaler); the headline needs them",
+    )
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="the sizes of `make gpu-check` (CUDA; batches 32 and 64, peers, a small demo set); "
+        "with --quick a tiny dry run of that plan on any device",
+    )
     parser.add_argument("--stem", default=None, help="results file name without extension (default: machine-date...)")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="shard set for the data, loop and scaling sections (default: shards/demo, built if "
-                             "missing; --quick: a tiny temporary set)")
+    parser.add_argument(
+        "--shards",
+        type=Path,
+        default=None,
+        help="shard set for the data, loop and scaling sections (default: shards/demo, built if "
+        "missing; --quick: a tiny temporary set)",
+    )
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -569,17 +820,19 @@ def resolve_shards(args: argparse.Namespace, plan: Plan, tmp: Path) -> Path:
     missing."""
     if args.shards is not None:
         return args.shards
-    from bench_data import tiny_demo_shards
     from p2p_dist.data.demo.shard_set import ensure_demo_shards
     from p2p_dist.data.shards.format import MANIFEST_NAME
+
+    from bench_data import tiny_demo_shards
 
     if args.quick:
         return tiny_demo_shards(tmp / "demo")
     if plan.demo_scenes:
         num_train, num_val = plan.demo_scenes
         print(f"[shards] demo set of {num_train} + {num_val} scenes in {tmp / 'demo'}", flush=True)
-        return ensure_demo_shards(tmp / "demo", num_train=num_train, num_val=num_val, workers=os.cpu_count(),
-                                  progress=False)
+        return ensure_demo_shards(
+            tmp / "demo", num_train=num_train, num_val=num_val, workers=os.cpu_count(), progress=False
+        )
     demo = common.REPO_ROOT / "shards" / "demo"
     return demo if (demo / MANIFEST_NAME).is_file() else ensure_demo_shards(demo)
 
@@ -599,9 +852,15 @@ def main(argv: list[str] | None = None) -> dict:
     machine = common.machine_name(facts)
     date = common.today()
     stem = args.stem or result_stem(machine, date, args.quick, args.sections)
-    result = {"machine_name": machine, "date": date, "machine": facts, "plan": dataclasses.asdict(plan),
-              "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *(argv or sys.argv[1:])]),
-              "load_start": common.load_average(), "sections": {}}
+    result = {
+        "machine_name": machine,
+        "date": date,
+        "machine": facts,
+        "plan": dataclasses.asdict(plan),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *(argv or sys.argv[1:])]),
+        "load_start": common.load_average(),
+        "sections": {},
+    }
     with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
         needs_shards = any(s in args.sections for s in ("data", "loop", "scaling"))
         shards = resolve_shards(args, plan, Path(tmp)) if needs_shards else None

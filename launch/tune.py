@@ -18,8 +18,11 @@ from p2p_dist.openmp_defaults import apply_openmp_defaults
 @entry_point("tune.py")
 def main(argv: list[str] | None = None) -> int:
     parser = config_parser(__doc__, default_config="configs/tune_demo.yaml")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the sweep at tune.storage_path/tune.name with the config it started with")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep at tune.storage_path/tune.name with the config it started with",
+    )
     cfg, args = parse_config(parser, argv)
     from p2p_dist.tune.sweep import run_sweep  # Ray, torch and DALI load once the config is known good
 

@@ -26,19 +26,27 @@ def parse_size(text: str) -> ImageSize | None:
         return None
     match = _SIZE.fullmatch(text.strip().lower())
     if not match or 0 in (int(match[1]), int(match[2])):
-        raise argparse.ArgumentTypeError(f"size {text!r} is not of the form WxH (WIDTHxHEIGHT, e.g. 512x256) "
-                                         f"or 'native'")
+        raise argparse.ArgumentTypeError(
+            f"size {text!r} is not of the form WxH (WIDTHxHEIGHT, e.g. 512x256) or 'native'"
+        )
     return ImageSize(int(match[1]), int(match[2]))
 
 
 def config_parser(description: str, default_config: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (set in the YAML file or as key=value overrides):\n" + describe())
-    parser.add_argument("--config", default=default_config,
-                        help=f"YAML config file (default: {default_config or 'built-in defaults'})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides applied after the file, e.g. train.steps=200 precision=fp32")
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML file or as key=value overrides):\n" + describe(),
+    )
+    parser.add_argument(
+        "--config", default=default_config, help=f"YAML config file (default: {default_config or 'built-in defaults'})"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides applied after the file, e.g. train.steps=200 precision=fp32",
+    )
     return parser
 
 

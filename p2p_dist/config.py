@@ -26,16 +26,16 @@ class ConfigError(UserError, ValueError):
 
 # Allowed values of choice options that modules implement. They are defined here, once, and the modules
 # import them: this file stays free of torch, so the launchers can validate a config before heavy imports.
-BACKENDS = ("dali", "webdataset")             # data.loader: p2p_dist.data.loaders.build.build_loader
-LABEL_ENCODINGS = ("color", "onehot")         # data.label_encoding: p2p_dist.data.loaders.contract
-NORMS = ("batch", "instance", "syncbatch")    # model.norm: p2p_dist.models.norm.make_norm
-GAN_MODES = ("vanilla", "lsgan")              # train.gan_loss: p2p_dist.models.losses.GANLoss
+BACKENDS = ("dali", "webdataset")  # data.loader: p2p_dist.data.loaders.build.build_loader
+LABEL_ENCODINGS = ("color", "onehot")  # data.label_encoding: p2p_dist.data.loaders.contract
+NORMS = ("batch", "instance", "syncbatch")  # model.norm: p2p_dist.models.norm.make_norm
+GAN_MODES = ("vanilla", "lsgan")  # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
 BF16_MODES = ("auto", "autocast", "bf16_weights")  # train.bf16_mode: p2p_dist.runtime.resolve_bf16_mode
-NORM_MODES = ("per-image", "running")         # eval.norm_mode: p2p_dist.models.translation_modes
+NORM_MODES = ("per-image", "running")  # eval.norm_mode: p2p_dist.models.translation_modes
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:  # noqa: A002
+def opt(default: Any, help: str, choices: tuple | None = None, clears: str | None = None) -> Any:
     """A config field with its documentation, allowed values (checked by `validate`), and the alternative
     field that setting this one resets (train.steps and train.epochs: a later layer picks one of them)."""
     meta = {"help": help, "choices": choices, "clears": clears}
@@ -46,19 +46,31 @@ def opt(default: Any, help: str, choices: tuple | None = None, clears: str | Non
 
 @dataclass
 class DataConfig:
-    shards: str = opt("shards/demo", "Shard directory holding manifest.json (built by launch/pack.py). "
-                      "At this default path the demo shards are built automatically when missing or stale.")
-    loader: str = opt("dali", "Input pipeline: NVIDIA DALI (GPU decode on CUDA machines) or webdataset + "
-                      "torch DataLoader.", choices=BACKENDS)
+    shards: str = opt(
+        "shards/demo",
+        "Shard directory holding manifest.json (built by launch/pack.py). "
+        "At this default path the demo shards are built automatically when missing or stale.",
+    )
+    loader: str = opt(
+        "dali",
+        "Input pipeline: NVIDIA DALI (GPU decode on CUDA machines) or webdataset + torch DataLoader.",
+        choices=BACKENDS,
+    )
     load_size: int = opt(286, "Images are resized to this square size before the random crop (paper: 286).")
     crop_size: int = opt(256, "Random crop size = training resolution; 128, 256 or 512 (the U-Net depth follows).")
     flip: bool = opt(True, "Random horizontal flip, the same draw for label map and photo.")
-    label_encoding: str = opt("color", "Generator input: the paper's 3-channel colour label map, or one-hot ids "
-                              "(34 channels).", choices=LABEL_ENCODINGS)
+    label_encoding: str = opt(
+        "color",
+        "Generator input: the paper's 3-channel colour label map, or one-hot ids (34 channels).",
+        choices=LABEL_ENCODINGS,
+    )
     num_workers: int = opt(2, "Decoding threads (DALI) or DataLoader worker processes (webdataset) per rank.")
-    holdout: int = opt(0, "Train-split images held out (evenly spread over the split): training never reads them "
-                       "and periodic evaluation scores them instead of val. Sweeps set it from "
-                       "tune.holdout_images; 0 = none.")
+    holdout: int = opt(
+        0,
+        "Train-split images held out (evenly spread over the split): training never reads them "
+        "and periodic evaluation scores them instead of val. Sweeps set it from "
+        "tune.holdout_images; 0 = none.",
+    )
 
 
 @dataclass
@@ -66,8 +78,12 @@ class ModelConfig:
     ngf: int = opt(64, "Generator width (filters in the first conv layer).")
     ndf: int = opt(64, "Discriminator width (filters in the first conv layer).")
     d_layers: int = opt(3, "PatchGAN depth: 3 gives the paper's 70x70 receptive field.")
-    norm: str = opt("batch", "Normalisation layers. Use instance or syncbatch with more than one rank: plain "
-                    "batch norm keeps per-rank running statistics.", choices=NORMS)
+    norm: str = opt(
+        "batch",
+        "Normalisation layers. Use instance or syncbatch with more than one rank: plain "
+        "batch norm keeps per-rank running statistics.",
+        choices=NORMS,
+    )
     dropout: bool = opt(True, "Dropout 0.5 in the three innermost decoder blocks (the paper's noise source).")
     init_gain: float = opt(0.02, "Std of the N(0, gain) weight initialisation.")
     pretrained_g: str = opt("", "Reference implementation checkpoint (latest_net_G.pth, unet_256) to start G from.")
@@ -76,46 +92,79 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = opt(0, "Total optimiser steps. Exactly one of train.steps and train.epochs is set (> 0); "
-                     "setting one in a file or override clears the other.", clears="epochs")
+    steps: int = opt(
+        0,
+        "Total optimiser steps. Exactly one of train.steps and train.epochs is set (> 0); "
+        "setting one in a file or override clears the other.",
+        clears="epochs",
+    )
     epochs: float = opt(0.0, "Total epochs over the train split (the paper: 200).", clears="steps")
-    decay_start: float = opt(0.5, "Fraction of training after which the learning rate decays linearly to zero "
-                             "(the paper: 100 constant + 100 decaying epochs = 0.5).")
+    decay_start: float = opt(
+        0.5,
+        "Fraction of training after which the learning rate decays linearly to zero "
+        "(the paper: 100 constant + 100 decaying epochs = 0.5).",
+    )
     batch_size: int = opt(1, "Images per rank per micro-step (the paper: 1).")
-    grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step: the same maths as one batch of "
-                          "batch_size * grad_accum (saves D's activation memory; G's fakes are kept for D's update).")
+    grad_accum: int = opt(
+        1,
+        "Micro-batches accumulated per optimiser step: the same maths as one batch of "
+        "batch_size * grad_accum (saves D's activation memory; G's fakes are kept for D's update).",
+    )
     lr_g: float = opt(2e-4, "Generator Adam learning rate.")
     lr_d: float = opt(2e-4, "Discriminator Adam learning rate.")
     beta1: float = opt(0.5, "Adam beta1 for both networks.")
     beta2: float = opt(0.999, "Adam beta2 for both networks.")
     lambda_l1: float = opt(100.0, "Weight of the L1 term in the generator loss.")
-    gan_loss: str = opt("vanilla", "GAN objective: vanilla (BCE with logits, the paper) or lsgan.",
-                        choices=GAN_MODES)
-    memory_format: str = opt("auto", "Layout of the images fed to the convolutions (same maths): auto = "
-                             "channels_last on CUDA and for bf16 on a CPU (the fast NHWC kernels there), "
-                             "contiguous for fp32 on a CPU (oneDNN would re-lay out the weights at every "
-                             "convolution; measured slower).", choices=("auto", "channels_last", "contiguous"))
-    model_memory_format: str = opt("auto", "Layout of the networks' parameters (train.memory_format lays out the "
-                                   "inputs; a convolution runs NHWC when either is channels_last): auto per device "
-                                   "and precision (p2p_dist.runtime.resolve_model_memory_format). Only ZeRO-0 keeps "
-                                   "channels_last parameters: ZeRO >= 1 flattens them into contiguous buffers.",
-                                   choices=("auto", "channels_last", "contiguous"))
-    bf16_mode: str = opt("auto", "How precision=bf16 runs, the same maths up to bf16 rounding: autocast keeps fp32 "
-                         "weights and casts them to bf16 at every forward; bf16_weights holds bf16 weights in "
-                         "DeepSpeed's bf16 mode, fp32 master weights in the optimizer and fp32 batch-norm "
-                         "statistics (it accumulates train.grad_accum micro-batch gradients in bf16); auto picks "
-                         "per device and CPU kind (p2p_dist.runtime.resolve_bf16_mode).", choices=BF16_MODES)
-    compile: bool = opt(False, "torch.compile both networks (inductor). Off by default: on a native-bf16 CPU "
-                        "(bf16, batch 4) it compiled in ~50 s and then ran at 1.00-1.06x the eager speed (the "
-                        "convolutions are the same oneDNN kernels); unmeasured on GPUs.")
-    adam: str = opt("fused", "Adam kernel, the same update up to float rounding: fused (one kernel over all "
-                    "parameters), foreach (batched per-tensor ops), or for-loop (one tensor at a time, as the "
-                    "reference implementation).", choices=ADAM_KERNELS)
-    joint_d_forward: bool = opt(True, "One D forward over real and fake pairs together where the norm is "
-                                "per-sample (instance): the same maths at half the launches. Batch norm always "
-                                "normalises the pairs apart, as the reference does.")
-    single_rank_allreduce: bool = opt(False, "Keep DeepSpeed's gradient all-reduce in a group of one rank at "
-                                      "ZeRO-0, an identity that copies every gradient twice (for comparisons).")
+    gan_loss: str = opt("vanilla", "GAN objective: vanilla (BCE with logits, the paper) or lsgan.", choices=GAN_MODES)
+    memory_format: str = opt(
+        "auto",
+        "Layout of the images fed to the convolutions (same maths): auto = "
+        "channels_last on CUDA and for bf16 on a CPU (the fast NHWC kernels there), "
+        "contiguous for fp32 on a CPU (oneDNN would re-lay out the weights at every "
+        "convolution; measured slower).",
+        choices=("auto", "channels_last", "contiguous"),
+    )
+    model_memory_format: str = opt(
+        "auto",
+        "Layout of the networks' parameters (train.memory_format lays out the "
+        "inputs; a convolution runs NHWC when either is channels_last): auto per device "
+        "and precision (p2p_dist.runtime.resolve_model_memory_format). Only ZeRO-0 keeps "
+        "channels_last parameters: ZeRO >= 1 flattens them into contiguous buffers.",
+        choices=("auto", "channels_last", "contiguous"),
+    )
+    bf16_mode: str = opt(
+        "auto",
+        "How precision=bf16 runs, the same maths up to bf16 rounding: autocast keeps fp32 "
+        "weights and casts them to bf16 at every forward; bf16_weights holds bf16 weights in "
+        "DeepSpeed's bf16 mode, fp32 master weights in the optimizer and fp32 batch-norm "
+        "statistics (it accumulates train.grad_accum micro-batch gradients in bf16); auto picks "
+        "per device and CPU kind (p2p_dist.runtime.resolve_bf16_mode).",
+        choices=BF16_MODES,
+    )
+    compile: bool = opt(
+        False,
+        "torch.compile both networks (inductor). Off by default: on a native-bf16 CPU "
+        "(bf16, batch 4) it compiled in ~50 s and then ran at 1.00-1.06x the eager speed (the "
+        "convolutions are the same oneDNN kernels); unmeasured on GPUs.",
+    )
+    adam: str = opt(
+        "fused",
+        "Adam kernel, the same update up to float rounding: fused (one kernel over all "
+        "parameters), foreach (batched per-tensor ops), or for-loop (one tensor at a time, as the "
+        "reference implementation).",
+        choices=ADAM_KERNELS,
+    )
+    joint_d_forward: bool = opt(
+        True,
+        "One D forward over real and fake pairs together where the norm is "
+        "per-sample (instance): the same maths at half the launches. Batch norm always "
+        "normalises the pairs apart, as the reference does.",
+    )
+    single_rank_allreduce: bool = opt(
+        False,
+        "Keep DeepSpeed's gradient all-reduce in a group of one rank at "
+        "ZeRO-0, an identity that copies every gradient twice (for comparisons).",
+    )
 
 
 @dataclass
@@ -135,33 +184,46 @@ class EvalConfig:
     fcn: bool = opt(True, "Include the FCN-score in periodic evaluation (trains the segmenter once if needed).")
     fid: bool = opt(False, "Include FID/KID in periodic evaluation (Inception is slow on a CPU).")
     segmenter: str = opt("", "Segmenter checkpoint for the FCN-score; default: trained and cached next to the shards.")
-    norm_mode: str = opt("per-image", "Test-time statistics of batch-norm and syncbatch generators in sample grids, "
-                         "periodic evaluation, sweeps and (as their default) launch/evaluate.py and "
-                         "launch/translate.py: per-image = each image's own, computed one image at a time (the "
-                         "paper's protocol); running = the running statistics of training.", choices=NORM_MODES)
+    norm_mode: str = opt(
+        "per-image",
+        "Test-time statistics of batch-norm and syncbatch generators in sample grids, "
+        "periodic evaluation, sweeps and (as their default) launch/evaluate.py and "
+        "launch/translate.py: per-image = each image's own, computed one image at a time (the "
+        "paper's protocol); running = the running statistics of training.",
+        choices=NORM_MODES,
+    )
 
 
 @dataclass
 class TuneConfig:
     """Ray Tune sweeps (launch/tune.py); each trial trains with the rest of this config."""
 
-    scheduler: str = opt("asha", "Trial scheduler: ASHA early stopping or Population Based Training.",
-                         choices=("asha", "pbt"))
+    scheduler: str = opt(
+        "asha", "Trial scheduler: ASHA early stopping or Population Based Training.", choices=("asha", "pbt")
+    )
     num_samples: int = opt(4, "Number of trials.")
-    metric: str = opt("fcn_miou", "Objective from periodic evaluation (eval.every): FCN mean IoU (maximised), "
-                      "FID or L1 (minimised).", choices=("fcn_miou", "fid", "l1"))
-    holdout_images: int = opt(64, "Train images held out to score the objective on (evenly spread over the train "
-                              "split; trials do not train on them), so val stays untouched for the final report. "
-                              "0 scores on val instead.")
+    metric: str = opt(
+        "fcn_miou",
+        "Objective from periodic evaluation (eval.every): FCN mean IoU (maximised), FID or L1 (minimised).",
+        choices=("fcn_miou", "fid", "l1"),
+    )
+    holdout_images: int = opt(
+        64,
+        "Train images held out to score the objective on (evenly spread over the train "
+        "split; trials do not train on them), so val stays untouched for the final report. "
+        "0 scores on val instead.",
+    )
     lambda_l1: list[float] = opt([10.0, 300.0], "Log-uniform range [low, high] searched for train.lambda_l1.")
     lr_g: list[float] = opt([5e-5, 1e-3], "Log-uniform range [low, high] searched for train.lr_g.")
     lr_d: list[float] = opt([5e-5, 1e-3], "Log-uniform range [low, high] searched for train.lr_d.")
-    choices: dict = opt({}, "Other dotted config keys to search, each with a list of values "
-                        "(e.g. {model.norm: [batch, instance]}).")
+    choices: dict = opt(
+        {}, "Other dotted config keys to search, each with a list of values (e.g. {model.norm: [batch, instance]})."
+    )
     workers_per_trial: int = opt(1, "Data-parallel DeepSpeed workers per trial (>1 runs a Ray Train TorchTrainer).")
     cpus_per_worker: int = opt(1, "CPUs reserved per worker.")
-    use_gpu: str = opt("auto", "One GPU per worker: auto (when the cluster has GPUs), yes or no.",
-                       choices=("auto", "yes", "no"))
+    use_gpu: str = opt(
+        "auto", "One GPU per worker: auto (when the cluster has GPUs), yes or no.", choices=("auto", "yes", "no")
+    )
     grace_period: int = opt(1, "ASHA: evaluations a trial runs before it may be stopped.")
     reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung.")
     perturbation_interval: int = opt(1, "PBT: evaluations between exploit/explore decisions.")
@@ -174,9 +236,13 @@ class TuneConfig:
 @dataclass
 class Config:
     seed: int = opt(0, "Seed for weights, data order, augmentation and dropout (rank offsets are added).")
-    precision: str = opt("auto", "Numerics: auto = bf16 where the device has native bf16 units (CUDA "
-                         "Ampere+, AVX512-BF16/AMX CPUs), else fp32. fp16 uses dynamic loss scaling, needs CUDA "
-                         "and ZeRO >= 1.", choices=("auto", "bf16", "fp16", "fp32"))
+    precision: str = opt(
+        "auto",
+        "Numerics: auto = bf16 where the device has native bf16 units (CUDA "
+        "Ampere+, AVX512-BF16/AMX CPUs), else fp32. fp16 uses dynamic loss scaling, needs CUDA "
+        "and ZeRO >= 1.",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )
     zero_stage: int = opt(0, "DeepSpeed ZeRO stage for both engines.", choices=(0, 1, 2))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -306,18 +372,28 @@ def validate(cfg: Config) -> None:
     _check_choices(cfg, "")
     t, d = cfg.train, cfg.data
     if (t.steps > 0) == (t.epochs > 0):
-        raise ConfigError(f"set exactly one of train.steps and train.epochs (> 0); got train.steps={t.steps}, "
-                          f"train.epochs={t.epochs}")
+        raise ConfigError(
+            f"set exactly one of train.steps and train.epochs (> 0); got train.steps={t.steps}, train.epochs={t.epochs}"
+        )
     if t.steps < 0 or t.epochs < 0:
         raise ConfigError("train.steps and train.epochs must not be negative")
     if not 0.0 <= t.decay_start <= 1.0:
         raise ConfigError(f"train.decay_start: {t.decay_start} is not in [0, 1]")
-    positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.lr_g": t.lr_g,
-                "train.lr_d": t.lr_d, "data.num_workers": d.num_workers,
-                "model.ngf": cfg.model.ngf, "model.ndf": cfg.model.ndf, "model.d_layers": cfg.model.d_layers,
-                "run.log_every": cfg.run.log_every, "run.sample_every": cfg.run.sample_every,
-                "run.checkpoint_every": cfg.run.checkpoint_every, "run.keep_checkpoints": cfg.run.keep_checkpoints,
-                "run.sample_rows": cfg.run.sample_rows}
+    positive = {
+        "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum,
+        "train.lr_g": t.lr_g,
+        "train.lr_d": t.lr_d,
+        "data.num_workers": d.num_workers,
+        "model.ngf": cfg.model.ngf,
+        "model.ndf": cfg.model.ndf,
+        "model.d_layers": cfg.model.d_layers,
+        "run.log_every": cfg.run.log_every,
+        "run.sample_every": cfg.run.sample_every,
+        "run.checkpoint_every": cfg.run.checkpoint_every,
+        "run.keep_checkpoints": cfg.run.keep_checkpoints,
+        "run.sample_rows": cfg.run.sample_rows,
+    }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
@@ -337,16 +413,22 @@ def validate(cfg: Config) -> None:
     for key, values in tune.choices.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"tune.choices.{key}: expected a non-empty list of values, got {values!r}")
-    for key in ("num_samples", "workers_per_trial", "cpus_per_worker", "grace_period", "reduction_factor",
-                "perturbation_interval"):
+    for key in (
+        "num_samples",
+        "workers_per_trial",
+        "cpus_per_worker",
+        "grace_period",
+        "reduction_factor",
+        "perturbation_interval",
+    ):
         if getattr(tune, key) <= 0:
             raise ConfigError(f"tune.{key}: must be > 0, got {getattr(tune, key)}")
     if d.holdout < 0 or tune.holdout_images < 0:
-        raise ConfigError(f"data.holdout and tune.holdout_images must be >= 0, got {d.holdout}, "
-                          f"{tune.holdout_images}")
+        raise ConfigError(f"data.holdout and tune.holdout_images must be >= 0, got {d.holdout}, {tune.holdout_images}")
     if cfg.eval.every < 0 or cfg.eval.num_images <= 0:
-        raise ConfigError(f"eval.every must be >= 0 and eval.num_images > 0, got {cfg.eval.every}, "
-                          f"{cfg.eval.num_images}")
+        raise ConfigError(
+            f"eval.every must be >= 0 and eval.num_images > 0, got {cfg.eval.every}, {cfg.eval.num_images}"
+        )
 
 
 def to_dict(cfg: Any) -> dict:

@@ -24,9 +24,17 @@ class PlainProgress:
     """The part of tqdm's interface this project uses (``update``, ``set_description``, ``set_postfix``,
     ``close``, iteration, ``with``), written as plain lines: ``desc: 40/100 img (40%), 12 s, 3.3 img/s``."""
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it", file: IO[str] | None = None, every_fraction: float = PLAIN_EVERY_FRACTION,
-                 every_s: float = PLAIN_EVERY_S) -> None:
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        file: IO[str] | None = None,
+        every_fraction: float = PLAIN_EVERY_FRACTION,
+        every_s: float = PLAIN_EVERY_S,
+    ) -> None:
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.file = file if file is not None else sys.stderr
         self.every_fraction, self.every_s = every_fraction, every_s
@@ -78,8 +86,15 @@ class PlainProgress:
         self.close()
 
 
-def progress_bar(total: int | None, desc: str = "", unit: str = "it", *, enabled: bool = True,
-                 file: IO[str] | None = None, iterable: Iterable | None = None) -> tqdm | PlainProgress:
+def progress_bar(
+    total: int | None,
+    desc: str = "",
+    unit: str = "it",
+    *,
+    enabled: bool = True,
+    file: IO[str] | None = None,
+    iterable: Iterable | None = None,
+) -> tqdm | PlainProgress:
     """A tqdm bar when `file` (default stderr) is a terminal, else `PlainProgress`; disabled: a silent tqdm.
     With `iterable`, iterate over the result to advance it."""
     file = file if file is not None else sys.stderr

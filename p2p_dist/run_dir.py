@@ -84,7 +84,8 @@ class RunDir:
         """The run's config.yaml, or FileNotFoundError saying this is not a run directory."""
         if not self.config.is_file():
             raise FileNotFoundError(
-                f"{self.path}: no {CONFIG_NAME}; is this a run directory written by launch/train.py?")
+                f"{self.path}: no {CONFIG_NAME}; is this a run directory written by launch/train.py?"
+            )
         return load_config(self.config)
 
 
@@ -151,5 +152,6 @@ def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike
         if (candidate / "G").is_dir():
             return candidate
     available = [p.name for p in step_checkpoints(root)] if root.is_dir() else []
-    raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} not found under {root} "
-                            f"(available: {', '.join(available) or 'none'})")
+    raise FileNotFoundError(
+        f"checkpoint {str(checkpoint)!r} not found under {root} (available: {', '.join(available) or 'none'})"
+    )

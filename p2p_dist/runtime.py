@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -84,11 +84,15 @@ def resolve_precision(requested: str, zero_stage: int, device: torch.device) -> 
     if requested == "fp16":
         if zero_stage == 0:
             # DeepSpeed 0.19.8 at ZeRO-0 divides fp16 gradients by the loss scale without scaling the loss.
-            raise ConfigError("precision=fp16 needs zero_stage >= 1 (DeepSpeed's ZeRO-0 fp16 path mis-scales "
-                              "gradients); use zero_stage=1 or precision=bf16")
+            raise ConfigError(
+                "precision=fp16 needs zero_stage >= 1 (DeepSpeed's ZeRO-0 fp16 path mis-scales "
+                "gradients); use zero_stage=1 or precision=bf16"
+            )
         if device.type != "cuda":
-            raise ConfigError("precision=fp16 needs a CUDA device (CPU fp16 kernels are not supported here); "
-                              "use precision=bf16 or fp32")
+            raise ConfigError(
+                "precision=fp16 needs a CUDA device (CPU fp16 kernels are not supported here); "
+                "use precision=bf16 or fp32"
+            )
     return requested
 
 
@@ -120,8 +124,9 @@ def resolve_memory_format(requested: str, device: torch.device, precision: str) 
     return MEMORY_FORMATS[requested]
 
 
-def resolve_model_memory_format(requested: str, input_format: torch.memory_format,
-                                zero_stage: int) -> torch.memory_format:
+def resolve_model_memory_format(
+    requested: str, input_format: torch.memory_format, zero_stage: int
+) -> torch.memory_format:
     """The layout the parameters are held in; `input_format` is the inputs' (resolve_memory_format).
 
     auto: the inputs' layout. A convolution whose input and weight disagree re-lays one of them out at every call
@@ -161,12 +166,17 @@ def resolved_choices(cfg: Config, rt: Runtime) -> dict:
     """What every automatic choice resolved to on this machine, and the facts it was resolved from: shown at
     start-up and written to the run's summary.json."""
     memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
-    choices = {"device": rt.device.type, "precision": rt.precision, "compile": cfg.train.compile,
-               "bf16_mode": resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision),
-               "memory_format": _format_name(memory_format),
-               "model_memory_format": _format_name(resolve_model_memory_format(
-                   cfg.train.model_memory_format, memory_format, cfg.zero_stage)),
-               "torch_threads": torch.get_num_threads()}
+    choices = {
+        "device": rt.device.type,
+        "precision": rt.precision,
+        "compile": cfg.train.compile,
+        "bf16_mode": resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision),
+        "memory_format": _format_name(memory_format),
+        "model_memory_format": _format_name(
+            resolve_model_memory_format(cfg.train.model_memory_format, memory_format, cfg.zero_stage)
+        ),
+        "torch_threads": torch.get_num_threads(),
+    }
     if rt.device.type == "cuda":
         choices.update(gpu=torch.cuda.get_device_name(rt.device), cudnn_benchmark=torch.backends.cudnn.benchmark)
     else:
@@ -181,8 +191,14 @@ def init_runtime(cfg: Config) -> Runtime:
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `python launch/train.py`: a single-process group
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     if torch.cuda.is_available():

@@ -29,11 +29,14 @@ def load_tensors(path: str | os.PathLike, *, map_location: str | torch.device = 
             return torch.load(path, map_location=map_location, weights_only=True)
     except USER_ERRORS:
         raise
-    except Exception as err:  # noqa: BLE001 - torch's readers fail on foreign bytes in many ways
+    except Exception as err:
         refused = _REFUSED_GLOBAL.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
         if refused is None:
-            raise BadFileError(f"{path}: not a readable torch file (truncated, corrupted, or not written by "
-                               f"torch.save)") from None
+            raise BadFileError(
+                f"{path}: not a readable torch file (truncated, corrupted, or not written by torch.save)"
+            ) from None
         name = next(group for group in refused.groups() if group)
-        raise BadFileError(f"{path}: refused to load: it holds a pickled {name} object, and unpickling objects can "
-                           f"run code; only tensors and plain values are read from checkpoints") from None
+        raise BadFileError(
+            f"{path}: refused to load: it holds a pickled {name} object, and unpickling objects can "
+            f"run code; only tensors and plain values are read from checkpoints"
+        ) from None

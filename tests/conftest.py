@@ -1,5 +1,5 @@
-"""Suite-wide settings: OpenMP defaults as in the entry points; GPU tests skip themselves without CUDA; DeepSpeed reuses the op built by `make install`;
-`one_thread` for tests of small models."""
+"""Suite-wide settings: OpenMP defaults as in the entry points; GPU tests skip themselves without CUDA; DeepSpeed
+reuses the op built by `make install`; `one_thread` for tests of small models."""
 
 import os
 from pathlib import Path

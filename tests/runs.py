@@ -31,14 +31,31 @@ def _has_dali() -> bool:
 # with the webdataset loader; everywhere else with DALI, the default.
 LOADER = "dali" if _has_dali() else "webdataset"
 # Small enough for seconds per run on 2 cores, deep enough to be the real unet_128 and PatchGAN.
-TINY = ["data.load_size=128", "data.crop_size=128", "model.ngf=8", "model.ndf=8", "train.batch_size=2",
-        "precision=fp32", "run.log_every=1", "run.sample_every=2", "data.num_workers=1", f"data.loader={LOADER}"]
+TINY = [
+    "data.load_size=128",
+    "data.crop_size=128",
+    "model.ngf=8",
+    "model.ndf=8",
+    "train.batch_size=2",
+    "precision=fp32",
+    "run.log_every=1",
+    "run.sample_every=2",
+    "data.num_workers=1",
+    f"data.loader={LOADER}",
+]
 
 
 def make_tiny_shards(out: Path) -> Path:
     """12 train and 4 val demo scenes stored at 128x64: seconds to build."""
-    return ensure_demo_shards(out, num_train=12, num_val=4, image_size=(128, 64),
-                              settings=PackSettings(size=(128, 64)), workers=2, progress=False)
+    return ensure_demo_shards(
+        out,
+        num_train=12,
+        num_val=4,
+        image_size=(128, 64),
+        settings=PackSettings(size=(128, 64)),
+        workers=2,
+        progress=False,
+    )
 
 
 def train_env() -> dict:
@@ -57,10 +74,18 @@ def train_command(run_dir: Path, shards: Path, *overrides: str, nprocs: int = 1)
 
 
 def run_training(run_dir: Path, shards: Path, *overrides: str, nprocs: int = 1, check: bool = True):
-    result = subprocess.run(train_command(run_dir, shards, *overrides, nprocs=nprocs), env=train_env(),
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = subprocess.run(
+        train_command(run_dir, shards, *overrides, nprocs=nprocs),
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 

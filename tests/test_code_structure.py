@@ -1,5 +1,6 @@
 """The code's structure holds: layers point one way (import-linter contracts in pyproject.toml), no module imports
-itself back through others, the package never reaches into launch/ or benchmarks/, and ruff finds nothing."""
+itself back through others, the package never reaches into launch/ or benchmarks/, ruff finds nothing, and the
+code has one formatting style."""
 
 import subprocess
 import sys
@@ -54,9 +55,15 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_back_through_others():
     graph = grimp.build_graph("p2p_dist")
-    edges = {module: {target for target in graph.find_modules_directly_imported_by(module)
-                      # a package's __init__ importing its own submodules is how packages work, not a cycle
-                      if not target.startswith(f"{module}.")} for module in graph.modules}
+    edges = {
+        module: {
+            target
+            for target in graph.find_modules_directly_imported_by(module)
+            # a package's __init__ importing its own submodules is how packages work, not a cycle
+            if not target.startswith(f"{module}.")
+        }
+        for module in graph.modules
+    }
     assert len(edges) > 40
     cycles = [group for group in _strongly_connected(edges) if len(group) > 1]
     assert cycles == []
@@ -72,4 +79,9 @@ def test_the_package_never_imports_launch_or_benchmark_scripts():
 
 def test_ruff_finds_nothing_to_report():
     result = _tool("ruff", "check", "--no-cache", ".")
+    assert result.returncode == 0, result.stdout[-5000:]
+
+
+def test_one_formatting_style_ruff_format():
+    result = _tool("ruff", "format", "--check", "--no-cache", ".")
     assert result.returncode == 0, result.stdout[-5000:]

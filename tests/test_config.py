@@ -21,24 +21,38 @@ def test_overrides_apply_after_the_yaml_file(tmp_path):
 
 
 def test_required_keys_exist_under_their_documented_names():
-    cfg = load_config(None, ["train.steps=1", "train.batch_size=2", "data.shards=x", "data.loader=dali",
-                             "run.dir=r", "precision=bf16", "zero_stage=2", "seed=3"])
+    cfg = load_config(
+        None,
+        [
+            "train.steps=1",
+            "train.batch_size=2",
+            "data.shards=x",
+            "data.loader=dali",
+            "run.dir=r",
+            "precision=bf16",
+            "zero_stage=2",
+            "seed=3",
+        ],
+    )
     assert (cfg.train.batch_size, cfg.data.shards, cfg.run.dir, cfg.zero_stage, cfg.seed) == (2, "x", "r", 2, 3)
 
 
-@pytest.mark.parametrize("override, named", [
-    ("train.foo=1", "train.foo"),
-    ("nosuch=1", "nosuch"),
-    ("train.steps=abc", "train.steps"),
-    ("precision=fp8", "fp8"),
-    ("zero_stage=3", "zero_stage"),
-    ("data.loader=pil", "data.loader"),
-    ("data.crop_size=100", "data.crop_size"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("train.decay_start=1.5", "train.decay_start"),
-    ("data.flip=maybe", "data.flip"),
-    ("train.steps", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.foo=1", "train.foo"),
+        ("nosuch=1", "nosuch"),
+        ("train.steps=abc", "train.steps"),
+        ("precision=fp8", "fp8"),
+        ("zero_stage=3", "zero_stage"),
+        ("data.loader=pil", "data.loader"),
+        ("data.crop_size=100", "data.crop_size"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.decay_start=1.5", "train.decay_start"),
+        ("data.flip=maybe", "data.flip"),
+        ("train.steps", "key=value"),
+    ],
+)
 def test_bad_override_is_rejected_naming_the_key_or_value(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(None, ["train.steps=5", override])
@@ -98,12 +112,14 @@ def test_help_documents_every_option():
     assert len(options) > 50
     for key, help_text in options:
         assert key in text and " ".join(help_text.split()) in text, key
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--help"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), "--help"], capture_output=True, text=True, check=True
+    )
     assert "train.lambda_l1" in result.stdout and "dotted overrides" in result.stdout
 
 
 def test_cli_rejects_unknown_key_with_exit_code_2():
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "train.nosuch=1"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), "train.nosuch=1"], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "train.nosuch" in result.stderr

@@ -11,10 +11,12 @@ from runs import ROOT, run_training
 
 SPIN_COUNT = re.compile(r"GOMP_SPINCOUNT = '(\d+)'")
 PASSIVE = "0"
-TORCH_FIRST = ("import torch; torch.ones(64, 64) @ torch.ones(64, 64)\n"
-               "from p2p_dist.openmp_defaults import apply_openmp_defaults\n"
-               "apply_openmp_defaults()\n"
-               "print('ran to the end')\n")
+TORCH_FIRST = (
+    "import torch; torch.ones(64, 64) @ torch.ones(64, 64)\n"
+    "from p2p_dist.openmp_defaults import apply_openmp_defaults\n"
+    "apply_openmp_defaults()\n"
+    "print('ran to the end')\n"
+)
 
 
 def _env(**changes) -> dict:
@@ -23,8 +25,7 @@ def _env(**changes) -> dict:
 
 
 def _python(code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def test_a_process_that_imported_torch_first_reexecutes_with_passive_waits():

@@ -2,8 +2,16 @@
 
 import pytest
 
-from p2p_dist.run_dir import (RunDir, checkpoint_name, latest_checkpoint, partial_checkpoint, partial_checkpoints,
-                              resolve_checkpoint, step_checkpoints, write_latest)
+from p2p_dist.run_dir import (
+    RunDir,
+    checkpoint_name,
+    latest_checkpoint,
+    partial_checkpoint,
+    partial_checkpoints,
+    resolve_checkpoint,
+    step_checkpoints,
+    write_latest,
+)
 
 
 def make_checkpoint(root, step: int, complete: bool = True):
@@ -17,10 +25,12 @@ def make_checkpoint(root, step: int, complete: bool = True):
 def test_the_layout_names_every_output_of_a_run(tmp_path):
     run = RunDir(str(tmp_path))
     assert run.path == tmp_path
-    assert [run.config, run.metrics, run.summary] == [tmp_path / n for n in ("config.yaml", "metrics.jsonl",
-                                                                             "summary.json")]
+    assert [run.config, run.metrics, run.summary] == [
+        tmp_path / n for n in ("config.yaml", "metrics.jsonl", "summary.json")
+    ]
     assert [run.samples, run.checkpoints, run.tensorboard, run.eval] == [
-        tmp_path / n for n in ("samples", "checkpoints", "tensorboard", "eval")]
+        tmp_path / n for n in ("samples", "checkpoints", "tensorboard", "eval")
+    ]
     assert run.sample_grid(42) == tmp_path / "samples" / "step_000042.png"
     assert not any(tmp_path.iterdir())  # asking for paths creates nothing
 

@@ -2,8 +2,17 @@ import pytest
 import torch
 
 from p2p_dist.config import Config, ConfigError
-from p2p_dist.runtime import (SIMULATED_CPU_FLAGS_ENV, Runtime, cpu_flags, resolve_bf16_mode, resolve_memory_format,
-                              resolve_model_memory_format, resolve_precision, resolved_choices, threads_per_rank)
+from p2p_dist.runtime import (
+    SIMULATED_CPU_FLAGS_ENV,
+    Runtime,
+    cpu_flags,
+    resolve_bf16_mode,
+    resolve_memory_format,
+    resolve_model_memory_format,
+    resolve_precision,
+    resolved_choices,
+    threads_per_rank,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -23,8 +32,9 @@ NATIVE_BF16 = AVX512_WITHOUT_BF16 + " avx512_bf16"
 AMX = AVX512_WITHOUT_BF16 + " amx_tile amx_bf16"
 
 
-@pytest.mark.parametrize("flags, expected", [(AVX2_ONLY, "fp32"), (AVX512_WITHOUT_BF16, "fp32"),
-                                             (NATIVE_BF16, "bf16"), (AMX, "bf16")])
+@pytest.mark.parametrize(
+    "flags, expected", [(AVX2_ONLY, "fp32"), (AVX512_WITHOUT_BF16, "fp32"), (NATIVE_BF16, "bf16"), (AMX, "bf16")]
+)
 def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16_units(monkeypatch, flags, expected):
     monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
     assert resolve_precision("auto", 0, CPU) == expected
@@ -65,8 +75,10 @@ def test_fp16_is_refused_at_zero0_and_on_cpu_with_the_way_out_in_the_message():
     assert resolve_precision("fp16", 1, CUDA) == "fp16"
 
 
-@pytest.mark.parametrize("flags, precision, memory_format", [(AVX2_ONLY, "fp32", torch.contiguous_format),
-                                                             (NATIVE_BF16, "bf16", torch.channels_last)])
+@pytest.mark.parametrize(
+    "flags, precision, memory_format",
+    [(AVX2_ONLY, "fp32", torch.contiguous_format), (NATIVE_BF16, "bf16", torch.channels_last)],
+)
 def test_the_default_config_resolves_per_cpu_kind(monkeypatch, flags, precision, memory_format):
     monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
     train = Config().train
@@ -99,16 +111,42 @@ def test_bf16_mode_applies_only_to_bf16_and_auto_is_autocast(monkeypatch, flags)
     assert resolve_bf16_mode("auto", CUDA, "bf16") == "autocast"
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (AVX2_ONLY, {"precision": "fp32", "bf16_mode": None, "memory_format": "contiguous",
-                 "model_memory_format": "contiguous", "cpu_flags": ["avx2"]}),
-    (NATIVE_BF16, {"precision": "bf16", "bf16_mode": "autocast", "memory_format": "channels_last",
-                   "model_memory_format": "channels_last", "cpu_flags": ["avx2", "avx512_bf16", "avx512f"]})])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (
+            AVX2_ONLY,
+            {
+                "precision": "fp32",
+                "bf16_mode": None,
+                "memory_format": "contiguous",
+                "model_memory_format": "contiguous",
+                "cpu_flags": ["avx2"],
+            },
+        ),
+        (
+            NATIVE_BF16,
+            {
+                "precision": "bf16",
+                "bf16_mode": "autocast",
+                "memory_format": "channels_last",
+                "model_memory_format": "channels_last",
+                "cpu_flags": ["avx2", "avx512_bf16", "avx512f"],
+            },
+        ),
+    ],
+)
 def test_resolved_choices_name_every_automatic_choice_and_the_simulated_flags(monkeypatch, flags, expected):
     monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
     cfg = Config()
-    rt = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=CPU,
-                 precision=resolve_precision(cfg.precision, cfg.zero_stage, CPU))
+    rt = Runtime(
+        rank=0,
+        local_rank=0,
+        world_size=1,
+        local_world_size=1,
+        device=CPU,
+        precision=resolve_precision(cfg.precision, cfg.zero_stage, CPU),
+    )
     choices = resolved_choices(cfg, rt)
     assert {k: choices[k] for k in expected} == expected and choices["cpu_flags_simulated"] is True
     cfg.zero_stage = 1

@@ -10,6 +10,7 @@ import torch
 
 from p2p_dist.config import load_config, save_config
 from p2p_dist.train.checkpoint import ENGINE_TAG
+
 from runs import DEEPSPEED, ROOT, TINY, free_port, train_env
 
 
@@ -52,13 +53,24 @@ class CreatesAFile:
 
 def test_train_names_a_missing_shards_directory(tmp_path):
     missing = tmp_path / "nowhere"
-    assert_user_error([*launch("train.py"), f"data.shards={missing}", f"run.dir={tmp_path / 'run'}"],
-                      f"data.shards={missing}", "no such directory")
+    assert_user_error(
+        [*launch("train.py"), f"data.shards={missing}", f"run.dir={tmp_path / 'run'}"],
+        f"data.shards={missing}",
+        "no such directory",
+    )
 
 
 def test_train_under_the_deepspeed_launcher_names_a_shards_directory_without_a_manifest(tmp_path):
-    command = [DEEPSPEED, "--num_gpus", "1", "--master_port", str(free_port()), str(ROOT / "launch" / "train.py"),
-               f"data.shards={tmp_path}", f"run.dir={tmp_path / 'run'}"]
+    command = [
+        DEEPSPEED,
+        "--num_gpus",
+        "1",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "launch" / "train.py"),
+        f"data.shards={tmp_path}",
+        f"run.dir={tmp_path / 'run'}",
+    ]
     assert_user_error(command, f"data.shards={tmp_path}", "no manifest.json")
 
 
@@ -83,15 +95,31 @@ def test_evaluate_names_a_run_directory_without_checkpoints(tmp_path):
 def test_translate_refuses_weights_that_would_run_code_and_they_do_not_run(tmp_path):
     marker = tmp_path / "payload-ran"
     run = run_dir(tmp_path / "run", {"module": {}, "extra": CreatesAFile(marker)})
-    assert_user_error([*launch("translate.py"), "--run", str(run), "--export", "onnx", "--export-path",
-                       str(tmp_path / "g.onnx")], "mp_rank_00_model_states.pt", "refused")
+    assert_user_error(
+        [*launch("translate.py"), "--run", str(run), "--export", "onnx", "--export-path", str(tmp_path / "g.onnx")],
+        "mp_rank_00_model_states.pt",
+        "refused",
+    )
     assert not marker.exists()
 
 
 def test_translate_names_an_unknown_checkpoint_and_the_ones_there_are(tmp_path):
     run = run_dir(tmp_path / "run", {"module": {}})
-    assert_user_error([*launch("translate.py"), "--run", str(run), "--checkpoint", "step_000009", "--export",
-                       "onnx", "--export-path", str(tmp_path / "g.onnx")], "'step_000009'", "available: step_000001")
+    assert_user_error(
+        [
+            *launch("translate.py"),
+            "--run",
+            str(run),
+            "--checkpoint",
+            "step_000009",
+            "--export",
+            "onnx",
+            "--export-path",
+            str(tmp_path / "g.onnx"),
+        ],
+        "'step_000009'",
+        "available: step_000001",
+    )
 
 
 def test_pack_verify_names_a_missing_shard_set(tmp_path):

@@ -27,7 +27,7 @@ def _train_id(label: Any) -> int:
 
 
 ID_TO_TRAIN_ID: np.ndarray = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-ID_TO_TRAIN_ID[: NUM_IDS] = [_train_id(label) for label in _LABELS]
+ID_TO_TRAIN_ID[:NUM_IDS] = [_train_id(label) for label in _LABELS]
 ID_TO_TRAIN_ID.flags.writeable = False
 
 PALETTE: np.ndarray = np.array([label.color for label in _LABELS], dtype=np.uint8)
@@ -69,8 +69,10 @@ def label_id_problem(ids: ArrayOrTensor) -> str | None:
         return None
     values = sorted(set(ids[outside].tolist()))
     listed = ", ".join(map(str, values[:8])) + (f" and {len(values) - 8} more" if len(values) > 8 else "")
-    return (f"values {listed} are not Cityscapes label ids 0..{NUM_IDS - 1} (a *_labelIds map holds them; "
-            f"trainIds and instanceIds maps hold other numbers)")
+    return (
+        f"values {listed} are not Cityscapes label ids 0..{NUM_IDS - 1} (a *_labelIds map holds them; "
+        f"trainIds and instanceIds maps hold other numbers)"
+    )
 
 
 def check_label_ids(ids: ArrayOrTensor, source: object) -> None:

@@ -117,7 +117,7 @@ class AlignedPair(SourceSample):
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         image = read_photo(self.path)
-        height, width = image.shape[:2]
+        _height, width = image.shape[:2]
         if width % 2:
             raise BadSourceFile(self.path, f"aligned image width {width} is odd: expected photo | label side by side")
         half = width // 2
@@ -164,8 +164,11 @@ def read_single_channel_label_ids(path: Path) -> np.ndarray:
         raise BadSourceFile(path, f"cannot decode label map: {exc}") from exc
     # "P" images are read as their palette indices, which is what an indexed label map stores.
     if mode not in ("L", "P", "I", "I;16"):
-        raise BadSourceFile(path, f"label map has image mode {mode!r}; expected single-channel label ids "
-                                  f"(a colour map such as *_gtFine_color.png cannot be used here)")
+        raise BadSourceFile(
+            path,
+            f"label map has image mode {mode!r}; expected single-channel label ids "
+            f"(a colour map such as *_gtFine_color.png cannot be used here)",
+        )
     problem = labels.label_id_problem(values)
     if problem:
         raise BadSourceFile(path, problem)
@@ -192,8 +195,10 @@ def scan_cityscapes(root: Path, splits: tuple[str, ...] = ("train", "val")) -> S
     root = _check_root(root, "Cityscapes")
     for top in ("leftImg8bit", "gtFine"):
         if not (root / top).is_dir():
-            raise FileNotFoundError(f"{root / top} not found: expected the official Cityscapes layout "
-                                    f"(leftImg8bit/ and gtFine/ side by side under {root})")
+            raise FileNotFoundError(
+                f"{root / top} not found: expected the official Cityscapes layout "
+                f"(leftImg8bit/ and gtFine/ side by side under {root})"
+            )
     scan = SourceScan("cityscapes", root, {}, {})
     for split in splits:
         photo_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
@@ -202,10 +207,16 @@ def scan_cityscapes(root: Path, splits: tuple[str, ...] = ("train", "val")) -> S
         photos = _by_name(photo_dir, PHOTO_SUFFIX)
         label_maps = _by_name(label_dir, LABEL_SUFFIX)
         samples: list[SourceSample] = []
-        problems = [SourceProblem(path, f"photo has no label map (expected {label_dir / name}{LABEL_SUFFIX})")
-                    for name, path in sorted(photos.items()) if name not in label_maps]
-        problems += [SourceProblem(path, f"label map has no photo (expected {photo_dir / name}{PHOTO_SUFFIX})")
-                     for name, path in sorted(label_maps.items()) if name not in photos]
+        problems = [
+            SourceProblem(path, f"photo has no label map (expected {label_dir / name}{LABEL_SUFFIX})")
+            for name, path in sorted(photos.items())
+            if name not in label_maps
+        ]
+        problems += [
+            SourceProblem(path, f"label map has no photo (expected {photo_dir / name}{PHOTO_SUFFIX})")
+            for name, path in sorted(label_maps.items())
+            if name not in photos
+        ]
         for name in sorted(photos.keys() & label_maps.keys()):
             key = Path(name).name  # {city}_{seq}_{frame}: already unique, the city is part of it
             problem = _key_problem(key)
@@ -222,8 +233,11 @@ def _by_name(split_dir: Path, suffix: str) -> dict[str, Path]:
     """``{city}/{city}_{seq}_{frame}`` -> file, for the files of one kind under a split directory."""
     if not split_dir.is_dir():
         return {}
-    return {path.relative_to(split_dir).as_posix()[: -len(suffix)]: path
-            for path in split_dir.glob(f"*/*{suffix}") if path.is_file()}
+    return {
+        path.relative_to(split_dir).as_posix()[: -len(suffix)]: path
+        for path in split_dir.glob(f"*/*{suffix}")
+        if path.is_file()
+    }
 
 
 def scan_aligned(root: Path, splits: tuple[str, ...] = ("train", "val")) -> SourceScan:
@@ -234,8 +248,10 @@ def scan_aligned(root: Path, splits: tuple[str, ...] = ("train", "val")) -> Sour
         split_dir = _aligned_split_dir(root, split)
         samples: list[SourceSample] = []
         problems: list[SourceProblem] = []
-        files = sorted((path for path in split_dir.iterdir()
-                        if path.is_file() and path.suffix.lower() in ALIGNED_EXTENSIONS), key=_natural_key)
+        files = sorted(
+            (path for path in split_dir.iterdir() if path.is_file() and path.suffix.lower() in ALIGNED_EXTENSIONS),
+            key=_natural_key,
+        )
         seen: dict[str, Path] = {}
         for path in files:
             key = path.stem
@@ -259,8 +275,9 @@ def _aligned_split_dir(root: Path, split: str) -> Path:
         # prepare_cityscapes_dataset.py writes the val split as test/; the pix2pix download calls it val/.
         candidates = [path for path in (root / "test", root / "val") if path.is_dir()]
         if len(candidates) == 2:
-            raise SourceLayoutError(f"{root} has both test/ and val/: which one is the val split is ambiguous; "
-                             f"move one of them away")
+            raise SourceLayoutError(
+                f"{root} has both test/ and val/: which one is the val split is ambiguous; move one of them away"
+            )
         candidates = candidates or [root / "test"]
     if not candidates[0].is_dir():
         raise FileNotFoundError(f"split {split!r} not found: {candidates[0]} is not a directory")

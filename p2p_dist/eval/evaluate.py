@@ -12,8 +12,14 @@ from torch import Tensor, nn
 from p2p_dist.eval.metrics import Evaluator
 
 
-def evaluate(generate: Callable[[dict], Tensor], loader, evaluator: Evaluator, segmenter: nn.Module | None,
-             max_images: int | None = None, progress: Callable | None = None) -> dict[str, float]:
+def evaluate(
+    generate: Callable[[dict], Tensor],
+    loader,
+    evaluator: Evaluator,
+    segmenter: nn.Module | None,
+    max_images: int | None = None,
+    progress: Callable | None = None,
+) -> dict[str, float]:
     """Run `generate` (a loader batch -> photos in [-1, 1]) over the loader's epoch 0 (validation order)
     and return the evaluator's metrics over all ranks, each sample counted once (the loader's wrap-around
     repeats are dropped). `max_images` scores exactly the first N samples of that order, over all ranks

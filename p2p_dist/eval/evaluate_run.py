@@ -24,10 +24,23 @@ GRID_IMAGES = 6
 EVAL_PRECISION = "fp32"
 
 
-def evaluate_run(run_dir: Path, *, checkpoint: str | Path | None = None, split: str = "val", shards: Path | None = None,
-                 batch_size: int = 8, max_images: int | None = None, segmenter: Path | None = None,
-                 fcn: bool = True, fid: bool = True, kid_subset_size: int = 100, kid_subsets: int = 100,
-                 dropout: bool = True, norm_mode: str | None = None, seed: int = 0) -> dict:
+def evaluate_run(
+    run_dir: Path,
+    *,
+    checkpoint: str | Path | None = None,
+    split: str = "val",
+    shards: Path | None = None,
+    batch_size: int = 8,
+    max_images: int | None = None,
+    segmenter: Path | None = None,
+    fcn: bool = True,
+    fid: bool = True,
+    kid_subset_size: int = 100,
+    kid_subsets: int = 100,
+    dropout: bool = True,
+    norm_mode: str | None = None,
+    seed: int = 0,
+) -> dict:
     """Metrics of the generated photos (and the FCN ceiling of the real ones) over the split, on every rank;
     rank 0 writes RUN/eval/<tag>.json and .md (with the protocol, see p2p_dist.eval.report) and prints the
     table. `max_images` scores the split's first N images only. `norm_mode`: the test-time statistics of
@@ -48,52 +61,104 @@ def evaluate_run(run_dir: Path, *, checkpoint: str | Path | None = None, split: 
         if rt.is_main and trained_precision != EVAL_PRECISION:
             print(f"evaluating in {EVAL_PRECISION} (the run trained with precision={trained_precision})", flush=True)
         d = cfg.data
-        loader = build_loader(Path(d.shards), split, loader_options(
-            d, batch_size=batch_size, train=False, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size,
-            device=rt.device))
+        loader = build_loader(
+            Path(d.shards),
+            split,
+            loader_options(
+                d,
+                batch_size=batch_size,
+                train=False,
+                seed=cfg.seed,
+                rank=rt.rank,
+                world_size=rt.world_size,
+                device=rt.device,
+            ),
+        )
         try:
             seg = segmenter_for(cfg, rt) if fcn else None
             num_images = min(loader.num_samples, max_images or loader.num_samples)
             kid_subset_size = min(kid_subset_size, num_images)
             # The same segmenter on the real photos too: the paper's "ground truth" row, in the same pass.
-            generated = Evaluator(rt.device, fid_kid=fid, fcn=fcn, fcn_ceiling=fcn, kid_subset_size=kid_subset_size,
-                                  kid_subsets=kid_subsets)
+            generated = Evaluator(
+                rt.device,
+                fid_kid=fid,
+                fcn=fcn,
+                fcn_ceiling=fcn,
+                kid_subset_size=kid_subset_size,
+                kid_subsets=kid_subsets,
+            )
             torch.manual_seed(seed + rt.rank)  # the test-time dropout noise
-            progress = (lambda it, total: progress_bar(total, f"evaluate {split}", "batch", iterable=it)) \
-                if rt.is_main else None
+            progress = (
+                (lambda it, total: progress_bar(total, f"evaluate {split}", "batch", iterable=it))
+                if rt.is_main
+                else None
+            )
             with translation_modes(generator, dropout=dropout, norm_mode=norm_mode) as translate:
-                metrics = evaluate(lambda batch: translate(batch["label"]), loader, generated, seg, max_images,
-                                   progress)
+                metrics = evaluate(
+                    lambda batch: translate(batch["label"]), loader, generated, seg, max_images, progress
+                )
                 grid = _grid(translate, loader) if rt.is_main else None
-            ceiling = {key.removeprefix(CEILING_PREFIX): metrics.pop(key)
-                       for key in [k for k in metrics if k.startswith(CEILING_PREFIX)]} or None
+            ceiling = {
+                key.removeprefix(CEILING_PREFIX): metrics.pop(key)
+                for key in [k for k in metrics if k.startswith(CEILING_PREFIX)]
+            } or None
             split_images = loader.num_samples
         finally:
             loader.close()
         if fid and not kid_std_meaningful(kid_subset_size, num_images):
             metrics["kid_std"] = None  # every subset was the whole set: a spread of 0 up to rounding means nothing
-        settings = {"split": split, "shards": d.shards, "dropout": dropout,
-                    "norm_mode": recorded_norm_mode(generator, norm_mode),
-                    "segmenter": str(run_segmenter_path(cfg)) if fcn else "",
-                    "width": d.crop_size, "height": d.crop_size, "seed": seed, "precision": EVAL_PRECISION,
-                    "weights": generator.weights_source, "tf32": False,
-                    "kid_subset_size": kid_subset_size if fid else None, "kid_subsets": kid_subsets if fid else None}
-        result = {"run_dir": str(run_dir), "checkpoint": ckpt.name, "num_images": num_images, "metrics": metrics,
-                  "ceiling": ceiling, "relative_to_ceiling": relative_to_ceiling(metrics, ceiling),
-                  "world_size": rt.world_size, "settings": settings,
-                  "protocol": protocol(split=split, num_images=num_images, split_images=split_images,
-                                       width=d.crop_size, height=d.crop_size, norm_mode=settings["norm_mode"],
-                                       dropout=dropout, seed=seed, weights=generator.weights_source,
-                                       precision=EVAL_PRECISION, fid=fid, kid_subset_size=kid_subset_size,
-                                       kid_subsets=kid_subsets, fcn=fcn, segmenter=settings["segmenter"],
-                                       world_size=rt.world_size)}
+        settings = {
+            "split": split,
+            "shards": d.shards,
+            "dropout": dropout,
+            "norm_mode": recorded_norm_mode(generator, norm_mode),
+            "segmenter": str(run_segmenter_path(cfg)) if fcn else "",
+            "width": d.crop_size,
+            "height": d.crop_size,
+            "seed": seed,
+            "precision": EVAL_PRECISION,
+            "weights": generator.weights_source,
+            "tf32": False,
+            "kid_subset_size": kid_subset_size if fid else None,
+            "kid_subsets": kid_subsets if fid else None,
+        }
+        result = {
+            "run_dir": str(run_dir),
+            "checkpoint": ckpt.name,
+            "num_images": num_images,
+            "metrics": metrics,
+            "ceiling": ceiling,
+            "relative_to_ceiling": relative_to_ceiling(metrics, ceiling),
+            "world_size": rt.world_size,
+            "settings": settings,
+            "protocol": protocol(
+                split=split,
+                num_images=num_images,
+                split_images=split_images,
+                width=d.crop_size,
+                height=d.crop_size,
+                norm_mode=settings["norm_mode"],
+                dropout=dropout,
+                seed=seed,
+                weights=generator.weights_source,
+                precision=EVAL_PRECISION,
+                fid=fid,
+                kid_subset_size=kid_subset_size,
+                kid_subsets=kid_subsets,
+                fcn=fcn,
+                segmenter=settings["segmenter"],
+                world_size=rt.world_size,
+            ),
+        }
         if rt.is_main:
             out_dir = RunDir(run_dir).eval
             save_grid(grid, out_dir / f"{ckpt.name}_samples.png")
             json_path, md_path = write_report(out_dir, ckpt.name, result, f"{ckpt.name}_samples.png")
-            print(f"{num_images} {split} images at {d.crop_size}x{d.crop_size}, norm statistics "
-                  f"{settings['norm_mode']}, dropout {'on' if dropout else 'off'}"
-                  + (f", KID {kid_subsets} x {kid_subset_size} images" if fid else ""))
+            print(
+                f"{num_images} {split} images at {d.crop_size}x{d.crop_size}, norm statistics "
+                f"{settings['norm_mode']}, dropout {'on' if dropout else 'off'}"
+                + (f", KID {kid_subsets} x {kid_subset_size} images" if fid else "")
+            )
             print(metrics_table(metrics, ceiling))
             print(f"report: {md_path}\nmetrics: {json_path}")
         return result

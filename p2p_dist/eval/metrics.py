@@ -46,8 +46,9 @@ CEILING_PREFIX = "ceiling/"
 def build_confusion_matrix(device: torch.device | str = "cpu", *, sync: bool = True) -> MulticlassConfusionMatrix:
     """Confusion matrix over the 19 train ids; rows are labels, columns predictions; label 255 skipped.
     ``compute()`` sums it over all ranks of the process group unless ``sync=False``."""
-    return MulticlassConfusionMatrix(num_classes=NUM_TRAIN_CLASSES, ignore_index=IGNORE_INDEX,
-                                     sync_on_compute=sync).to(device)
+    return MulticlassConfusionMatrix(num_classes=NUM_TRAIN_CLASSES, ignore_index=IGNORE_INDEX, sync_on_compute=sync).to(
+        device
+    )
 
 
 def fcn_scores(confusion: Tensor) -> dict[str, float]:
@@ -109,7 +110,8 @@ class Evaluator(nn.Module):
     Keys of ``compute()``: ``ssim``, ``psnr``, ``mse``, ``l1`` always; ``fid``, ``kid_mean``, ``kid_std`` unless
     ``fid_kid=False`` (Inception is the slow part); ``fcn/pixel_acc``, ``fcn/class_acc``, ``fcn/mean_iou`` unless
     ``fcn=False``; with ``fcn_ceiling=True`` also ``ceiling/fcn/...``, the same segmenter's score on the REAL
-    photos of the same samples (the paper's ceiling row). ``inception_feature`` (default 2048, the standard) selects the Inception layer of FID/KID;
+    photos of the same samples (the paper's ceiling row). ``inception_feature`` (default 2048, the standard)
+    selects the Inception layer of FID/KID;
     see :class:`~p2p_dist.eval.fid.InceptionMetrics`. KID options are documented there too.
     """
 

@@ -29,15 +29,27 @@ class PeriodicEvaluation:
     def __init__(self, cfg: Config, rt: Runtime, shards: Path) -> None:
         self.segmenter = segmenter_for(cfg, rt) if cfg.eval.fcn else None
         holdout = cfg.data.holdout > 0
-        self.loader = build_loader(shards, "train" if holdout else "val", loader_options(
-            cfg.data, batch_size=cfg.train.batch_size, train=False, seed=cfg.seed, rank=rt.rank,
-            world_size=rt.world_size, device=rt.device, holdout_only=holdout))
+        self.loader = build_loader(
+            shards,
+            "train" if holdout else "val",
+            loader_options(
+                cfg.data,
+                batch_size=cfg.train.batch_size,
+                train=False,
+                seed=cfg.seed,
+                rank=rt.rank,
+                world_size=rt.world_size,
+                device=rt.device,
+                holdout_only=holdout,
+            ),
+        )
         self.num_images = cfg.eval.num_images
         self.evaluator = Evaluator(rt.device, fid_kid=cfg.eval.fid, fcn=cfg.eval.fcn)
 
     def __call__(self, translate: Callable[[Tensor], Tensor]) -> dict[str, float]:
-        return evaluate(lambda batch: translate(batch["label"]), self.loader, self.evaluator, self.segmenter,
-                        self.num_images)
+        return evaluate(
+            lambda batch: translate(batch["label"]), self.loader, self.evaluator, self.segmenter, self.num_images
+        )
 
     def close(self) -> None:
         self.loader.close()

@@ -27,10 +27,9 @@ COLUMNS = [
 
 NORM_STATISTICS = {
     "per-image": "batch norm with each image's own statistics (mean and variance over its height and width), one "
-                 "image at a time: the paper's protocol (batch size 1 in train mode), independent of batch size "
-                 "and world size",
-    "running": "batch norm with the running statistics accumulated in training (eval mode): NOT the paper's "
-               "protocol",
+    "image at a time: the paper's protocol (batch size 1 in train mode), independent of batch size "
+    "and world size",
+    "running": "batch norm with the running statistics accumulated in training (eval mode): NOT the paper's protocol",
     "instance": "instance norm: each image's own statistics (the generator has no batch norm)",
 }
 
@@ -40,8 +39,11 @@ def relative_to_ceiling(metrics: dict, ceiling: dict | None) -> dict[str, float]
     photos for this segmenter)."""
     if not ceiling:
         return None
-    return {key: metrics[key] / real if real else None
-            for key, real in ceiling.items() if key in metrics and metrics[key] is not None}
+    return {
+        key: metrics[key] / real if real else None
+        for key, real in ceiling.items()
+        if key in metrics and metrics[key] is not None
+    }
 
 
 def kid_std_meaningful(subset_size: int | None, num_images: int) -> bool:
@@ -50,22 +52,46 @@ def kid_std_meaningful(subset_size: int | None, num_images: int) -> bool:
     return subset_size is not None and subset_size < num_images
 
 
-def protocol(*, split: str, num_images: int, split_images: int, width: int, height: int, norm_mode: str,
-             dropout: bool, seed: int, weights: str, precision: str, fid: bool, kid_subset_size: int | None,
-             kid_subsets: int | None, fcn: bool, segmenter: str, world_size: int) -> dict[str, str]:
+def protocol(
+    *,
+    split: str,
+    num_images: int,
+    split_images: int,
+    width: int,
+    height: int,
+    norm_mode: str,
+    dropout: bool,
+    seed: int,
+    weights: str,
+    precision: str,
+    fid: bool,
+    kid_subset_size: int | None,
+    kid_subsets: int | None,
+    fcn: bool,
+    segmenter: str,
+    world_size: int,
+) -> dict[str, str]:
     """The evaluation protocol in words, one entry per aspect (the JSON report's ``protocol``)."""
-    images = (f"{num_images} images of split '{split}'"
-              + (f" (the first {num_images} of its {split_images}, in shard order)" if num_images < split_images
-                 else " (all of them)")
-              + f", each scored once over {world_size} process(es)")
+    images = (
+        f"{num_images} images of split '{split}'"
+        + (
+            f" (the first {num_images} of its {split_images}, in shard order)"
+            if num_images < split_images
+            else " (all of them)"
+        )
+        + f", each scored once over {world_size} process(es)"
+    )
     entries = {
         "images": images,
         "resolution": f"{width}x{height}: label maps resized nearest-neighbour and photos bilinearly (antialiased) "
-                      f"to the square training crop, whatever their aspect ratio, as the training loader does; "
-                      f"every metric compares at this size",
+        f"to the square training crop, whatever their aspect ratio, as the training loader does; "
+        f"every metric compares at this size",
         "norm_statistics": NORM_STATISTICS[norm_mode],
-        "dropout": (f"on at test time (the paper's noise source), torch seed {seed} + rank" if dropout
-                    else "off at test time (deterministic photos)"),
+        "dropout": (
+            f"on at test time (the paper's noise source), torch seed {seed} + rank"
+            if dropout
+            else "off at test time (deterministic photos)"
+        ),
         "generator_weights": f"{weights}, run in {precision}",
     }
     if fcn:
@@ -75,19 +101,25 @@ def protocol(*, split: str, num_images: int, split_images: int, width: int, heig
             f"confusion matrix over all images; classes absent from both labels and predictions are left out of "
             f"the means (the paper's evaluation code counts them as 0 in a mean over all 19). The ceiling is the "
             f"same segmenter on the real photos; relative_to_ceiling = generated / ceiling. Comparable only with "
-            f"scores from the same segmenter, not with the paper's Caffe FCN-8s numbers")
+            f"scores from the same segmenter, not with the paper's Caffe FCN-8s numbers"
+        )
     if fid:
-        kid = (f"KID: the mean over {kid_subsets} random subsets of {kid_subset_size} real and {kid_subset_size} "
-               f"generated images (polynomial kernel)")
+        kid = (
+            f"KID: the mean over {kid_subsets} random subsets of {kid_subset_size} real and {kid_subset_size} "
+            f"generated images (polynomial kernel)"
+        )
         if kid_std_meaningful(kid_subset_size, num_images):
             kid += "; kid_std is the spread over the subsets"
         else:
-            kid += (f"; every subset is the whole set of {num_images}, so the subsets do not differ and kid_std "
-                    f"is meaningless (reported as null)")
+            kid += (
+                f"; every subset is the whole set of {num_images}, so the subsets do not differ and kid_std "
+                f"is meaningless (reported as null)"
+            )
         entries["fid_kid"] = (
             f"FID and {kid}. Features: the 2015-12-05 TF-Inception pool layer (2048), inputs quantised to uint8, "
             f"TF32 off. Both are biased by the number of images (FID strongly, upward for small N): compare only "
-            f"reports over the same N ({num_images} here)")
+            f"reports over the same N ({num_images} here)"
+        )
     return entries
 
 
@@ -124,8 +156,9 @@ def write_report(out_dir: Path, tag: str, result: dict, grid_png: str) -> tuple[
         f"## Scores\n\n"
         f"{metrics_table(result['metrics'], result.get('ceiling'))}\n\n"
         f"FCN-score: a segmentation network trained on real train photos segments the generated photos; its "
-        f"score on the real photos is the ceiling (the paper's \"ground truth\" row), and generated / ceiling is "
+        f'score on the real photos is the ceiling (the paper\'s "ground truth" row), and generated / ceiling is '
         f"the share of it reached (the paper's own ratio for L1+cGAN: 0.17 / 0.21 = 81% in class IoU). SSIM, PSNR, "
         f"MSE and L1 compare generated and real photos in [0, 1].\n\n"
-        f"Label map | generated | real:\n\n![samples]({grid_png})\n")
+        f"Label map | generated | real:\n\n![samples]({grid_png})\n"
+    )
     return json_path, md_path

@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from p2p_dist.inference.label_maps import TranslateError
 from p2p_dist.config import Config
 from p2p_dist.data import labels
-from p2p_dist.inference.label_maps import Size
+from p2p_dist.inference.label_maps import Size, TranslateError
 from p2p_dist.inference.translate import size_hint
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, sidecar_path
 from p2p_dist.models.translation_modes import DEFAULT_NORM_MODE, apply_test_time_modes, recorded_norm_mode
@@ -22,7 +21,7 @@ from p2p_dist.models.translation_modes import DEFAULT_NORM_MODE, apply_test_time
 EXPORT_FORMATS = ("torchscript", "onnx")
 NORM_DESCRIPTIONS = {
     "per-image": "batch norm with each image's own statistics (mean and variance over its height and width), "
-                 "whatever the batch: the pix2pix paper's test protocol (batch size 1, train mode)",
+    "whatever the batch: the pix2pix paper's test protocol (batch size 1, train mode)",
     "running": "batch norm with the running statistics stored in training",
     "instance": "instance norm: each image's own statistics",
 }
@@ -39,8 +38,15 @@ class _SizeChecked(nn.Module):
     def forward(self, label: torch.Tensor) -> torch.Tensor:
         height, width = label.shape[-2], label.shape[-1]
         if height % self.multiple != 0 or width % self.multiple != 0:
-            raise ValueError("the generator needs height and width divisible by " + str(self.multiple)
-                             + "; got " + str(height) + "x" + str(width) + " (HxW)")
+            raise ValueError(
+                "the generator needs height and width divisible by "
+                + str(self.multiple)
+                + "; got "
+                + str(height)
+                + "x"
+                + str(width)
+                + " (HxW)"
+            )
         return self.traced(label)
 
 
@@ -69,38 +75,61 @@ def _has_active_dropout(module: nn.Module) -> bool:
     return any(isinstance(layer, nn.modules.dropout._DropoutNd) and layer.training for layer in module.modules())
 
 
-def _describe_export(cfg: Config, path: Path, fmt: str, multiple: int, dropout: bool, norm_mode: str,
-                     checkpoint: str | None) -> dict:
+def _describe_export(
+    cfg: Config, path: Path, fmt: str, multiple: int, dropout: bool, norm_mode: str, checkpoint: str | None
+) -> dict:
     encoding = cfg.data.label_encoding
     if encoding == "color":
-        label_input = {"encoding": "color", "channels": 3, "value_range": [-1.0, 1.0],
-                       "how": "channel c of pixel (y, x) = palette[id(y, x)][c] / 127.5 - 1, with the Cityscapes "
-                              "label-id palette below (index = label id)",
-                       "palette": labels.PALETTE.tolist()}
+        label_input = {
+            "encoding": "color",
+            "channels": 3,
+            "value_range": [-1.0, 1.0],
+            "how": "channel c of pixel (y, x) = palette[id(y, x)][c] / 127.5 - 1, with the Cityscapes "
+            "label-id palette below (index = label id)",
+            "palette": labels.PALETTE.tolist(),
+        }
     else:
-        label_input = {"encoding": "onehot", "channels": labels.NUM_IDS, "value_range": [0.0, 1.0],
-                       "how": "channel k of pixel (y, x) = 1 if its Cityscapes label id is k else 0"}
+        label_input = {
+            "encoding": "onehot",
+            "channels": labels.NUM_IDS,
+            "value_range": [0.0, 1.0],
+            "how": "channel k of pixel (y, x) = 1 if its Cityscapes label id is k else 0",
+        }
     return {
         "format": fmt,
         "file": path.name,
         "input": {"name": "label", "dtype": "float32", "layout": "NCHW", **label_input},
-        "output": {"name": "photo", "dtype": "float32", "layout": "NCHW", "channels": PHOTO_CHANNELS,
-                   "value_range": [-1.0, 1.0], "to_uint8": "round((photo + 1) * 127.5)"},
-        "accepted_sizes": {"height_multiple_of": multiple, "width_multiple_of": multiple,
-                           "trained_at": [cfg.data.crop_size, cfg.data.crop_size], "batch": "any"},
+        "output": {
+            "name": "photo",
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": PHOTO_CHANNELS,
+            "value_range": [-1.0, 1.0],
+            "to_uint8": "round((photo + 1) * 127.5)",
+        },
+        "accepted_sizes": {
+            "height_multiple_of": multiple,
+            "width_multiple_of": multiple,
+            "trained_at": [cfg.data.crop_size, cfg.data.crop_size],
+            "batch": "any",
+        },
         "geometry": {
             "input_size": [cfg.data.crop_size, cfg.data.crop_size],
             "how": f"feed label maps as in training: label ids resized nearest-neighbour to {cfg.data.crop_size}x"
-                   f"{cfg.data.crop_size} whatever their aspect ratio (2:1 Cityscapes frames are squashed; source "
-                   f"pixel of output pixel i = min(floor((i + 0.5) * in / out), in - 1) per axis), then encoded; "
-                   f"resize the photo back to the map's size if wanted. Other accepted sizes show objects at "
-                   f"another scale than the model was trained on.",
+            f"{cfg.data.crop_size} whatever their aspect ratio (2:1 Cityscapes frames are squashed; source "
+            f"pixel of output pixel i = min(floor((i + 0.5) * in / out), in - 1) per axis), then encoded; "
+            f"resize the photo back to the map's size if wanted. Other accepted sizes show objects at "
+            f"another scale than the model was trained on.",
         },
         "dropout": dropout,
         "norm_mode": norm_mode,
         "norm_statistics": NORM_DESCRIPTIONS[norm_mode],
-        "model": {"architecture": f"unet_{multiple}", "ngf": cfg.model.ngf, "norm": cfg.model.norm,
-                  "label_encoding": encoding},
+        "model": {
+            "architecture": f"unet_{multiple}",
+            "ngf": cfg.model.ngf,
+            "norm": cfg.model.norm,
+            "label_encoding": encoding,
+        },
         "checkpoint": checkpoint,
     }
 
@@ -109,7 +138,7 @@ def export_generator(
     generator: UNetGenerator,
     cfg: Config,
     path: str | Path,
-    format: str = "torchscript",  # noqa: A002 - the natural name in the CLI and the docs
+    format: str = "torchscript",
     example_size: Size | None = None,
     *,
     dropout: bool = True,
@@ -160,8 +189,19 @@ def export_generator(
         example = torch.zeros(2, channels, max(height, 2 * multiple), max(width, 2 * multiple))
         dim = torch.export.Dim
         dynamic = ({0: dim("batch"), 2: multiple * dim("height_blocks"), 3: multiple * dim("width_blocks")},)
-        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, input_names=["label"],
-                          output_names=["photo"], dynamic_shapes=dynamic, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=["label"],
+            output_names=["photo"],
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
     sidecar = sidecar_path(path)
-    sidecar.write_text(json.dumps(_describe_export(cfg, path, format, multiple, stochastic, recorded, checkpoint), indent=1))
+    sidecar.write_text(
+        json.dumps(_describe_export(cfg, path, format, multiple, stochastic, recorded, checkpoint), indent=1)
+    )
     return sidecar

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from p2p_dist.errors import UserError
 from p2p_dist.data import labels
 from p2p_dist.data.loaders.contract import apply_label_encoding, nearest_indices
+from p2p_dist.errors import UserError
 from p2p_dist.models import LABEL_CHANNELS
 
 INPUT_FORMATS = ("auto", "ids", "color")
@@ -62,8 +62,10 @@ def read_label_ids(path: Path, input_format: str = "auto") -> np.ndarray:
         return labels.color_to_ids(array)
     if array.ndim == 3:
         if not ((array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all()):
-            raise TranslateError(f"{path}: read as label ids, but it is a colour image whose channels differ; "
-                                 f"use input format 'color' (or 'auto')")
+            raise TranslateError(
+                f"{path}: read as label ids, but it is a colour image whose channels differ; "
+                f"use input format 'color' (or 'auto')"
+            )
         array = array[..., 0]
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
         raise TranslateError(f"{path}: label ids must be integers, got pixel type {array.dtype}")

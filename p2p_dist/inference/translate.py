@@ -58,16 +58,19 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    cuda_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
         torch.manual_seed(seed)
         yield
 
 
 def size_hint(multiple: int) -> str:
-    return (f"the generator takes heights and widths that are multiples of {multiple} (e.g. {multiple}x{multiple}, "
-            f"{2 * multiple}x{multiple}, {4 * multiple}x{2 * multiple}); it was trained on {multiple}x{multiple}")
+    return (
+        f"the generator takes heights and widths that are multiples of {multiple} (e.g. {multiple}x{multiple}, "
+        f"{2 * multiple}x{multiple}, {4 * multiple}x{2 * multiple}); it was trained on {multiple}x{multiple}"
+    )
 
 
 def training_size(cfg: Config) -> Size:
@@ -104,15 +107,14 @@ def _plan(inputs: list[Path], output_dir: Path, size: Size, multiple: int, outpu
     if problems:
         listed = "\n  ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise TranslateError(
-            f"{len(problems)} of {len(inputs)} label maps cannot be translated:\n  {listed}{more}")
+        raise TranslateError(f"{len(problems)} of {len(inputs)} label maps cannot be translated:\n  {listed}{more}")
     return jobs
 
 
 def _batches(jobs: list[_Job], batch_size: int) -> Iterator[list[_Job]]:
     """Batches of jobs in their given order."""
     for start in range(0, len(jobs), batch_size):
-        yield jobs[start: start + batch_size]
+        yield jobs[start : start + batch_size]
 
 
 def _save(image: np.ndarray, job: _Job) -> None:
@@ -162,8 +164,12 @@ def translate_paths(
     jobs = _plan(list(inputs), output_dir, size, generator.size_multiple, output_size)
     output_dir.mkdir(parents=True, exist_ok=True)
     encoding = cfg.data.label_encoding
-    with (translation_modes(generator, dropout=dropout, norm_mode=norm_mode) as translate, _seeded(seed, device),
-          torch.inference_mode(), progress_bar(len(jobs), "translate", "img", enabled=progress) as bar):
+    with (
+        translation_modes(generator, dropout=dropout, norm_mode=norm_mode) as translate,
+        _seeded(seed, device),
+        torch.inference_mode(),
+        progress_bar(len(jobs), "translate", "img", enabled=progress) as bar,
+    ):
         for batch in _batches(jobs, batch_size):
             ids = []
             for job in batch:

@@ -82,8 +82,15 @@ def build_discriminator(
 def generator_for(cfg: Config) -> UNetGenerator:
     """The initialised generator of a run's config (its weights are then trained or loaded)."""
     m = cfg.model
-    return build_generator(LABEL_CHANNELS[cfg.data.label_encoding], PHOTO_CHANNELS, cfg.data.crop_size, m.ngf,
-                           m.norm, m.dropout, m.init_gain)
+    return build_generator(
+        LABEL_CHANNELS[cfg.data.label_encoding],
+        PHOTO_CHANNELS,
+        cfg.data.crop_size,
+        m.ngf,
+        m.norm,
+        m.dropout,
+        m.init_gain,
+    )
 
 
 def build_models(cfg: Config) -> tuple[UNetGenerator, PatchDiscriminator]:
@@ -91,8 +98,9 @@ def build_models(cfg: Config) -> tuple[UNetGenerator, PatchDiscriminator]:
     everywhere), then started from the reference checkpoints of model.pretrained_g/d where set."""
     m = cfg.model
     generator = generator_for(cfg)
-    discriminator = build_discriminator(LABEL_CHANNELS[cfg.data.label_encoding] + PHOTO_CHANNELS, m.ndf,
-                                        m.d_layers, m.norm, m.init_gain)
+    discriminator = build_discriminator(
+        LABEL_CHANNELS[cfg.data.label_encoding] + PHOTO_CHANNELS, m.ndf, m.d_layers, m.norm, m.init_gain
+    )
     if m.pretrained_g:
         load_reference_generator(m.pretrained_g, generator)
     if m.pretrained_d:

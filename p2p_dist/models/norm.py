@@ -51,15 +51,19 @@ class BatchNorm2d(nn.BatchNorm2d):
     statistics stay fp32 (bf16 ones could not follow small changes: 8 bits of mantissa). Same parameters and
     buffers as ``nn.BatchNorm2d``: checkpoints and the reference implementation's weights load unchanged."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - parent's argument name
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         if _low_precision_affine(self):
             return _batch_norm_with_upcast_affine(self, input)
         return super().forward(input)
 
 
 def _low_precision_affine(norm: nn.modules.batchnorm._BatchNorm) -> bool:
-    return (norm.affine and norm.running_mean is not None and norm.weight is not None
-            and norm.weight.dtype != norm.running_mean.dtype)
+    return (
+        norm.affine
+        and norm.running_mean is not None
+        and norm.weight is not None
+        and norm.weight.dtype != norm.running_mean.dtype
+    )
 
 
 def _batch_norm_with_upcast_affine(norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +76,16 @@ def _batch_norm_with_upcast_affine(norm: nn.modules.batchnorm._BatchNorm, x: tor
         if norm.momentum is None:  # cumulative moving average
             momentum = 1.0 / float(norm.num_batches_tracked)
     dtype = norm.running_mean.dtype
-    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight.to(dtype), norm.bias.to(dtype),
-                        norm.training, momentum, norm.eps)
+    return F.batch_norm(
+        x,
+        norm.running_mean,
+        norm.running_var,
+        norm.weight.to(dtype),
+        norm.bias.to(dtype),
+        norm.training,
+        momentum,
+        norm.eps,
+    )
 
 
 class SyncBatchNorm2d(nn.SyncBatchNorm):
@@ -88,7 +100,7 @@ class SyncBatchNorm2d(nn.SyncBatchNorm):
     Statistics are always computed over the global batch; with world size 1 this is plain batch norm.
     """
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - parent's argument name
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         distributed = dist.is_available() and dist.is_initialized()
         if input.device.type == "cpu" and self.training and distributed:
             return self._forward_cpu_synced(input)  # fp32 statistics whatever the parameters' dtype

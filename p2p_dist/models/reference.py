@@ -126,10 +126,8 @@ def _is_legacy_instance_norm_stat(model: nn.Module, own_module: str, leaf: str) 
 
 
 def _read(checkpoint: str | os.PathLike | StateDict, source: str) -> StateDict:
-    if isinstance(checkpoint, Mapping):
-        state = checkpoint
-    else:
-        state = load_tensors(checkpoint)  # a reference checkpoint is a plain state dict, never pickled objects
+    # A reference checkpoint is a plain state dict, never pickled objects.
+    state = checkpoint if isinstance(checkpoint, Mapping) else load_tensors(checkpoint)
     if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ReferenceCheckpointError(f"{source} is not a state dict (a mapping of names to tensors)")
     return state

@@ -81,6 +81,7 @@ def one_image_at_a_time(generator: Callable[[Tensor], Tensor]) -> Translate:
     """`generator` applied to each image of a batch on its own, results concatenated: the output for an image
     does not depend on the others in its batch, and the dropout noise is drawn image by image in batch order,
     so a seeded run gives the same photos at any batch size."""
+
     def translate(label: Tensor) -> Tensor:
         return torch.cat([generator(image) for image in label.split(1)])
 
@@ -88,8 +89,9 @@ def one_image_at_a_time(generator: Callable[[Tensor], Tensor]) -> Translate:
 
 
 @contextmanager
-def translation_modes(generator: nn.Module, *, dropout: bool = True,
-                      norm_mode: str = DEFAULT_NORM_MODE) -> Iterator[Translate]:
+def translation_modes(
+    generator: nn.Module, *, dropout: bool = True, norm_mode: str = DEFAULT_NORM_MODE
+) -> Iterator[Translate]:
     """Run `generator` with the given test-time behaviour; yields the function to call (label maps -> photos):
     one image at a time where per-image statistics apply (batch norm, ``"per-image"``), the generator itself
     otherwise. Modes and layers are restored on exit."""
@@ -109,5 +111,15 @@ def translation_modes(generator: nn.Module, *, dropout: bool = True,
                 layer.forward = forward
 
 
-__all__ = ["DEFAULT_NORM_MODE", "INSTANCE", "NORM_MODES", "PER_IMAGE", "RUNNING", "apply_test_time_modes",
-           "has_batch_norm", "one_image_at_a_time", "recorded_norm_mode", "translation_modes"]
+__all__ = [
+    "DEFAULT_NORM_MODE",
+    "INSTANCE",
+    "NORM_MODES",
+    "PER_IMAGE",
+    "RUNNING",
+    "apply_test_time_modes",
+    "has_batch_norm",
+    "one_image_at_a_time",
+    "recorded_norm_mode",
+    "translation_modes",
+]

@@ -29,9 +29,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from p2p_dist.run_dir import (TRAINER_STATE_NAME, checkpoint_name, partial_checkpoint, partial_checkpoints,
-                              step_checkpoints, write_latest)
 from p2p_dist.errors import BadFileError, UserError
+from p2p_dist.run_dir import (
+    TRAINER_STATE_NAME,
+    checkpoint_name,
+    partial_checkpoint,
+    partial_checkpoints,
+    step_checkpoints,
+    write_latest,
+)
 from p2p_dist.safe_load import load_tensors
 
 ENGINE_TAG = "engine"
@@ -45,14 +51,14 @@ class ResumeError(UserError, RuntimeError):
 
 @dataclass
 class TrainerState:
-    step: int = 0             # optimiser steps done
-    epoch: int = 0            # data position: epoch ...
-    batch_in_epoch: int = 0   # ... and micro-batches of it already consumed, per rank
-    images_seen: int = 0      # over all ranks
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # data position: epoch ...
+    batch_in_epoch: int = 0  # ... and micro-batches of it already consumed, per rank
+    images_seen: int = 0  # over all ranks
     world_size: int = 1
     batch_size: int = 1
     zero_stage: int = 0
-    elapsed_s: float = 0.0    # training wall time before this process started
+    elapsed_s: float = 0.0  # training wall time before this process started
 
 
 def save_rng_state(path: Path) -> None:
@@ -102,15 +108,18 @@ def load(path: Path, model, rank: int, world_size: int, batch_size: int) -> Trai
     if state.zero_stage != model.cfg.zero_stage:
         raise ResumeError(
             f"{path} was written at ZeRO stage {state.zero_stage}; resuming at zero_stage={model.cfg.zero_stage} "
-            f"cannot load its optimizer state. Resume with zero_stage={state.zero_stage}, or start a new run.dir.")
+            f"cannot load its optimizer state. Resume with zero_stage={state.zero_stage}, or start a new run.dir."
+        )
     if state.world_size != world_size and state.zero_stage > 0:
         raise ResumeError(
             f"{path} was written by {state.world_size} ranks at ZeRO stage {state.zero_stage}; its optimizer state "
             f"is partitioned and cannot be loaded by {world_size} ranks. Resume with {state.world_size} ranks, or "
-            f"train with zero_stage=0, whose checkpoints load at any world size.")
+            f"train with zero_stage=0, whose checkpoints load at any world size."
+        )
     for engine, sub in ((model.G, "G"), (model.D, "D")):
-        load_path, _ = engine.load_checkpoint(str(path / sub), tag=ENGINE_TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        load_path, _ = engine.load_checkpoint(
+            str(path / sub), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if load_path is None:
             raise FileNotFoundError(f"no {sub} engine checkpoint under {path / sub}")
     rng_file = path / "rng" / f"rank_{rank:05d}.pt"

@@ -20,9 +20,8 @@ from p2p_dist.models import GANLoss, build_models
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.runtime import Runtime, resolve_bf16_mode, resolve_memory_format, resolve_model_memory_format
 from p2p_dist.train import step_ranges as ranges
-from p2p_dist.train.step_ranges import step_range
 from p2p_dist.train.schedule import lr_factor
-
+from p2p_dist.train.step_ranges import step_range
 
 # train.adam -> torch.optim.Adam's kernel flags. Fused runs one kernel over all parameters instead of torch's
 # per-tensor loop on CPU; the same update up to float rounding (benchmarks measure each).
@@ -87,8 +86,9 @@ class Pix2Pix:
         generator, discriminator = build_models(cfg)
         self.memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
         self.bf16_mode = resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision)
-        self.model_memory_format = resolve_model_memory_format(cfg.train.model_memory_format, self.memory_format,
-                                                               cfg.zero_stage)
+        self.model_memory_format = resolve_model_memory_format(
+            cfg.train.model_memory_format, self.memory_format, cfg.zero_stage
+        )
         # What the networks take: bf16 where DeepSpeed holds bf16 weights (no autocast casts the inputs then).
         self.input_dtype = torch.bfloat16 if self.bf16_mode == "bf16_weights" else rt.input_dtype
         self.G = self._engine(generator, cfg.train.lr_g, total_steps)
@@ -103,9 +103,14 @@ class Pix2Pix:
         t = self.cfg.train
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), **ADAM_KERNEL[t.adam])
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total_steps, t.decay_start))
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                          config=deepspeed_config(self.cfg, self.rt, self.bf16_mode))
+            optimizer, lambda step: lr_factor(step, total_steps, t.decay_start)
+        )
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(self.cfg, self.rt, self.bf16_mode),
+        )
         if self.bf16_mode == "bf16_weights" and self.cfg.zero_stage == 0:
             # At ZeRO-0 DeepSpeed's bf16 wrapper (FP16_UnfusedOptimizer) steps Adam once on zero gradients to create
             # the optimizer state: the parameters stay put, but Adam's step count starts at 1, which would change
@@ -181,8 +186,10 @@ class Pix2Pix:
         """G's photos for label maps (sample grids, periodic evaluation): batch norm with eval.norm_mode's statistics
         (each image's own by default, one image at a time); dropout on by default (the paper's test noise)."""
         label = label.to(self.rt.device, self.rt.input_dtype, memory_format=self.memory_format)
-        with (translation_modes(self.G.module, dropout=dropout, norm_mode=self.cfg.eval.norm_mode) as generator,
-              self._autocast()):
+        with (
+            translation_modes(self.G.module, dropout=dropout, norm_mode=self.cfg.eval.norm_mode) as generator,
+            self._autocast(),
+        ):
             return generator(label).float()
 
     def apply_config_learning_rates(self) -> None:

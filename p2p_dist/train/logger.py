@@ -25,7 +25,7 @@ class RunLogger:
     def __init__(self, run_dir: RunDir, total_steps: int, enabled: bool) -> None:
         self.total_steps, self.enabled = total_steps, enabled
         if enabled:
-            self.jsonl = open(run_dir.metrics, "a", buffering=1)
+            self.jsonl = open(run_dir.metrics, "a", buffering=1)  # noqa: SIM115 (open for the run; see close)
             self.tb = SummaryWriter(str(run_dir.tensorboard))
 
     def log(self, record: dict) -> None:
@@ -38,12 +38,17 @@ class RunLogger:
                 self.tb.add_scalar(key, value, record["step"])
         if "loss_D" in record:
             eta = (self.total_steps - record["step"]) / max(record["steps_per_s"], 1e-9)
-            print(f"step {record['step']:>6}/{self.total_steps} | epoch {record['epoch']:6.2f} | "
-                  f"D {record['loss_D']:.3f} | G_gan {record['loss_G_gan']:.3f} | L1 {record['loss_G_l1']:.3f} | "
-                  f"{record['images_per_s']:7.1f} img/s | data wait {100 * record['data_wait_fraction']:4.1f}% | "
-                  f"ETA {format_duration(eta)}", flush=True)
+            print(
+                f"step {record['step']:>6}/{self.total_steps} | epoch {record['epoch']:6.2f} | "
+                f"D {record['loss_D']:.3f} | G_gan {record['loss_G_gan']:.3f} | L1 {record['loss_G_l1']:.3f} | "
+                f"{record['images_per_s']:7.1f} img/s | data wait {100 * record['data_wait_fraction']:4.1f}% | "
+                f"ETA {format_duration(eta)}",
+                flush=True,
+            )
         else:
-            values = " | ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in record.items() if k.startswith("eval/"))
+            values = " | ".join(
+                f"{k.removeprefix('eval/')} {v:.4g}" for k, v in record.items() if k.startswith("eval/")
+            )
             print(f"eval at step {record['step']}: {values}", flush=True)
 
     def image(self, tag: str, image, step: int) -> None:
@@ -87,5 +92,8 @@ class Throughput:
 
     def summary(self) -> dict:
         wall = max(time.perf_counter() - self.start - self.excluded, 1e-9)
-        return {"images_per_s": self.images / wall, "steps_per_s": self.steps / wall,
-                "data_wait_fraction": self.data_wait / wall}
+        return {
+            "images_per_s": self.images / wall,
+            "steps_per_s": self.steps / wall,
+            "data_wait_fraction": self.data_wait / wall,
+        }

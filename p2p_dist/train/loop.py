@@ -23,13 +23,14 @@ from p2p_dist.data.loaders.contract import ShardLoader
 from p2p_dist.run_dir import RunDir, latest_checkpoint
 from p2p_dist.runtime import Runtime, init_runtime, resolved_choices, shutdown
 from p2p_dist.train import checkpoint
+from p2p_dist.train.cadence import Cadence
 from p2p_dist.train.checkpoint import TrainerState
 from p2p_dist.train.engines import Pix2Pix
-from p2p_dist.train.cadence import Cadence
 from p2p_dist.train.logger import RunLogger, Throughput, format_duration
 from p2p_dist.train.loss_tracking import LossMeans, NonFiniteWatch
 from p2p_dist.train.samples import sample_grid, save_grid
 from p2p_dist.train.schedule import total_steps
+
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -45,7 +46,7 @@ class StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._set)
 
-    def _set(self, signum, frame) -> None:  # noqa: ARG002
+    def _set(self, signum, frame) -> None:
         self.requested = True
 
     def agreed(self, device: torch.device) -> bool:
@@ -101,8 +102,10 @@ def train(cfg: Config, reporter: Reporter | None = None, evaluation: EvaluationF
     every rank after each periodic evaluation, once the checkpoint of that step is complete: how Ray Tune
     trials report (p2p_dist.tune)."""
     if cfg.eval.every > 0 and evaluation is None:
-        raise ValueError(f"eval.every={cfg.eval.every} asks for periodic evaluation, but train() was given no "
-                         f"evaluation hook (pass evaluation=p2p_dist.eval.periodic.PeriodicEvaluation)")
+        raise ValueError(
+            f"eval.every={cfg.eval.every} asks for periodic evaluation, but train() was given no "
+            f"evaluation hook (pass evaluation=p2p_dist.eval.periodic.PeriodicEvaluation)"
+        )
     rt = init_runtime(cfg)
     try:
         # Loaders hold DALI threads or DataLoader worker processes: release them even when a trial in a
@@ -135,9 +138,23 @@ def _set_up(cfg: Config, rt: Runtime, evaluation: EvaluationFactory | None, clos
         checkpoint.clean_partial(run_dir.checkpoints)
     shards = _shards_dir(cfg, rt)
     t = cfg.train
-    loader = closing.enter_context(contextlib.closing(build_loader(shards, "train", loader_options(
-        cfg.data, batch_size=t.batch_size, train=True, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size,
-        device=rt.device))))
+    loader = closing.enter_context(
+        contextlib.closing(
+            build_loader(
+                shards,
+                "train",
+                loader_options(
+                    cfg.data,
+                    batch_size=t.batch_size,
+                    train=True,
+                    seed=cfg.seed,
+                    rank=rt.rank,
+                    world_size=rt.world_size,
+                    device=rt.device,
+                ),
+            )
+        )
+    )
     total = total_steps(t.steps, t.epochs, loader.batches_per_epoch, t.grad_accum)
 
     torch.manual_seed(cfg.seed)  # identical initial weights everywhere (DeepSpeed also broadcasts them)
@@ -153,18 +170,32 @@ def _set_up(cfg: Config, rt: Runtime, evaluation: EvaluationFactory | None, clos
             print(f"resumed from {latest} (step {state.step}, epoch {state.epoch})", flush=True)
     if rt.is_main:
         save_config(cfg, run_dir.config)
-        print(f"training {total} steps on {rt.world_size} x {rt.device.type}, {loader.num_samples} train pairs, "
-              f"global batch {t.batch_size * t.grad_accum * rt.world_size}; run dir {run_dir.path}\n"
-              f"automatic choices for this machine: {_describe(resolved_choices(cfg, rt))}", flush=True)
+        print(
+            f"training {total} steps on {rt.world_size} x {rt.device.type}, {loader.num_samples} train pairs, "
+            f"global batch {t.batch_size * t.grad_accum * rt.world_size}; run dir {run_dir.path}\n"
+            f"automatic choices for this machine: {_describe(resolved_choices(cfg, rt))}",
+            flush=True,
+        )
     return Session(
-        run_dir, loader, model, state, total, steps_per_epoch=loader.batches_per_epoch / t.grad_accum,
+        run_dir,
+        loader,
+        model,
+        state,
+        total,
+        steps_per_epoch=loader.batches_per_epoch / t.grad_accum,
         samples=_fixed_val_batch(cfg, rt, shards) if rt.is_main else None,
         evaluation=closing.enter_context(contextlib.closing(evaluation(cfg, rt, shards))) if cfg.eval.every else None,
-        logger=closing.enter_context(contextlib.closing(RunLogger(run_dir, total, enabled=rt.is_main))))
+        logger=closing.enter_context(contextlib.closing(RunLogger(run_dir, total, enabled=rt.is_main))),
+    )
 
 
-def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: EvaluationFactory | None,
-           closing: contextlib.ExitStack) -> dict:
+def _train(
+    cfg: Config,
+    rt: Runtime,
+    reporter: Reporter | None,
+    evaluation: EvaluationFactory | None,
+    closing: contextlib.ExitStack,
+) -> dict:
     s = _set_up(cfg, rt, evaluation, closing)
     model, state, logger = s.model, s.state, s.logger
     cadence = Cadence.of(cfg, s.total_steps)
@@ -187,9 +218,18 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: Eval
         if cadence.log(state.step):
             _stop_if_non_finite(non_finite, s.run_dir)
             skipped_g, skipped_d = model.skipped_steps
-            logger.log({"step": state.step, "epoch": state.step / s.steps_per_epoch, "lr": lr_g, "lr_d": lr_d,
-                        **losses.read_and_reset(), **meter.summary(),
-                        "skipped_steps_G": skipped_g, "skipped_steps_D": skipped_d})
+            logger.log(
+                {
+                    "step": state.step,
+                    "epoch": state.step / s.steps_per_epoch,
+                    "lr": lr_g,
+                    "lr_d": lr_d,
+                    **losses.read_and_reset(),
+                    **meter.summary(),
+                    "skipped_steps_G": skipped_g,
+                    "skipped_steps_D": skipped_d,
+                }
+            )
             meter.reset()
             stopping = state.step < s.total_steps and stop.agreed(rt.device)
         with meter.not_training():
@@ -201,8 +241,13 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: Eval
                 saved = checkpoint.save(s.run_dir.checkpoints, model, state, cfg.run.keep_checkpoints, rt.rank)
             if cadence.evaluate(state.step):  # the checkpoint of this step was just saved (see Cadence)
                 metrics = s.evaluation(model.translate)
-                logger.log({"step": state.step, "epoch": state.step / s.steps_per_epoch,
-                            **{f"eval/{k}": v for k, v in metrics.items()}})
+                logger.log(
+                    {
+                        "step": state.step,
+                        "epoch": state.step / s.steps_per_epoch,
+                        **{f"eval/{k}": v for k, v in metrics.items()},
+                    }
+                )
                 if reporter is not None:
                     reporter(state.step, metrics, saved)
 
@@ -214,20 +259,32 @@ def _train(cfg: Config, rt: Runtime, reporter: Reporter | None, evaluation: Eval
 
 def _finish(cfg: Config, rt: Runtime, s: Session, steps_this_process: int, stopped_early: bool) -> dict:
     state, run_dir = s.state, s.run_dir
-    summary = {"steps": state.step, "total_steps": s.total_steps, "images_seen": state.images_seen,
-               "wall_time_s": state.elapsed_s, "mean_images_per_s": state.images_seen / max(state.elapsed_s, 1e-9),
-               "steps_this_process": steps_this_process, "stopped_early": stopped_early,
-               "world_size": rt.world_size, "precision": rt.precision, "device": rt.device.type,
-               "automatic_choices": resolved_choices(cfg, rt),
-               "run_dir": str(run_dir.path), "samples": str(run_dir.samples),
-               "checkpoint": str(latest_checkpoint(run_dir.checkpoints))}
+    summary = {
+        "steps": state.step,
+        "total_steps": s.total_steps,
+        "images_seen": state.images_seen,
+        "wall_time_s": state.elapsed_s,
+        "mean_images_per_s": state.images_seen / max(state.elapsed_s, 1e-9),
+        "steps_this_process": steps_this_process,
+        "stopped_early": stopped_early,
+        "world_size": rt.world_size,
+        "precision": rt.precision,
+        "device": rt.device.type,
+        "automatic_choices": resolved_choices(cfg, rt),
+        "run_dir": str(run_dir.path),
+        "samples": str(run_dir.samples),
+        "checkpoint": str(latest_checkpoint(run_dir.checkpoints)),
+    }
     if rt.is_main:
         run_dir.summary.write_text(json.dumps(summary, indent=1))
-        print(f"done: {state.step}/{s.total_steps} steps, {state.images_seen} images in "
-              f"{format_duration(state.elapsed_s)} ({summary['mean_images_per_s']:.1f} img/s).\n"
-              f"  samples:     {run_dir.samples}\n  metrics:     {run_dir.metrics}\n"
-              f"  checkpoints: {run_dir.checkpoints}\n  summary:     {run_dir.summary}\n"
-              f"  tensorboard: tensorboard --logdir {run_dir.tensorboard}", flush=True)
+        print(
+            f"done: {state.step}/{s.total_steps} steps, {state.images_seen} images in "
+            f"{format_duration(state.elapsed_s)} ({summary['mean_images_per_s']:.1f} img/s).\n"
+            f"  samples:     {run_dir.samples}\n  metrics:     {run_dir.metrics}\n"
+            f"  checkpoints: {run_dir.checkpoints}\n  summary:     {run_dir.summary}\n"
+            f"  tensorboard: tensorboard --logdir {run_dir.tensorboard}",
+            flush=True,
+        )
     return summary
 
 
@@ -240,15 +297,19 @@ def _stop_if_non_finite(non_finite: NonFiniteWatch, run_dir: RunDir) -> None:
     bad = non_finite.first_bad_step()
     if bad is not None:
         latest = latest_checkpoint(run_dir.checkpoints)
-        raise NonFiniteLoss(f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: "
-                            f"{latest or 'none yet'}")
+        raise NonFiniteLoss(
+            f"non-finite loss at step {bad}; stopping without saving. Last good checkpoint: {latest or 'none yet'}"
+        )
 
 
 def _fixed_val_batch(cfg: Config, rt: Runtime, shards: Path) -> dict:
     """The first validation pairs, unaugmented: the same rows in every sample grid of the run."""
     d = cfg.data
-    val = build_loader(shards, "val", loader_options(d, batch_size=cfg.run.sample_rows, train=False, seed=cfg.seed,
-                                                     device=rt.device, num_workers=1))
+    val = build_loader(
+        shards,
+        "val",
+        loader_options(d, batch_size=cfg.run.sample_rows, train=False, seed=cfg.seed, device=rt.device, num_workers=1),
+    )
     with contextlib.closing(val):
         return next(iter(val.epoch(0)))
 

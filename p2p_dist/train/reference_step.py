@@ -25,8 +25,14 @@ class ReferenceStep:
     ``torch.amp.GradScaler`` for both optimizers (stepped for each, updated once per step, as PyTorch's AMP
     recipe for several optimizers says), and with channels_last parameters and inputs."""
 
-    def __init__(self, cfg: Config, device: torch.device, channels_last: bool = False, precision: str = "fp32",
-                 channels_last_model: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        device: torch.device,
+        channels_last: bool = False,
+        precision: str = "fp32",
+        channels_last_model: bool = False,
+    ) -> None:
         if precision not in AUTOCAST_DTYPES:
             raise ValueError(f"reference precision must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}")
         if precision == "fp16" and device.type != "cuda":
@@ -82,8 +88,7 @@ class ReferenceStep:
         with step_range(ranges.G_OPTIMIZER):
             self.optimizer_G.zero_grad()
         with step_range(ranges.G_STEP_D_FORWARD), self._autocast():
-            loss_G = (self.criterion(self.D(torch.cat([label, fake], 1)), True)
-                      + self.lambda_l1 * F.l1_loss(fake, real))
+            loss_G = self.criterion(self.D(torch.cat([label, fake], 1)), True) + self.lambda_l1 * F.l1_loss(fake, real)
         with step_range(ranges.G_BACKWARD):
             self._backward(loss_G)
         with step_range(ranges.G_OPTIMIZER):

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import torch
 
-from p2p_dist.errors import BadFileError
 from p2p_dist.config import Config
+from p2p_dist.errors import BadFileError
 from p2p_dist.models import UNetGenerator, generator_for
 from p2p_dist.run_dir import RunDir, resolve_checkpoint
 from p2p_dist.runtime import default_device
 from p2p_dist.train.checkpoint import load_weights_and_source
 
 
-def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
-                   device: str | torch.device | None = None) -> tuple[UNetGenerator, Config]:
+def load_generator(
+    run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device | None = None
+) -> tuple[UNetGenerator, Config]:
     """The generator of a training run directory (written by launch/train.py) and the run's config.
 
     `checkpoint`: None for the latest, a tag such as ``step_000500``, or a checkpoint directory. `device`:
@@ -36,8 +37,7 @@ def load_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     except RuntimeError as err:
         detail = " ".join(str(err).split())  # torch lists every mismatched key on its own line
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
-        raise BadFileError(f"{ckpt}: G weights do not fit the generator described by {run.config}: {detail}") \
-            from None
+        raise BadFileError(f"{ckpt}: G weights do not fit the generator described by {run.config}: {detail}") from None
     generator.to(torch.device(device) if device is not None else default_device())
     generator.weights_source = source
     return generator.eval(), cfg

@@ -8,7 +8,8 @@ mean IoU, maximised; needs ``eval.fcn``), ``fid`` (needs ``eval.fid``) or ``l1``
 scored on ``tune.holdout_images`` train images spread evenly over the train split and held out of every
 trial's training (``data.holdout``, p2p_dist.data.holdout), so the val split, which final results are reported
 on, plays no part in choosing them (``tune.holdout_images=0`` scores on val instead); the results table says
-which. The best config trains on the whole train split. ``tune.scheduler`` = ``asha`` stops weak trials early at rungs of ``tune.grace_period``
+which. The best config trains on the whole train split. ``tune.scheduler`` = ``asha`` stops weak trials early
+at rungs of ``tune.grace_period``
 x ``tune.reduction_factor``^k evaluations; ``pbt`` lets weak trials copy a strong trial's checkpoint every
 ``tune.perturbation_interval`` evaluations and continue with mutated parameters (the trainer applies the
 mutated learning rates to the restored optimisers).

@@ -25,18 +25,25 @@ class TrialSummary:
     """One row of the results table."""
 
     trial: str
-    status: str                      # completed | stopped (by the scheduler) | error | unfinished (interrupted)
-    params: dict[str, Any]           # searched dotted key -> the trial's (final) value
-    steps: int                       # last step reported
-    final: float                     # objective at the last evaluation
-    best: float                      # best objective over the trial's evaluations
+    status: str  # completed | stopped (by the scheduler) | error | unfinished (interrupted)
+    params: dict[str, Any]  # searched dotted key -> the trial's (final) value
+    steps: int  # last step reported
+    final: float  # objective at the last evaluation
+    best: float  # best objective over the trial's evaluations
     best_step: int
-    path: str                        # the trial's directory
+    path: str  # the trial's directory
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, objective) per evaluation
 
 
-def summarize(trial: str, params: dict[str, Any], curve: list[tuple[int, float]], goal: Objective,
-              total_steps: int, path: str, tune_status: str) -> TrialSummary:
+def summarize(
+    trial: str,
+    params: dict[str, Any],
+    curve: list[tuple[int, float]],
+    goal: Objective,
+    total_steps: int,
+    path: str,
+    tune_status: str,
+) -> TrialSummary:
     """A trial's row from its evaluations (in report order; PBT exploits can make steps jump back) and its
     status as Tune saved it (TERMINATED, ERROR, or PENDING/RUNNING/PAUSED when the sweep was interrupted)."""
     finite = [(s, v) for s, v in curve if math.isfinite(v)]
@@ -75,17 +82,27 @@ def scored_on(cfg: Config) -> str:
     return f"val (first {num} images)"
 
 
-def table(rows: list[TrialSummary], keys: list[str], goal: Objective,
-          scored: str = "") -> tuple[list[str], list[list[Any]]]:
-    header = ["trial", "status", *(_short(k) for k in keys), "steps", f"final {goal.name}", f"best {goal.name}",
-              "best step", "scored on"]
-    body = [[r.trial, r.status, *(r.params.get(k) for k in keys), r.steps, r.final, r.best, r.best_step, scored]
-            for r in rows]
+def table(
+    rows: list[TrialSummary], keys: list[str], goal: Objective, scored: str = ""
+) -> tuple[list[str], list[list[Any]]]:
+    header = [
+        "trial",
+        "status",
+        *(_short(k) for k in keys),
+        "steps",
+        f"final {goal.name}",
+        f"best {goal.name}",
+        "best step",
+        "scored on",
+    ]
+    body = [
+        [r.trial, r.status, *(r.params.get(k) for k in keys), r.steps, r.final, r.best, r.best_step, scored]
+        for r in rows
+    ]
     return header, body
 
 
-def write_tables(rows: list[TrialSummary], keys: list[str], goal: Objective, out_dir: Path,
-                 scored: str = "") -> str:
+def write_tables(rows: list[TrialSummary], keys: list[str], goal: Objective, out_dir: Path, scored: str = "") -> str:
     """results.csv (full precision) and results.md; returns the Markdown table. `scored` names the images the
     objective was scored on (`scored_on(cfg)`), in a column and the Markdown caption."""
     header, body = table(rows, keys, goal, scored)
@@ -98,7 +115,8 @@ def write_tables(rows: list[TrialSummary], keys: list[str], goal: Objective, out
     markdown = "\n".join(lines)
     caption = f", scored on {scored}" if scored else ""
     (out_dir / RESULTS_MD).write_text(
-        f"Objective: {goal.name} ({goal.mode}imize){caption}, best trial first.\n\n{markdown}\n")
+        f"Objective: {goal.name} ({goal.mode}imize){caption}, best trial first.\n\n{markdown}\n"
+    )
     return markdown
 
 
@@ -106,10 +124,12 @@ def write_best_config(user_cfg: Config, best: TrialSummary, goal: Objective, swe
     """The best trial's training config (the sweep's config with its parameters) as a YAML that
     ``python launch/train.py --config PATH`` runs; its run.dir is fresh, so it trains from scratch."""
     cfg = trial_config(user_cfg, best.params, f"runs/{sweep_name}-best")
-    header = (f"# Best trial of sweep '{sweep_name}': {best.trial}, {goal.name} = {best.best:.6g} at step "
-              f"{best.best_step} ({best.status} at step {best.steps}), scored on {scored_on(user_cfg)}.\n"
-              f"# It trains on the whole train split (no images held out); report it on val with launch/evaluate.py.\n"
-              f"# Train it: python launch/train.py --config {path}\n")
+    header = (
+        f"# Best trial of sweep '{sweep_name}': {best.trial}, {goal.name} = {best.best:.6g} at step "
+        f"{best.best_step} ({best.status} at step {best.steps}), scored on {scored_on(user_cfg)}.\n"
+        f"# It trains on the whole train split (no images held out); report it on val with launch/evaluate.py.\n"
+        f"# Train it: python launch/train.py --config {path}\n"
+    )
     path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
 

@@ -28,10 +28,10 @@ RESERVED_PREFIXES = ("run.dir", "tune.")
 class Objective:
     """A tune.metric value: the trainer's evaluation key it reads, its direction, and the eval switch it needs."""
 
-    name: str        # as reported to Tune and shown in the results (tune.metric)
-    eval_key: str    # key in the trainer's periodic evaluation metrics
-    mode: str        # "max" or "min"
-    requires: str    # eval.* switch that must be on for the key to exist ("" if always computed)
+    name: str  # as reported to Tune and shown in the results (tune.metric)
+    eval_key: str  # key in the trainer's periodic evaluation metrics
+    mode: str  # "max" or "min"
+    requires: str  # eval.* switch that must be on for the key to exist ("" if always computed)
 
 
 OBJECTIVES = {
@@ -85,15 +85,18 @@ def check_sweep_config(cfg: Config) -> None:
     """Reject a sweep that could not report its objective or whose choices are not valid options."""
     t, goal = cfg.tune, objective(cfg.tune)
     if cfg.eval.every <= 0:
-        raise ConfigError(f"eval.every: a sweep needs periodic evaluation for its objective tune.metric="
-                          f"{t.metric}; set eval.every > 0 (got {cfg.eval.every})")
+        raise ConfigError(
+            f"eval.every: a sweep needs periodic evaluation for its objective tune.metric="
+            f"{t.metric}; set eval.every > 0 (got {cfg.eval.every})"
+        )
     if goal.requires and not getattr(cfg.eval, goal.requires):
         raise ConfigError(f"tune.metric={t.metric} needs eval.{goal.requires}=true")
     for key, values in t.choices.items():
         if key in LOG_UNIFORM_KEYS.values():
             short = next(s for s, k in LOG_UNIFORM_KEYS.items() if k == key)
-            raise ConfigError(f"tune.choices.{key}: searched by the range tune.{short}; set it there "
-                              f"([value, value] pins it)")
+            raise ConfigError(
+                f"tune.choices.{key}: searched by the range tune.{short}; set it there ([value, value] pins it)"
+            )
         if key.startswith(RESERVED_PREFIXES):
             raise ConfigError(f"tune.choices.{key}: set by the sweep itself, it cannot be searched")
         for value in values:
@@ -102,8 +105,12 @@ def check_sweep_config(cfg: Config) -> None:
             except ConfigError as err:
                 raise ConfigError(f"tune.choices.{key}: value {value!r} is not usable: {err}") from None
     if t.scheduler == "asha" and t.reduction_factor < 2:
-        raise ConfigError(f"tune.reduction_factor: ASHA keeps 1/reduction_factor of the trials at each rung, "
-                          f"so it must be >= 2, got {t.reduction_factor}")
+        raise ConfigError(
+            f"tune.reduction_factor: ASHA keeps 1/reduction_factor of the trials at each rung, "
+            f"so it must be >= 2, got {t.reduction_factor}"
+        )
     if t.scheduler == "pbt" and not mutations(t):
-        raise ConfigError("tune.scheduler=pbt needs something to mutate: a range with low < high in "
-                          "tune.lambda_l1 / tune.lr_g / tune.lr_d, or a tune.choices key with several values")
+        raise ConfigError(
+            "tune.scheduler=pbt needs something to mutate: a range with low < high in "
+            "tune.lambda_l1 / tune.lr_g / tune.lr_d, or a tune.choices key with several values"
+        )

@@ -14,19 +14,24 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialScheduler
 
-from p2p_dist.openmp_defaults import OPENMP_DEFAULTS
 from p2p_dist.config import Config, ConfigError, load_config, save_config
 from p2p_dist.data.demo.shard_set import ensure_demo_shards_if_default
 from p2p_dist.data.shards.read import read_manifest
+from p2p_dist.openmp_defaults import OPENMP_DEFAULTS
 from p2p_dist.train.schedule import total_steps
 from p2p_dist.tune import results
 from p2p_dist.tune.space import check_sweep_config, mutations, objective, search_space, searched_keys
 from p2p_dist.tune.trial import TrialSetup, run_distributed_trial, run_trial, trial_dirname
 
 SWEEP_CONFIG = "sweep_config.yaml"  # the config the sweep was started with; --resume continues with it
-DRIVER_MEMORY = 512 * 2**20       # bytes: what a distributed trial's own process (it imports torch) holds
-PATH_KEYS = (("data", "shards"), ("eval", "segmenter"), ("model", "pretrained_g"), ("model", "pretrained_d"),
-             ("tune", "storage_path"))
+DRIVER_MEMORY = 512 * 2**20  # bytes: what a distributed trial's own process (it imports torch) holds
+PATH_KEYS = (
+    ("data", "shards"),
+    ("eval", "segmenter"),
+    ("model", "pretrained_g"),
+    ("model", "pretrained_d"),
+    ("tune", "storage_path"),
+)
 
 
 @dataclass
@@ -34,9 +39,9 @@ class SweepReport:
     experiment_dir: Path
     rows: list[results.TrialSummary]  # best first
     markdown: str
-    best_config: Path | None          # None when no trial reported a finite objective
-    segmenter_train_s: float | None   # time spent training the FCN segmenter first; None if cached or unused
-    sweep_s: float                    # Tuner.fit wall time
+    best_config: Path | None  # None when no trial reported a finite objective
+    segmenter_train_s: float | None  # time spent training the FCN segmenter first; None if cached or unused
+    sweep_s: float  # Tuner.fit wall time
 
     @property
     def unfinished(self) -> int:
@@ -44,16 +49,24 @@ class SweepReport:
         return sum(row.status == "unfinished" for row in self.rows)
 
     def render(self) -> str:
-        segmenter = ("" if self.segmenter_train_s is None
-                     else f"segmenter trained first in {self.segmenter_train_s:.0f} s (cached for later sweeps)\n")
-        interrupted = ("" if not self.unfinished else
-                       f"INTERRUPTED: {self.unfinished} trial(s) unfinished (the table shows them as they were); "
-                       f"continue with the same command plus --resume\n")
+        segmenter = (
+            ""
+            if self.segmenter_train_s is None
+            else f"segmenter trained first in {self.segmenter_train_s:.0f} s (cached for later sweeps)\n"
+        )
+        interrupted = (
+            ""
+            if not self.unfinished
+            else f"INTERRUPTED: {self.unfinished} trial(s) unfinished (the table shows them as they were); "
+            f"continue with the same command plus --resume\n"
+        )
         best = f"  best config:  {self.best_config}\n" if self.best_config else "  no trial reported a finite result\n"
-        return (f"{self.markdown}\n\n{interrupted}{segmenter}sweep finished in {self.sweep_s:.0f} s\n"
-                f"  results:      {self.experiment_dir / results.RESULTS_CSV}\n"
-                f"                {self.experiment_dir / results.RESULTS_MD}\n{best}"
-                f"  plot:         {self.experiment_dir / results.PLOT}\n  trials:       {self.experiment_dir}/trial_*/run/")
+        return (
+            f"{self.markdown}\n\n{interrupted}{segmenter}sweep finished in {self.sweep_s:.0f} s\n"
+            f"  results:      {self.experiment_dir / results.RESULTS_CSV}\n"
+            f"                {self.experiment_dir / results.RESULTS_MD}\n{best}"
+            f"  plot:         {self.experiment_dir / results.PLOT}\n  trials:       {self.experiment_dir}/trial_*/run/"
+        )
 
 
 def experiment_dir(cfg: Config) -> Path:
@@ -95,8 +108,10 @@ def holdout_images(cfg: Config) -> int:
     if count:
         num_train = read_manifest(Path(cfg.data.shards))["splits"]["train"]["num_samples"]
         if count >= num_train:
-            raise ConfigError(f"tune.holdout_images={count}: the train split of {cfg.data.shards} has only "
-                              f"{num_train} images; hold out fewer (0 scores the objective on val)")
+            raise ConfigError(
+                f"tune.holdout_images={count}: the train split of {cfg.data.shards} has only "
+                f"{num_train} images; hold out fewer (0 scores the objective on val)"
+            )
     return count
 
 
@@ -116,11 +131,16 @@ def make_scheduler(cfg: Config, length: int) -> TrialScheduler:
     if t.scheduler == "asha":
         # max_t past the last step: ASHA stops every trial that reaches max_t at once, before the trainer
         # gets to write its summary; a trial that reaches the end should finish by itself.
-        return ASHAScheduler(time_attr="step", max_t=length + 1, grace_period=min(t.grace_period * every, length),
-                             reduction_factor=t.reduction_factor)
+        return ASHAScheduler(
+            time_attr="step",
+            max_t=length + 1,
+            grace_period=min(t.grace_period * every, length),
+            reduction_factor=t.reduction_factor,
+        )
     # Keep-all checkpoints (see run_sweep): an exploit may copy a checkpoint the donor reported long ago.
-    return PopulationBasedTraining(time_attr="step", perturbation_interval=t.perturbation_interval * every,
-                                   hyperparam_mutations=mutations(t))
+    return PopulationBasedTraining(
+        time_attr="step", perturbation_interval=t.perturbation_interval * every, hyperparam_mutations=mutations(t)
+    )
 
 
 def worker_env() -> dict[str, str]:
@@ -141,13 +161,17 @@ def start_ray(cfg: Config) -> bool:
         return False
     t = cfg.tune
     # "local" starts a Ray of our own even when `ray start` left a cluster running on this machine.
-    options = {"address": t.address or "local", "logging_level": logging.WARNING,
-               "runtime_env": {"env_vars": worker_env()}}
+    options = {
+        "address": t.address or "local",
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": worker_env()},
+    }
     if not t.address:
         # The dashboard runs the state API Ray Train needs to release a stopped trial's placement group;
         # without it the next distributed trial waits for resources forever.
-        options.update(num_cpus=max(os.cpu_count() or 1, t.workers_per_trial * t.cpus_per_worker),
-                       include_dashboard=True)
+        options.update(
+            num_cpus=max(os.cpu_count() or 1, t.workers_per_trial * t.cpus_per_worker), include_dashboard=True
+        )
     ray.init(**options)
     return True
 
@@ -164,10 +188,12 @@ def make_trainable(setup: TrialSetup):
     workers, which reserve the CPUs/GPUs, so it takes no CPU (Ray needs a non-empty request: it asks for the
     memory it uses); the caller limits how many such trials run at once (max_concurrent_trials)."""
     if setup.workers == 1:
-        return tune.with_resources(tune.with_parameters(run_trial, setup=setup),
-                                   {"cpu": setup.cpus_per_worker, "gpu": int(setup.use_gpu)})
-    return tune.with_resources(tune.with_parameters(run_distributed_trial, setup=setup),
-                               {"cpu": 0, "memory": DRIVER_MEMORY})
+        return tune.with_resources(
+            tune.with_parameters(run_trial, setup=setup), {"cpu": setup.cpus_per_worker, "gpu": int(setup.use_gpu)}
+        )
+    return tune.with_resources(
+        tune.with_parameters(run_distributed_trial, setup=setup), {"cpu": 0, "memory": DRIVER_MEMORY}
+    )
 
 
 def concurrent_distributed_trials(setup: TrialSetup) -> int:
@@ -210,15 +236,23 @@ def run_sweep(user_cfg: Config, resume: bool = False) -> SweepReport:
                 trainable,
                 param_space=search_space(t),
                 tune_config=tune.TuneConfig(
-                    metric=goal.name, mode=goal.mode, scheduler=make_scheduler(cfg, length),
-                    num_samples=t.num_samples, reuse_actors=False, trial_dirname_creator=trial_dirname,
-                    max_concurrent_trials=concurrent_distributed_trials(setup) if setup.workers > 1 else None),
+                    metric=goal.name,
+                    mode=goal.mode,
+                    scheduler=make_scheduler(cfg, length),
+                    num_samples=t.num_samples,
+                    reuse_actors=False,
+                    trial_dirname_creator=trial_dirname,
+                    max_concurrent_trials=concurrent_distributed_trials(setup) if setup.workers > 1 else None,
+                ),
                 run_config=tune.RunConfig(
-                    name=t.name, storage_path=str(exp_dir.parent), verbose=1,
+                    name=t.name,
+                    storage_path=str(exp_dir.parent),
+                    verbose=1,
                     failure_config=tune.FailureConfig(max_failures=t.max_failures),
                     # PBT restores trials from checkpoints other trials reported earlier: deleting old ones
                     # makes those exploits fail (FileNotFoundError). ASHA only ever resumes a trial's latest.
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if t.scheduler == "pbt" else 2)),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if t.scheduler == "pbt" else 2),
+                ),
             )
         grid = tuner.fit()
         sweep_s = time.perf_counter() - start
@@ -228,8 +262,9 @@ def run_sweep(user_cfg: Config, resume: bool = False) -> SweepReport:
     return write_results(user_cfg, grid, length, exp_dir, segmenter_train_s, sweep_s)
 
 
-def write_results(user_cfg: Config, grid, length: int, exp_dir: Path, segmenter_train_s: float | None,
-                  sweep_s: float) -> SweepReport:
+def write_results(
+    user_cfg: Config, grid, length: int, exp_dir: Path, segmenter_train_s: float | None, sweep_s: float
+) -> SweepReport:
     goal, keys = objective(user_cfg.tune), searched_keys(user_cfg.tune)
     # Statuses as saved for --resume: Tune marks the trials an interruption stopped as TERMINATED in memory.
     saved_status = {Path(t.path).name: t.status for t in tune.ExperimentAnalysis(str(exp_dir)).trials}
@@ -238,13 +273,25 @@ def write_results(user_cfg: Config, grid, length: int, exp_dir: Path, segmenter_
         frame, name = result.metrics_dataframe, Path(result.path).name
         has_curve = frame is not None and goal.name in frame and "step" in frame
         curve = [(int(s), float(v)) for s, v in zip(frame["step"], frame[goal.name])] if has_curve else []
-        rows.append(results.summarize(name, {k: result.config.get(k) for k in keys}, curve, goal, length,
-                                      result.path, saved_status.get(name, "ERROR" if result.error else "TERMINATED")))
+        rows.append(
+            results.summarize(
+                name,
+                {k: result.config.get(k) for k in keys},
+                curve,
+                goal,
+                length,
+                result.path,
+                saved_status.get(name, "ERROR" if result.error else "TERMINATED"),
+            )
+        )
     rows = results.rank(rows, goal)
     markdown = results.write_tables(rows, keys, goal, exp_dir, scored=results.scored_on(user_cfg))
     best = rows[0] if rows and math.isfinite(rows[0].best) else None
-    best_config = (results.write_best_config(user_cfg, best, goal, user_cfg.tune.name, exp_dir / results.BEST_CONFIG)
-                   if best else None)
+    best_config = (
+        results.write_best_config(user_cfg, best, goal, user_cfg.tune.name, exp_dir / results.BEST_CONFIG)
+        if best
+        else None
+    )
     title = f"{user_cfg.tune.name}: {user_cfg.tune.scheduler.upper()}, {len(rows)} trials"
     results.plot_curves(rows, goal, title, exp_dir / results.PLOT)
     return SweepReport(exp_dir, rows, markdown, best_config, segmenter_train_s, sweep_s)

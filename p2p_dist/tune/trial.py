@@ -50,8 +50,8 @@ CHECKPOINT_KEY = "checkpoint_dir"  # rank 0's checkpoint path, passed from Train
 class TrialSetup:
     """What every trial of a sweep shares (put into Ray's object store once)."""
 
-    base: Config            # the sweep's config, paths made absolute
-    experiment_dir: str     # <storage_path>/<name>, on storage every node can reach
+    base: Config  # the sweep's config, paths made absolute
+    experiment_dir: str  # <storage_path>/<name>, on storage every node can reach
     use_gpu: bool = False
 
     @property
@@ -171,7 +171,7 @@ class _ForwardReports(UserCallback):
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
 
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:  # noqa: ARG002
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         self.queue.put(metrics[0])
 
 
@@ -187,11 +187,13 @@ def run_distributed_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg, "copied": copied},
-        scaling_config=ray.train.ScalingConfig(num_workers=setup.workers, use_gpu=setup.use_gpu,
-                                               resources_per_worker={"CPU": setup.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=setup.workers, use_gpu=setup.use_gpu, resources_per_worker={"CPU": setup.cpus_per_worker}
+        ),
         torch_config=TorchConfig(backend="nccl" if setup.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(name="workers", storage_path=str(trial_dir),
-                                       callbacks=[_ForwardReports(reports)]),
+        run_config=ray.train.RunConfig(
+            name="workers", storage_path=str(trial_dir), callbacks=[_ForwardReports(reports)]
+        ),
     )
     errors: list[BaseException] = []
 

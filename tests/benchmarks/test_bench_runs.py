@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
+import run as bench_run
 import torch
 
-import run as bench_run
 from bench_common import REPO_ROOT
 from bench_data import measure_loaders, measure_packing, tiny_demo_shards
 
@@ -14,8 +14,13 @@ RUN = REPO_ROOT / "benchmarks" / "run.py"
 
 
 def run_quick(out, *args: str) -> dict:
-    result = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out), *args], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--out", str(out), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     (json_path,) = out.glob("*.json")
     assert json_path.with_suffix(".md").read_text().strip() in result.stdout  # the table is printed too
@@ -25,8 +30,17 @@ def run_quick(out, *args: str) -> dict:
 
 def test_loader_and_packing_figures_are_positive_medians(tmp_path):
     shards = tiny_demo_shards(tmp_path / "demo")
-    loaders = measure_loaders(shards, batch_size=2, resolution=128, load_size=143, batches=2, repeats=2, warmup=1,
-                              num_workers=1, device=torch.device("cpu"))
+    loaders = measure_loaders(
+        shards,
+        batch_size=2,
+        resolution=128,
+        load_size=143,
+        batches=2,
+        repeats=2,
+        warmup=1,
+        num_workers=1,
+        device=torch.device("cpu"),
+    )
     assert [r["backend"] for r in loaders] == ["dali", "webdataset"]
     for r in loaders:
         assert r["images_per_s"]["n"] == 2 and r["images_per_s"]["min"] > 0 and r["crop_size"] == 128
@@ -37,8 +51,7 @@ def test_loader_and_packing_figures_are_positive_medians(tmp_path):
 def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(tmp_path):
     """Every section, the optional ones included, through the real entry point: what `make bench` runs, in
     seconds, so that a section that no longer runs fails the default suite."""
-    result = run_quick(tmp_path, "--sections", ",".join(bench_run.SECTIONS + bench_run.OPTIONAL_SECTIONS),
-                       "--profile")
+    result = run_quick(tmp_path, "--sections", ",".join(bench_run.SECTIONS + bench_run.OPTIONAL_SECTIONS), "--profile")
     sections = result["sections"]
     assert set(sections) == set(bench_run.SECTIONS + bench_run.OPTIONAL_SECTIONS)
     assert {r["backend"] for r in sections["data"]["loaders"]} == {"dali", "webdataset"}
@@ -49,7 +62,7 @@ def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(t
     assert {r["precision"] for r in step["rows"]} == {"fp32", "bf16"}
     assert sum(r["default"] for r in measured) == len(result["plan"]["step_batches"])
     for r in measured:
-        assert r["images_per_s"]["median"] > 0 and r["flops_per_image"] > 0 and 0 < r["utilisation"]
+        assert r["images_per_s"]["median"] > 0 and r["flops_per_image"] > 0 and r["utilisation"] > 0
         assert r["peak_memory_bytes"] > r["resident_bytes"] > 0
     for r in sections["baseline"]["comparison"]:
         assert r["ratio"] > 0
@@ -66,8 +79,10 @@ def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(t
     assert all(r["vs_default"] > 0 for r in candidates["rows"] if "images_per_s" in r)
     assert all(r["max_abs_diff"] < 1e-6 for r in candidates["adam"])
 
-    assert any(t["target"].startswith("native-bf16 CPU" if result["machine"]["cpu_native_bf16"] else "AVX2-only")
-               for t in result["targets"])
+    assert any(
+        t["target"].startswith("native-bf16 CPU" if result["machine"]["cpu_native_bf16"] else "AVX2-only")
+        for t in result["targets"]
+    )
     breakdown = sections["breakdown"]
     assert [v["default"] for v in breakdown["variants"]] == [True, False] and breakdown["data_wait"]["ms"] >= 0
     assert all(v["top_ops"] and v["rows"] for v in breakdown["variants"]) and (tmp_path / "traces").is_dir()

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-import bench_step as bs
 from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV, Runtime
 from p2p_dist.train import step_ranges
 
-CPU_FP32 = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"),
-                   precision="fp32")
+import bench_step as bs
+
+CPU_FP32 = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"), precision="fp32")
 TINY = ("model.ngf=4", "model.ndf=4")
 
 
@@ -24,15 +24,15 @@ def fake_variant(name: str, calls: list[str], seconds_per_image: float = 0.0) ->
 
 
 def plan(**changes) -> bs.StepPlan:
-    values = dict(resolution=128, batch_sizes=[1], warmup=2, repeats=3, min_repeats=2, budget_s=60.0,
-                  max_step_s=60.0)
+    values = dict(resolution=128, batch_sizes=[1], warmup=2, repeats=3, min_repeats=2, budget_s=60.0, max_step_s=60.0)
     return bs.StepPlan(**{**values, **changes})
 
 
 def test_variants_are_timed_in_interleaved_rounds_after_their_warm_up():
     calls: list[str] = []
-    rows = bs.measure_variants([fake_variant("a", calls), fake_variant("b", calls)], plan(), torch.device("cpu"),
-                               log=lambda line: None)
+    rows = bs.measure_variants(
+        [fake_variant("a", calls), fake_variant("b", calls)], plan(), torch.device("cpu"), log=lambda line: None
+    )
     # a: probe + 1 warm-up, b: probe + 1 warm-up, then a b a b a b.
     assert calls == ["a", "a", "b", "b", "a", "b", "a", "b", "a", "b"]
     assert [r["images_per_s"]["n"] for r in rows] == [3, 3]
@@ -40,9 +40,12 @@ def test_variants_are_timed_in_interleaved_rounds_after_their_warm_up():
 
 def test_a_batch_size_projected_over_the_step_limit_is_skipped_and_says_why():
     calls: list[str] = []
-    rows = bs.measure_variants([fake_variant("slow", calls, seconds_per_image=0.03)],
-                               plan(batch_sizes=[1, 4], max_step_s=0.1, warmup=1, repeats=2), torch.device("cpu"),
-                               log=lambda line: None)
+    rows = bs.measure_variants(
+        [fake_variant("slow", calls, seconds_per_image=0.03)],
+        plan(batch_sizes=[1, 4], max_step_s=0.1, warmup=1, repeats=2),
+        torch.device("cpu"),
+        log=lambda line: None,
+    )
     assert "images_per_s" in rows[0] and rows[0]["batch_size"] == 1
     assert rows[1]["batch_size"] == 4 and "projected" in rows[1]["skipped"]
     assert calls == ["slow"] * 3  # probe + 2 timed steps at batch 1, nothing at batch 4
@@ -50,8 +53,12 @@ def test_a_batch_size_projected_over_the_step_limit_is_skipped_and_says_why():
 
 def test_a_probe_slower_than_the_limit_stands_as_one_unwarmed_sample():
     calls: list[str] = []
-    rows = bs.measure_variants([fake_variant("slow", calls, seconds_per_image=0.05)],
-                               plan(max_step_s=0.01), torch.device("cpu"), log=lambda line: None)
+    rows = bs.measure_variants(
+        [fake_variant("slow", calls, seconds_per_image=0.05)],
+        plan(max_step_s=0.01),
+        torch.device("cpu"),
+        log=lambda line: None,
+    )
     assert calls == ["slow"] and rows[0]["warmed_up"] is False and rows[0]["images_per_s"]["n"] == 1
 
 
@@ -90,8 +97,11 @@ def test_reference_step_trains_both_networks_and_leaves_d_frozen(one_thread):
 
 def test_reference_peers_train_under_bf16_autocast_and_channels_last_with_fp32_weights(one_thread):
     peers = bs.reference_peers(torch.device("cpu"))
-    assert [v.name for v in peers] == ["reference eager fp32", "reference + bf16 autocast",
-                                       "reference + bf16 autocast + channels_last"]  # fp16 + GradScaler: CUDA only
+    assert [v.name for v in peers] == [
+        "reference eager fp32",
+        "reference + bf16 autocast",
+        "reference + bf16 autocast + channels_last",
+    ]  # fp16 + GradScaler: CUDA only
     built = [bs.build_variant(v, CPU_FP32, 128, model_overrides=TINY) for v in peers]
     assert [b.resolved_precision for b in built] == ["fp32", "bf16", "bf16"]
     conv_weights = [p for p in built[2].step.G.parameters() if p.dim() == 4]
@@ -110,15 +120,22 @@ def test_the_fp16_reference_peer_needs_cuda():
 
 
 def test_reference_rows_have_per_image_flops_independent_of_batch_and_sane_memory(one_thread):
-    built = [bs.build_variant(v, CPU_FP32, 128, model_overrides=TINY)
-             for v in (bs.reference_variant(),
-                       bs.Variant("reference + channels_last", "reference", precision="fp32",
-                                  memory_format="channels_last"))]
-    rows = bs.measure_variants(built, plan(batch_sizes=[1, 2], warmup=1, repeats=2), torch.device("cpu"),
-                               log=lambda line: None)
+    built = [
+        bs.build_variant(v, CPU_FP32, 128, model_overrides=TINY)
+        for v in (
+            bs.reference_variant(),
+            bs.Variant("reference + channels_last", "reference", precision="fp32", memory_format="channels_last"),
+        )
+    ]
+    rows = bs.measure_variants(
+        built, plan(batch_sizes=[1, 2], warmup=1, repeats=2), torch.device("cpu"), log=lambda line: None
+    )
     assert [(r["variant"], r["batch_size"]) for r in rows] == [
-        ("reference eager fp32", 1), ("reference + channels_last", 1),
-        ("reference eager fp32", 2), ("reference + channels_last", 2)]
+        ("reference eager fp32", 1),
+        ("reference + channels_last", 1),
+        ("reference eager fp32", 2),
+        ("reference + channels_last", 2),
+    ]
     flops = {r["flops_per_image"] for r in rows}
     assert len(flops) == 1 and flops.pop() > 1e6  # the same maths whatever the batch size or memory format
     for r in rows:
@@ -129,8 +146,10 @@ def test_reference_rows_have_per_image_flops_independent_of_batch_and_sane_memor
 
 
 def test_utilisation_is_achieved_flops_over_the_matmul_peak_of_the_steps_precision():
-    rows = [{"precision": "fp32", "flops_per_image": 2e9, "images_per_s": {"median": 5.0}},
-            {"precision": "bf16", "skipped": "too slow"}]
+    rows = [
+        {"precision": "fp32", "flops_per_image": 2e9, "images_per_s": {"median": 5.0}},
+        {"precision": "bf16", "skipped": "too slow"},
+    ]
     peaks = bs.measure_peaks(torch.device("cpu"), quick=True)
     assert peaks["fp32"]["peak_flops"] > 0 and peaks["bf16"]["peak_flops"] > 0
     bs.add_utilisation(rows, {"fp32": {"peak_flops": 1e11}, "bf16": {"peak_flops": 4e11}})
@@ -168,16 +187,20 @@ def engine_runtime():
 
 
 @pytest.mark.parametrize("cpu_flags, auto_precision", [("avx2 fma", "fp32"), ("avx2 avx512f avx512_bf16", "bf16")])
-def test_default_engine_and_reference_train_the_same_flops_and_give_comparable_rows(engine_runtime, monkeypatch,
-                                                                                  cpu_flags, auto_precision):
+def test_default_engine_and_reference_train_the_same_flops_and_give_comparable_rows(
+    engine_runtime, monkeypatch, cpu_flags, auto_precision
+):
     monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, cpu_flags)
-    built = [bs.build_variant(v, engine_runtime, 128, model_overrides=TINY)
-             for v in (bs.default_variant(), bs.reference_variant())]
+    built = [
+        bs.build_variant(v, engine_runtime, 128, model_overrides=TINY)
+        for v in (bs.default_variant(), bs.reference_variant())
+    ]
     assert built[0].resolved_precision == auto_precision  # the default is precision=auto
     weights = [[p.detach().clone() for p in b.roots[0].parameters()] for b in built]
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # same seed, same initial generator
-    default, reference = bs.measure_variants(built, plan(warmup=1, repeats=2), torch.device("cpu"),
-                                             log=lambda line: None)
+    default, reference = bs.measure_variants(
+        built, plan(warmup=1, repeats=2), torch.device("cpu"), log=lambda line: None
+    )
     assert default["default"] and not reference["default"]
     # Batch norm: both run three D forwards, so the counted maths is identical.
     assert default["flops_per_image"] == reference["flops_per_image"] > 0
@@ -205,8 +228,11 @@ def test_skipping_the_one_rank_gradient_all_reduce_trains_bit_identically(engine
     assert all(torch.equal(a, b) for a, b in zip(skipped, reduced))
 
 
-@pytest.mark.parametrize("variant", [bs.default_variant(), bs.reference_peers(torch.device("cpu"))[2]],
-                         ids=["default", "bf16-channels_last-peer"])
+@pytest.mark.parametrize(
+    "variant",
+    [bs.default_variant(), bs.reference_peers(torch.device("cpu"))[2]],
+    ids=["default", "bf16-channels_last-peer"],
+)
 def test_the_step_breakdown_names_every_part_and_its_rows_add_up_to_the_step_time(engine_runtime, variant):
     built = bs.build_variant(variant, engine_runtime, 128, model_overrides=TINY)
     profiled = bs.profile_steps(built, 2, 128, torch.device("cpu"), steps=2)
@@ -224,9 +250,11 @@ def test_the_step_breakdown_names_every_part_and_its_rows_add_up_to_the_step_tim
 
 def test_a_step_range_costs_nothing_without_a_profiler_and_is_recorded_under_one():
     assert step_ranges.step_range("x") is step_ranges.step_range("y")  # one shared null context
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        with step_ranges.step_range(step_ranges.G_FORWARD):
-            torch.ones(1).add_(1)
+    with (
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof,
+        step_ranges.step_range(step_ranges.G_FORWARD),
+    ):
+        torch.ones(1).add_(1)
     assert any(e.key == step_ranges.G_FORWARD for e in prof.key_averages())
 
 
@@ -238,13 +266,17 @@ def test_a_variant_that_raises_is_reported_failed_and_the_others_are_still_measu
         if len(calls) > 2:  # the probe and the warm-up pass, then a timed round fails (say, out of memory)
             raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore text")
 
-    variants = [fake_variant("a", calls), bs.BuiltVariant(bs.Variant("b", "reference", precision="fp32"), broken,
-                                                          "fp32", [])]
+    variants = [
+        fake_variant("a", calls),
+        bs.BuiltVariant(bs.Variant("b", "reference", precision="fp32"), broken, "fp32", []),
+    ]
     rows = bs.measure_variants(variants, plan(batch_sizes=[1, 2]), torch.device("cpu"), log=lambda line: None)
     by = {(r["variant"], r["batch_size"]): r for r in rows}
     assert by[("a", 1)]["images_per_s"]["n"] == 3 and by[("a", 2)]["images_per_s"]["n"] == 3
     assert by[("b", 1)]["skipped"] == "failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
     assert by[("b", 2)]["skipped"] == by[("b", 1)]["skipped"]  # not tried again at the next batch size
     unbuilt = bs.failed_rows(bs.Variant("c", "p2p_dist", precision="fp16"), [32, 64], "failed to build: x")
-    assert [(r["batch_size"], r["skipped"], r["precision"]) for r in unbuilt] == [(32, "failed to build: x", "fp16"),
-                                                                                  (64, "failed to build: x", "fp16")]
+    assert [(r["batch_size"], r["skipped"], r["precision"]) for r in unbuilt] == [
+        (32, "failed to build: x", "fp16"),
+        (64, "failed to build: x", "fp16"),
+    ]

@@ -3,10 +3,10 @@
 import os
 
 import pytest
+import run as bench_run
 import torch
 
 import bench_common as common
-import run as bench_run
 from bench_runs import scaling_rows, summarise_metrics
 
 
@@ -31,8 +31,12 @@ def test_budget_cuts_repeats_to_fit_but_never_below_the_minimum():
 def test_machine_name_prefers_the_gpu_and_is_a_safe_file_name():
     cpu = {"gpu_name": None, "gpus": [], "cpu_model": "AMD EPYC 7B13 (64-Core)", "cpu_cores": 2}
     assert common.machine_name(cpu) == "amd-epyc-7b13-64-core-2c"
-    gpu = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpus": ["NVIDIA H100 80GB HBM3"] * 8, "cpu_model": "x",
-           "cpu_cores": 64}
+    gpu = {
+        "gpu_name": "NVIDIA H100 80GB HBM3",
+        "gpus": ["NVIDIA H100 80GB HBM3"] * 8,
+        "cpu_model": "x",
+        "cpu_cores": 64,
+    }
     assert common.machine_name(gpu) == "8x-nvidia-h100-80gb-hbm3"
 
 
@@ -51,10 +55,12 @@ def test_machine_facts_name_the_software_versions():
 
 
 def test_run_metrics_leave_out_the_start_up_record_and_evaluation_records():
-    records = [{"step": 2, "images_per_s": 1.0, "data_wait_fraction": 0.5},
-               {"step": 4, "images_per_s": 10.0, "data_wait_fraction": 0.01},
-               {"step": 4, "eval/l1": 0.3},
-               {"step": 6, "images_per_s": 12.0, "data_wait_fraction": 0.03}]
+    records = [
+        {"step": 2, "images_per_s": 1.0, "data_wait_fraction": 0.5},
+        {"step": 4, "images_per_s": 10.0, "data_wait_fraction": 0.01},
+        {"step": 4, "eval/l1": 0.3},
+        {"step": 6, "images_per_s": 12.0, "data_wait_fraction": 0.03},
+    ]
     summary = summarise_metrics(records)
     assert summary["images_per_s"]["median"] == 11.0 and summary["records_used"] == 2
     assert summary["data_wait_fraction"]["max"] == 0.03
@@ -62,8 +68,10 @@ def test_run_metrics_leave_out_the_start_up_record_and_evaluation_records():
 
 
 def test_scaling_efficiency_is_throughput_over_n_times_one_process_and_cpu_ideal_is_one():
-    runs = [{"processes": 1, "images_per_s": common.summarise([10.0]), "data_wait_fraction": common.summarise([0.0])},
-            {"processes": 2, "images_per_s": common.summarise([16.0]), "data_wait_fraction": common.summarise([0.0])}]
+    runs = [
+        {"processes": 1, "images_per_s": common.summarise([10.0]), "data_wait_fraction": common.summarise([0.0])},
+        {"processes": 2, "images_per_s": common.summarise([16.0]), "data_wait_fraction": common.summarise([0.0])},
+    ]
     gpu = scaling_rows(runs, cores_per_machine=16, accelerators=2)
     assert gpu[1]["speedup"] == pytest.approx(1.6) and gpu[1]["efficiency"] == pytest.approx(0.8)
     assert gpu[1]["resource_efficiency"] == pytest.approx(0.8)
@@ -89,19 +97,51 @@ def peer(name: str, batch: int, rate: float) -> dict:
 
 def measured_run(kind_flags: dict) -> dict:
     """Baseline (with its peers), loop and scaling as run.py records them, on a CPU of the given kind."""
-    comparison = [{"batch_size": 4, "reference": common.summarise([1.0]), "default": common.summarise([2.5]),
-                   "default_precision": "bf16", "ratio": 2.5}]
-    peers = [peer("reference eager fp32", 4, 1.0), peer("reference + bf16 autocast", 4, 1.6),
-             peer("reference + bf16 autocast + channels_last", 4, 2.0)]
-    return {"machine": {"gpus": [], **kind_flags}, "sections": {
-        "baseline": {"comparison": comparison, "peers": peers, "headline": bench_run.headline_rows(peers, comparison),
-                     "reference_rows": [{"variant": "reference eager fp32", "batch_size": 4,
-                                         "images_per_s": common.summarise([1.0]), "flops_per_image": 1.0}]},
-        "loop": {"run": {"batch_size_per_process": 4, "images_per_s": common.summarise([2.4, 2.4]),
-                         "data_wait_fraction": common.summarise([0.001, 0.004])}},
-        "scaling": {"rows": [{"processes": 1, "speedup": 1.0, "efficiency": 1.0},
-                             {"processes": 2, "speedup": 0.9, "efficiency": 0.45}]},
-    }}
+    comparison = [
+        {
+            "batch_size": 4,
+            "reference": common.summarise([1.0]),
+            "default": common.summarise([2.5]),
+            "default_precision": "bf16",
+            "ratio": 2.5,
+        }
+    ]
+    peers = [
+        peer("reference eager fp32", 4, 1.0),
+        peer("reference + bf16 autocast", 4, 1.6),
+        peer("reference + bf16 autocast + channels_last", 4, 2.0),
+    ]
+    return {
+        "machine": {"gpus": [], **kind_flags},
+        "sections": {
+            "baseline": {
+                "comparison": comparison,
+                "peers": peers,
+                "headline": bench_run.headline_rows(peers, comparison),
+                "reference_rows": [
+                    {
+                        "variant": "reference eager fp32",
+                        "batch_size": 4,
+                        "images_per_s": common.summarise([1.0]),
+                        "flops_per_image": 1.0,
+                    }
+                ],
+            },
+            "loop": {
+                "run": {
+                    "batch_size_per_process": 4,
+                    "images_per_s": common.summarise([2.4, 2.4]),
+                    "data_wait_fraction": common.summarise([0.001, 0.004]),
+                }
+            },
+            "scaling": {
+                "rows": [
+                    {"processes": 1, "speedup": 1.0, "efficiency": 1.0},
+                    {"processes": 2, "speedup": 0.9, "efficiency": 0.45},
+                ]
+            },
+        },
+    }
 
 
 def test_the_headline_is_the_default_over_the_best_peer_and_the_targets_follow_the_cpu_kind():
@@ -134,36 +174,58 @@ def test_a_baseline_without_peers_still_judges_the_loop_against_the_fp32_referen
 
 
 def test_the_speed_up_target_reports_the_bound_set_by_the_fp32_matmul_peak():
-    result = {"sections": {
-        "step": {"peaks": {"fp32": {"peak_flops": 150e9}}},
-        "baseline": {"comparison": [{"batch_size": 4, "ratio": 0.9}],
-                     "reference_rows": [{"batch_size": 4, "flops_per_image": 50e9,
-                                         "images_per_s": common.summarise([1.0, 1.0])}]},
-    }}
+    result = {
+        "sections": {
+            "step": {"peaks": {"fp32": {"peak_flops": 150e9}}},
+            "baseline": {
+                "comparison": [{"batch_size": 4, "ratio": 0.9}],
+                "reference_rows": [
+                    {"batch_size": 4, "flops_per_image": 50e9, "images_per_s": common.summarise([1.0, 1.0])}
+                ],
+            },
+        }
+    }
     assert bench_run.fp32_ceiling(result) == pytest.approx(3.0)  # 150 GFLOP/s / (50 GFLOP x 1 image/s)
     (ratio,) = bench_run.evaluate_targets(result)
     assert ratio["measured"].startswith("0.90x; at unchanged fp32 maths at most 3.00x here")
 
 
 def test_on_cuda_the_target_is_the_default_steps_share_of_the_bf16_peak_at_batch_32_or_more():
-    rows = [{"default": True, "batch_size": 16, "utilisation_of_bf16_peak": 0.5},
-            {"default": True, "batch_size": 64, "utilisation_of_bf16_peak": 0.31},
-            {"default": False, "batch_size": 64, "utilisation_of_bf16_peak": 0.9}]
+    rows = [
+        {"default": True, "batch_size": 16, "utilisation_of_bf16_peak": 0.5},
+        {"default": True, "batch_size": 64, "utilisation_of_bf16_peak": 0.31},
+        {"default": False, "batch_size": 64, "utilisation_of_bf16_peak": 0.9},
+    ]
     (target,) = bench_run.evaluate_targets({"machine": {"gpus": ["H200"]}, "sections": {"step": {"rows": rows}}})
     assert target["measured"] == "31.0% at batch 64" and target["met"] is False
 
 
 def test_the_breakdown_takes_the_fastest_measured_peer_and_the_loops_data_wait():
     cpu = torch.device("cpu")
-    baseline = {"peers": [peer("reference eager fp32", 4, 1.0), peer("reference + bf16 autocast", 4, 3.0),
-                          peer("reference + bf16 autocast + channels_last", 2, 9.0)]}
+    baseline = {
+        "peers": [
+            peer("reference eager fp32", 4, 1.0),
+            peer("reference + bf16 autocast", 4, 3.0),
+            peer("reference + bf16 autocast + channels_last", 2, 9.0),
+        ]
+    }
     chosen, why = bench_run.best_peer(baseline, 4, cpu)
     assert chosen.name == "reference + bf16 autocast" and "measured" in why
     fallback, why = bench_run.best_peer(None, 4, cpu)
     assert fallback.implementation == "reference" and "expected" in why
-    result = {"sections": {"breakdown": {"variants": []}, "loop": {"run": {
-        "batch_size_per_process": 4, "images_per_s": common.summarise([2.0]), "precision": "bf16",
-        "data_wait_fraction": common.summarise([0.01])}}}}
+    result = {
+        "sections": {
+            "breakdown": {"variants": []},
+            "loop": {
+                "run": {
+                    "batch_size_per_process": 4,
+                    "images_per_s": common.summarise([2.0]),
+                    "precision": "bf16",
+                    "data_wait_fraction": common.summarise([0.01]),
+                }
+            },
+        }
+    }
     bench_run.attach_data_wait(result)
     wait = result["sections"]["breakdown"]["data_wait"]
     assert wait["loop_step_ms"] == pytest.approx(2000.0) and wait["ms"] == pytest.approx(20.0)
@@ -183,9 +245,16 @@ def test_the_gpu_check_plan_measures_the_papers_model_at_batch_32_and_64_with_th
 
 def test_peer_comparison_is_the_default_over_each_peer_at_the_same_batch():
     defaults = {2: {"images_per_s": common.summarise([30.0]), "precision": "bf16"}}
-    peers = [{"variant": "reference eager fp32", "precision": "fp32", "batch_size": 2,
-              "images_per_s": common.summarise([10.0]), "utilisation_of_bf16_peak": 0.1},
-             {"variant": "reference + bf16 autocast", "precision": "bf16", "batch_size": 2, "skipped": "slow"}]
+    peers = [
+        {
+            "variant": "reference eager fp32",
+            "precision": "fp32",
+            "batch_size": 2,
+            "images_per_s": common.summarise([10.0]),
+            "utilisation_of_bf16_peak": 0.1,
+        },
+        {"variant": "reference + bf16 autocast", "precision": "bf16", "batch_size": 2, "skipped": "slow"},
+    ]
     fp32, bf16 = bench_run.peer_comparison(peers, defaults)
     assert fp32["ratio"] == pytest.approx(3.0) and fp32["default_precision"] == "bf16"
     assert bf16["ratio"] is None and bf16["skipped"] == "slow"

@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from markerdata import STORAGE, TEST_SETTINGS, write_aligned_tree, write_cityscapes_tree
 
 from p2p_dist.data.shards.pack import PackSettings, pack_pairs
 from p2p_dist.data.sources import scan_cityscapes
+
+from markerdata import STORAGE, TEST_SETTINGS, write_aligned_tree, write_cityscapes_tree
 
 
 @pytest.fixture(scope="session")

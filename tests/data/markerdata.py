@@ -47,7 +47,7 @@ def interior(ids: np.ndarray) -> np.ndarray:
     same = np.ones(ids.shape, dtype=bool)
     for dy in range(3):
         for dx in range(3):
-            same &= padded[dy: dy + ids.shape[0], dx: dx + ids.shape[1]] == ids
+            same &= padded[dy : dy + ids.shape[0], dx : dx + ids.shape[1]] == ids
     return same
 
 

@@ -17,8 +17,11 @@ def _has_dali() -> bool:
 
 # The lent GPU machine has no DALI, and its wheel (nvidia-dali-cuda130, ~476 MB installed) is too large to carry
 # there: say so by name instead of failing on the import.
-pytestmark = pytest.mark.skipif(not _has_dali(), reason="NVIDIA DALI is not installed (nvidia-dali-cuda130: its "
-                                "wheel is too large to carry to the lent GPU machine); its GPU path is unchecked here")
+pytestmark = pytest.mark.skipif(
+    not _has_dali(),
+    reason="NVIDIA DALI is not installed (nvidia-dali-cuda130: its "
+    "wheel is too large to carry to the lent GPU machine); its GPU path is unchecked here",
+)
 
 PLAIN = {"train": False, "load_size": 32, "crop_size": 32, "batch_size": 3, "num_workers": 1}
 

@@ -24,10 +24,37 @@ from p2p_dist.data.labels import (
 )
 
 # From the official Cityscapes label definition (cityscapesscripts/helpers/labels.py).
-KNOWN_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                   26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-KNOWN_COLORS = {7: (128, 64, 128), 8: (244, 35, 232), 11: (70, 70, 70), 21: (107, 142, 35), 23: (70, 130, 180),
-                24: (220, 20, 60), 26: (0, 0, 142), 33: (119, 11, 32)}
+KNOWN_TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
+KNOWN_COLORS = {
+    7: (128, 64, 128),
+    8: (244, 35, 232),
+    11: (70, 70, 70),
+    21: (107, 142, 35),
+    23: (70, 130, 180),
+    24: (220, 20, 60),
+    26: (0, 0, 142),
+    33: (119, 11, 32),
+}
 
 
 def _ids_with_their_own_colour() -> np.ndarray:
@@ -126,8 +153,11 @@ def test_ids_to_color_rejects_ids_beyond_the_table():
 @pytest.mark.parametrize("make", [np.array, torch.tensor], ids=["numpy", "torch"])
 def test_label_id_check_names_the_source_and_each_bad_value_once(make):
     check_label_ids(make([[0, 7], [33, 26]]), "fine.png")
-    with pytest.raises(ValueError, match=r"^city_trainIds\.png: values -1, 34, 255 are not Cityscapes label ids "
-                                         r"0\.\.33"):
+    with pytest.raises(
+        ValueError,
+        match=r"^city_trainIds\.png: values -1, 34, 255 are not Cityscapes label ids "
+        r"0\.\.33",
+    ):
         check_label_ids(make([[255, 7, 34], [255, -1, 33]]), "city_trainIds.png")
 
 

@@ -61,12 +61,24 @@ def test_loaders_depend_on_reading_shards_only():
     graph = import_graph()
     loaders = [module for module in graph if module.startswith("p2p_dist.data.loaders")]
     for module in loaders:
-        assert not {dep for dep in reachable(graph, module)
-                    if dep.startswith(("p2p_dist.data.demo", "p2p_dist.data.shards.pack", "p2p_dist.data.shards.verify",
-                                       "p2p_dist.data.sources"))}, module
+        assert not {
+            dep
+            for dep in reachable(graph, module)
+            if dep.startswith(
+                (
+                    "p2p_dist.data.demo",
+                    "p2p_dist.data.shards.pack",
+                    "p2p_dist.data.shards.verify",
+                    "p2p_dist.data.sources",
+                )
+            )
+        }, module
     for module in ("p2p_dist.data.loaders.contract", "p2p_dist.data.loaders.dali", "p2p_dist.data.loaders.webdataset"):
-        assert not {dep for dep in reachable(graph, module) if dep.startswith("p2p_dist.data.loaders.")
-                    and dep != "p2p_dist.data.loaders.contract"}, module
+        assert not {
+            dep
+            for dep in reachable(graph, module)
+            if dep.startswith("p2p_dist.data.loaders.") and dep != "p2p_dist.data.loaders.contract"
+        }, module
 
 
 def test_a_dali_loader_loads_neither_webdataset_nor_the_scene_renderer(marker_shards):

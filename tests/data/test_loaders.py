@@ -5,10 +5,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from markerdata import MARKER_IDS, interior, photo_ids
 
 from p2p_dist.data import labels
 from p2p_dist.data.loaders.build import build_loader
+
+from markerdata import MARKER_IDS, interior, photo_ids
 
 BACKENDS = ["dali", "webdataset"]
 AUGMENTED = {"train": True, "load_size": 40, "crop_size": 32}
@@ -33,7 +34,7 @@ def test_batches_follow_the_contract(marker_shards, backend, encoding):
     for batch in batches:
         photo, label, ids = batch["photo"], batch["label"], batch["ids"]
         assert photo.shape == (3, 3, 32, 32) and photo.dtype == torch.float32
-        assert -1.0 <= photo.min() and photo.max() <= 1.0
+        assert photo.min() >= -1.0 and photo.max() <= 1.0
         assert ids.shape == (3, 32, 32) and ids.dtype == torch.uint8
         assert len(batch["key"]) == 3 and all(isinstance(key, str) for key in batch["key"])
         if encoding == "onehot":
@@ -97,8 +98,9 @@ def test_both_loaders_give_the_same_samples_crops_and_flips_with_augmentation(ma
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_ranks_cover_every_sample_once_with_equal_batch_counts(marker_shards, backend, world_size):
-    loaders = [loader_for(marker_shards, backend, rank=rank, world_size=world_size, seed=4)
-               for rank in range(world_size)]
+    loaders = [
+        loader_for(marker_shards, backend, rank=rank, world_size=world_size, seed=4) for rank in range(world_size)
+    ]
     assert len({loader.batches_per_epoch for loader in loaders}) == 1
     keys = Counter()
     for loader in loaders:
@@ -112,8 +114,7 @@ def test_ranks_cover_every_sample_once_with_equal_batch_counts(marker_shards, ba
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_samples_not_marked_as_repeats_cover_the_split_exactly_once(marker_shards, backend):
-    loaders = [loader_for(marker_shards, backend, rank=rank, world_size=3, seed=4, train=False)
-               for rank in range(3)]
+    loaders = [loader_for(marker_shards, backend, rank=rank, world_size=3, seed=4, train=False) for rank in range(3)]
     assert loaders[0].padding > 0  # the case that matters
     kept = Counter()
     for loader in loaders:
@@ -184,8 +185,9 @@ def test_a_held_out_slice_is_never_trained_on_and_can_be_read_alone(marker_shard
     try:
         assert training.num_samples == 7 and scoring.num_samples == 3
         trained_on = {key for epoch in (0, 1) for batch in training.epoch(epoch) for key in batch["key"]}
-        scored = [key for batch in scoring.epoch(0) for key, repeat in zip(batch["key"], batch["is_repeat"])
-                  if not repeat]
+        scored = [
+            key for batch in scoring.epoch(0) for key, repeat in zip(batch["key"], batch["is_repeat"]) if not repeat
+        ]
     finally:
         training.close()
         scoring.close()

@@ -10,8 +10,10 @@ VAL = Geometry(load_size=40, crop_size=32, random=False, flip=False)
 
 
 def all_ranks(num_samples: int, batch_size: int, world_size: int, epoch: int = 0, **kwargs):
-    return [SampleOrder(num_samples, batch_size, TRAIN, rank=rank, world_size=world_size, **kwargs).plan(epoch)
-            for rank in range(world_size)]
+    return [
+        SampleOrder(num_samples, batch_size, TRAIN, rank=rank, world_size=world_size, **kwargs).plan(epoch)
+        for rank in range(world_size)
+    ]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -51,10 +53,16 @@ def test_augmentation_draws_are_per_sample_and_within_the_crop_range():
     assert 0.3 < plan.flip.mean() < 0.7
     # A sample's draw depends on (seed, epoch, sample), not on its batch position or the rank layout.
     other_layout = SampleOrder(200, 5, TRAIN, seed=1, rank=1, world_size=2).plan(3)
-    draws = {int(i): (int(x), int(y), bool(f)) for i, x, y, f in
-             zip(plan.indices.ravel(), plan.crop_x.ravel(), plan.crop_y.ravel(), plan.flip.ravel())}
-    for i, x, y, f in zip(other_layout.indices.ravel(), other_layout.crop_x.ravel(), other_layout.crop_y.ravel(),
-                          other_layout.flip.ravel()):
+    draws = {
+        int(i): (int(x), int(y), bool(f))
+        for i, x, y, f in zip(plan.indices.ravel(), plan.crop_x.ravel(), plan.crop_y.ravel(), plan.flip.ravel())
+    }
+    for i, x, y, f in zip(
+        other_layout.indices.ravel(),
+        other_layout.crop_x.ravel(),
+        other_layout.crop_y.ravel(),
+        other_layout.flip.ravel(),
+    ):
         assert draws[int(i)] == (int(x), int(y), bool(f))
 
 
@@ -73,11 +81,14 @@ def test_flip_off_never_flips_but_keeps_the_same_crops():
     assert np.array_equal(with_flip.crop_x, without.crop_x) and np.array_equal(with_flip.indices, without.indices)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"num_samples": 0}, "at least one sample"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"rank": 2, "world_size": 2}, "rank 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"num_samples": 0}, "at least one sample"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"rank": 2, "world_size": 2}, "rank 2"),
+    ],
+)
 def test_bad_arguments_are_rejected(kwargs, message):
     arguments = {"num_samples": 10, "batch_size": 2, "rank": 0, "world_size": 1, **kwargs}
     with pytest.raises(ValueError, match=message):

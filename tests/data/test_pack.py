@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from markerdata import MARKER_IDS, STORAGE, TEST_SETTINGS, write_cityscapes_tree
 from PIL import Image
 
 from p2p_dist.config import Config
@@ -17,6 +16,8 @@ from p2p_dist.data.shards.pack import PackError, PackSettings, pack_pairs
 from p2p_dist.data.shards.read import ShardSet, read_manifest
 from p2p_dist.data.shards.verify import verify_shards
 from p2p_dist.data.sources import scan_aligned, scan_cityscapes
+
+from markerdata import MARKER_IDS, STORAGE, TEST_SETTINGS, write_cityscapes_tree
 
 
 def staging(out: Path) -> Path:
@@ -106,8 +107,7 @@ def corrupt_one_photo(root: Path) -> Path:
 def test_corrupt_source_image_is_named_skipped_and_counted(tmp_path, capsys):
     root = write_cityscapes_tree(tmp_path / "src", {"train": 5, "val": 1})
     bad = corrupt_one_photo(root)
-    manifest = pack_pairs(scan_cityscapes(root), tmp_path / "out", settings=TEST_SETTINGS, workers=1,
-                          progress=False)
+    manifest = pack_pairs(scan_cityscapes(root), tmp_path / "out", settings=TEST_SETTINGS, workers=1, progress=False)
     train = manifest["splits"]["train"]
     assert train["num_samples"] == 4 and train["num_skipped"] == 1
     assert train["skipped"][0]["path"] == str(bad) and "cannot decode" in train["skipped"][0]["reason"]
@@ -120,8 +120,9 @@ def test_strict_stops_at_a_corrupt_source_and_leaves_no_manifest_or_partial_shar
     bad = corrupt_one_photo(root)
     out = tmp_path / "out"
     with pytest.raises(PackError, match=str(bad)):
-        pack_pairs(scan_cityscapes(root, ("train",)), out, settings=TEST_SETTINGS, workers=1, strict=True,
-                   progress=False)
+        pack_pairs(
+            scan_cityscapes(root, ("train",)), out, settings=TEST_SETTINGS, workers=1, strict=True, progress=False
+        )
     assert not out.exists() and leftovers(out) == []
 
 
@@ -129,13 +130,20 @@ def test_unmatched_photo_is_recorded_as_skipped_and_stops_strict_before_writing(
     root = write_cityscapes_tree(tmp_path / "src", {"train": 3})
     label = sorted((root / "gtFine" / "train").glob("*/*_gtFine_labelIds.png"))[0]
     label.unlink()
-    manifest = pack_pairs(scan_cityscapes(root, ("train",)), tmp_path / "out", settings=TEST_SETTINGS, workers=1,
-                          progress=False)
+    manifest = pack_pairs(
+        scan_cityscapes(root, ("train",)), tmp_path / "out", settings=TEST_SETTINGS, workers=1, progress=False
+    )
     assert manifest["splits"]["train"]["num_skipped"] == 1
     assert "no label map" in manifest["splits"]["train"]["skipped"][0]["reason"]
     with pytest.raises(PackError, match="no label map"):
-        pack_pairs(scan_cityscapes(root, ("train",)), tmp_path / "strict", settings=TEST_SETTINGS, workers=1,
-                   strict=True, progress=False)
+        pack_pairs(
+            scan_cityscapes(root, ("train",)),
+            tmp_path / "strict",
+            settings=TEST_SETTINGS,
+            workers=1,
+            strict=True,
+            progress=False,
+        )
     assert not (tmp_path / "strict").exists()
 
 
@@ -187,16 +195,24 @@ def test_an_overwrite_that_stops_leaves_the_old_set_intact_and_verifiable(tmp_pa
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     bad = corrupt_one_photo(root)
     with pytest.raises(PackError, match=str(bad)):
-        pack_pairs(scan_cityscapes(root), out, settings=PackSettings(size=STORAGE, samples_per_shard=100),
-                   workers=1, strict=True, overwrite=True, progress=False)
+        pack_pairs(
+            scan_cityscapes(root),
+            out,
+            settings=PackSettings(size=STORAGE, samples_per_shard=100),
+            workers=1,
+            strict=True,
+            overwrite=True,
+            progress=False,
+        )
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
     assert verify_shards(out, full=True, workers=1).ok
     assert leftovers(out) == []
 
 
 def test_aligned_source_packs_with_ids_recovered_from_colours(tmp_path, aligned_tree):
-    manifest = pack_pairs(scan_aligned(aligned_tree), tmp_path / "out", settings=TEST_SETTINGS, workers=1,
-                          progress=False)
+    manifest = pack_pairs(
+        scan_aligned(aligned_tree), tmp_path / "out", settings=TEST_SETTINGS, workers=1, progress=False
+    )
     assert manifest["source"]["kind"] == "aligned"
     assert {split: entry["num_samples"] for split, entry in manifest["splits"].items()} == {"train": 6, "val": 3}
     assert manifest["splits"]["val"]["image_sizes"] == [[32, 32]]  # 64x64 halves fitted into the 64x32 box
@@ -209,15 +225,15 @@ def test_aligned_source_packs_with_ids_recovered_from_colours(tmp_path, aligned_
 
 def test_demo_source_is_generated_packed_and_reused(tmp_path):
     settings = PackSettings(size=STORAGE, samples_per_shard=4)
-    out = ensure_demo_shards(tmp_path / "demo", num_train=4, num_val=2, image_size=(64, 32), settings=settings,
-                             workers=1, progress=False)
+    out = ensure_demo_shards(
+        tmp_path / "demo", num_train=4, num_val=2, image_size=(64, 32), settings=settings, workers=1, progress=False
+    )
     manifest = read_manifest(out)
     assert manifest["source"]["kind"] == "demo"
     assert {split: entry["num_samples"] for split, entry in manifest["splits"].items()} == {"train": 4, "val": 2}
     assert verify_shards(out, full=True, workers=1).ok
     written = (out / MANIFEST_NAME).stat().st_mtime_ns
-    ensure_demo_shards(out, num_train=4, num_val=2, image_size=(64, 32), settings=settings, workers=1,
-                       progress=False)
+    ensure_demo_shards(out, num_train=4, num_val=2, image_size=(64, 32), settings=settings, workers=1, progress=False)
     assert (out / MANIFEST_NAME).stat().st_mtime_ns == written
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".demo-source-")]
 
@@ -233,8 +249,15 @@ def test_the_demo_directory_is_the_default_of_data_shards():
 
 def tiny_demo(out: Path) -> Path:
     """A demo set with other settings than the default one: stale where the default set is expected."""
-    return ensure_demo_shards(out, num_train=2, num_val=1, image_size=(64, 32),
-                              settings=PackSettings(size=STORAGE, samples_per_shard=4), workers=1, progress=False)
+    return ensure_demo_shards(
+        out,
+        num_train=2,
+        num_val=1,
+        image_size=(64, 32),
+        settings=PackSettings(size=STORAGE, samples_per_shard=4),
+        workers=1,
+        progress=False,
+    )
 
 
 def test_a_demo_set_outside_the_default_directory_is_left_alone(tmp_path, monkeypatch):
@@ -258,12 +281,15 @@ def test_a_stale_demo_set_in_the_default_directory_is_rebuilt(tmp_path, monkeypa
     assert verify_shards(DEMO_SHARDS, workers=2).ok
 
 
-@pytest.mark.parametrize("box,source,expected", [
-    ((512, 256), (2048, 1024), (512, 256)),
-    ((512, 256), (256, 256), (256, 256)),
-    ((512, 256), (512, 256), (512, 256)),
-    (None, (2048, 1024), (2048, 1024)),
-])
+@pytest.mark.parametrize(
+    "box,source,expected",
+    [
+        ((512, 256), (2048, 1024), (512, 256)),
+        ((512, 256), (256, 256), (256, 256)),
+        ((512, 256), (512, 256), (512, 256)),
+        (None, (2048, 1024), (2048, 1024)),
+    ],
+)
 def test_storage_size_fits_the_box_keeping_the_aspect_ratio(box, source, expected):
     assert PackSettings(size=box).storage_size(*source) == expected
 

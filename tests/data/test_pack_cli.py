@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from markerdata import write_cityscapes_tree
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from markerdata import MARKER_IDS, marker_pair, write_aligned_tree, write_cityscapes_tree
 from PIL import Image
 
 from p2p_dist.data.sources import BadSourceFile, scan_aligned, scan_cityscapes
+
+from markerdata import MARKER_IDS, marker_pair, write_aligned_tree, write_cityscapes_tree
 
 
 def test_cityscapes_pairs_are_matched_by_name_and_other_files_ignored(cityscapes_tree):
@@ -20,13 +21,24 @@ def test_cityscapes_pairs_are_matched_by_name_and_other_files_ignored(cityscapes
 def test_cityscapes_photo_without_label_and_label_without_photo_are_reported_by_path(tmp_path):
     root = write_cityscapes_tree(tmp_path, {"train": 4})
     lonely_label = next((root / "gtFine" / "train").glob("*/*_gtFine_labelIds.png"))
-    lonely_photo = root / "leftImg8bit" / "train" / lonely_label.parent.name / (
-        lonely_label.name.replace("_gtFine_labelIds.png", "_leftImg8bit.png"))
-    orphan_label = next(path for path in (root / "gtFine" / "train").glob("*/*_gtFine_labelIds.png")
-                        if path != lonely_label)
+    lonely_photo = (
+        root
+        / "leftImg8bit"
+        / "train"
+        / lonely_label.parent.name
+        / (lonely_label.name.replace("_gtFine_labelIds.png", "_leftImg8bit.png"))
+    )
+    orphan_label = next(
+        path for path in (root / "gtFine" / "train").glob("*/*_gtFine_labelIds.png") if path != lonely_label
+    )
     lonely_label.unlink()
-    (root / "leftImg8bit" / "train" / orphan_label.parent.name /
-     orphan_label.name.replace("_gtFine_labelIds.png", "_leftImg8bit.png")).unlink()
+    (
+        root
+        / "leftImg8bit"
+        / "train"
+        / orphan_label.parent.name
+        / orphan_label.name.replace("_gtFine_labelIds.png", "_leftImg8bit.png")
+    ).unlink()
     scan = scan_cityscapes(root, ("train",))
     assert len(scan.samples["train"]) == 2
     reported = {problem.path: problem.reason for problem in scan.problems["train"]}

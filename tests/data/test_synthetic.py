@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from p2p_dist.data.labels import IGNORE_INDEX, NUM_IDS, TRAIN_CLASS_NAMES, ids_to_color, to_train_ids
 from p2p_dist.data.demo.scenes import DRAWN_IDS, SPLIT_CITIES, demo_scene, render_scene, write_demo_cityscapes
+from p2p_dist.data.labels import IGNORE_INDEX, NUM_IDS, TRAIN_CLASS_NAMES, ids_to_color, to_train_ids
 
 SIZE = (128, 64)  # width, height
 COUNTS = {"train": 6, "val": 4}
@@ -30,14 +30,18 @@ FILE_PATTERNS = {
 def demo_tree(tmp_path_factory) -> tuple[Path, dict, float]:
     root = tmp_path_factory.mktemp("demo") / "cityscapes"
     start = time.perf_counter()
-    counts = write_demo_cityscapes(root, num_train=COUNTS["train"], num_val=COUNTS["val"], size=SIZE, seed=0,
-                                   workers=1, progress=False)
+    counts = write_demo_cityscapes(
+        root, num_train=COUNTS["train"], num_val=COUNTS["val"], size=SIZE, seed=0, workers=1, progress=False
+    )
     return root, counts, time.perf_counter() - start
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def _files(root: Path, kind: str) -> list[tuple[Path, re.Match]]:
@@ -56,15 +60,17 @@ def test_returns_the_number_of_scenes_per_split(demo_tree):
 
 def test_same_seed_writes_byte_identical_files_with_any_number_of_workers(demo_tree, tmp_path):
     root, _, _ = demo_tree
-    write_demo_cityscapes(tmp_path, num_train=COUNTS["train"], num_val=COUNTS["val"], size=SIZE, seed=0,
-                          workers=2, progress=False)
+    write_demo_cityscapes(
+        tmp_path, num_train=COUNTS["train"], num_val=COUNTS["val"], size=SIZE, seed=0, workers=2, progress=False
+    )
     assert _hashes(tmp_path) == _hashes(root)
 
 
 def test_a_different_seed_gives_different_scenes(demo_tree, tmp_path):
     root, _, _ = demo_tree
-    write_demo_cityscapes(tmp_path, num_train=COUNTS["train"], num_val=COUNTS["val"], size=SIZE, seed=1,
-                          workers=1, progress=False)
+    write_demo_cityscapes(
+        tmp_path, num_train=COUNTS["train"], num_val=COUNTS["val"], size=SIZE, seed=1, workers=1, progress=False
+    )
     ours, theirs = _hashes(tmp_path), _hashes(root)
     assert ours.keys() == theirs.keys()
     images = [name for name in ours if name.endswith(".png")]
@@ -142,15 +148,30 @@ def test_scenes_have_street_perspective():
         rows = np.arange(SIZE[1])[:, None]
         assert ((ids == 23) * rows).max() < 0.5 * SIZE[1]  # the sky ends at the horizon
         assert ((ids == 7) * rows + (ids != 7) * SIZE[1]).min() > 0.4 * SIZE[1]  # the road starts below it
-        assert (ids[-1, SIZE[0] // 2] in (1, 2, 3, 7, 26, 27, 28))  # the bottom centre is road or ego car
+        assert ids[-1, SIZE[0] // 2] in (1, 2, 3, 7, 26, 27, 28)  # the bottom centre is road or ego car
 
 
 def test_scenes_draw_every_common_cityscapes_class_and_void_ids():
     drawn = set()
     for index in range(40):
         drawn |= set(np.unique(demo_scene("train", index, size=SIZE, seed=5).label_ids).tolist())
-    evaluated = {"road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                 "vegetation", "terrain", "sky", "person", "car", "truck", "bus"}
+    evaluated = {
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "car",
+        "truck",
+        "bus",
+    }
     drawn_names = {TRAIN_CLASS_NAMES[t] for t in to_train_ids(np.array(sorted(drawn))) if t != IGNORE_INDEX}
     assert drawn_names == evaluated
     assert {0, 1, 2, 3, 4} <= drawn  # void ids, ignored in training and evaluation
@@ -160,8 +181,9 @@ def _colour_texture_cells(photo: np.ndarray) -> np.ndarray:
     """Each pixel's quantised colour (8 levels per channel) and local contrast (4 levels)."""
     rgb = photo.astype(np.int32)
     luminance = rgb.sum(axis=-1)
-    contrast = (np.abs(np.diff(luminance, axis=1, append=luminance[:, -1:]))
-                + np.abs(np.diff(luminance, axis=0, append=luminance[-1:])))
+    contrast = np.abs(np.diff(luminance, axis=1, append=luminance[:, -1:])) + np.abs(
+        np.diff(luminance, axis=0, append=luminance[-1:])
+    )
     quantised = rgb // 32
     return ((quantised[..., 0] * 8 + quantised[..., 1]) * 8 + quantised[..., 2]) * 4 + np.minimum(contrast // 24, 3)
 
@@ -173,6 +195,7 @@ def test_photos_carry_the_labels():
     seeds 0-11: 0.45-0.72 against 0.19-0.35). A network that also sees context does much better: a small
     CNN trained for 6 epochs on 240 scenes at 128x64 labelled other scenes with pixel accuracy 0.93.
     """
+
     def pixels(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
         scenes = [demo_scene(split, index, size=SIZE, seed=0) for index in range(count)]
         cells = np.concatenate([_colour_texture_cells(scene.photo).ravel() for scene in scenes])

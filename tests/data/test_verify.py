@@ -14,8 +14,16 @@ SHARD = Path("train") / "shard-000001.tar"
 
 
 def open_loader(shards: Path, backend: str):
-    return build_loader(shards, "train", backend=backend, batch_size=2, train=False, load_size=32, crop_size=32,
-                        num_workers=0 if backend == "webdataset" else 1)
+    return build_loader(
+        shards,
+        "train",
+        backend=backend,
+        batch_size=2,
+        train=False,
+        load_size=32,
+        crop_size=32,
+        num_workers=0 if backend == "webdataset" else 1,
+    )
 
 
 def flip_byte_in_photo(shards: Path, sample_number: int = 1) -> str:
@@ -103,7 +111,7 @@ def test_short_index_is_refused_even_with_a_matching_checksum_in_the_manifest(sh
 
     index = shard_copy / SHARD.with_suffix(".idx")
     lines = index.read_text().splitlines()
-    short = "\n".join([f"v1.2 {len(lines) - 2}"] + lines[1:-1]) + "\n"
+    short = "\n".join([f"v1.2 {len(lines) - 2}", *lines[1:-1]]) + "\n"
     index.write_text(short)
     manifest_path = shard_copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

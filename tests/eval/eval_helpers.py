@@ -24,8 +24,9 @@ def white_noise(num: int, size: int, seed: int) -> torch.Tensor:
 
 def plain_fid(feature: int, cache_dir) -> FrechetInceptionDistance:
     """torchmetrics' own FID pipeline on the converted weights: ``update(uint8_images, real=...)``."""
-    return FrechetInceptionDistance(feature=feature, antialias=False,
-                                    feature_extractor_weights_path=str(inception_weights_path(cache_dir)))
+    return FrechetInceptionDistance(
+        feature=feature, antialias=False, feature_extractor_weights_path=str(inception_weights_path(cache_dir))
+    )
 
 
 def plain_kid(feature: int, cache_dir, subset_size: int, subsets: int) -> KernelInceptionDistance:
@@ -33,5 +34,6 @@ def plain_kid(feature: int, cache_dir, subset_size: int, subsets: int) -> Kernel
     gets the extractor as a custom feature module."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        return KernelInceptionDistance(feature=build_inception("cpu", cache_dir, feature), subsets=subsets,
-                                       subset_size=subset_size)
+        return KernelInceptionDistance(
+            feature=build_inception("cpu", cache_dir, feature), subsets=subsets, subset_size=subset_size
+        )

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from eval_helpers import plain_fid, plain_kid, smooth_photos, white_noise
 
 from p2p_dist.eval.fid import (
     CONVERTED_FILE_NAME,
@@ -14,6 +13,8 @@ from p2p_dist.eval.fid import (
     load_fid_helper_torchscript,
 )
 from p2p_dist.models import to_uint8
+
+from eval_helpers import plain_fid, plain_kid, smooth_photos, white_noise
 
 
 def test_converted_extractor_features_equal_the_torchscript_original(inception_cache):

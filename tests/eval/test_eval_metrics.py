@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from runs import free_port
-from eval_helpers import smooth_photos
 
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, to_train_ids
 from p2p_dist.eval.metrics import FCN_KEYS, Evaluator, fcn_scores, predict_train_ids
+
+from eval_helpers import smooth_photos
+from runs import free_port
 
 ROAD, SIDEWALK, BUILDING, UNLABELED = 7, 8, 11, 0  # Cityscapes ids of train ids 0, 1, 2 and an ignored id
 
@@ -197,7 +198,7 @@ def _rank_main(rank: int, world_size: int, port: int, inception_cache: str, out_
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         # Uneven shares (3 batches vs 1): ranks must still issue matching collectives.
-        scores = _evaluate(range(0, 6) if rank == 0 else range(6, 8), inception_cache)
+        scores = _evaluate(range(6) if rank == 0 else range(6, 8), inception_cache)
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(scores, f)
     finally:
@@ -206,7 +207,7 @@ def _rank_main(rank: int, world_size: int, port: int, inception_cache: str, out_
 
 @pytest.mark.slow  # two spawned interpreters importing torch: 25-50 s on the shared 2-core machine
 def test_two_gloo_ranks_give_the_same_metrics_as_one_process(inception_cache, tmp_path):
-    single = _evaluate(range(0, 8), str(inception_cache))
+    single = _evaluate(range(8), str(inception_cache))
     mp.spawn(_rank_main, args=(2, free_port(), str(inception_cache), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         distributed = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -214,6 +215,6 @@ def test_two_gloo_ranks_give_the_same_metrics_as_one_process(inception_cache, tm
         for key, value in single.items():
             assert distributed[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     # The sync is real: rank 0's share alone scores differently.
-    rank0_alone = _evaluate(range(0, 6), None)
+    rank0_alone = _evaluate(range(6), None)
     assert rank0_alone["fcn/pixel_acc"] != pytest.approx(single["fcn/pixel_acc"])
     assert rank0_alone["mse"] != pytest.approx(single["mse"])

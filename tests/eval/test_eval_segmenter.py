@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from runs import free_port
 
 from p2p_dist.config import load_config
 from p2p_dist.data.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES
@@ -31,6 +30,8 @@ from p2p_dist.eval.segmenter.fit import score_segmenter, segmentation_loss, trai
 from p2p_dist.eval.segmenter.net import SegmenterNet
 from p2p_dist.models import sidecar_path
 from p2p_dist.runtime import Runtime
+
+from runs import free_port
 
 ROAD, BUILDING = 7, 11  # Cityscapes ids of train ids 0 and 2
 
@@ -220,8 +221,17 @@ def demo_shards(tmp_path_factory):
 def test_train_segmenter_on_demo_shards_writes_checkpoint_and_ceiling_sidecar(demo_shards, backend, tmp_path):
     from p2p_dist.eval.segmenter.fit import train_segmenter
 
-    path = train_segmenter(demo_shards, out_path=tmp_path / "seg.pt", epochs=1, batch_size=8, crop_size=64,
-                           width=4, backend=backend, device="cpu", progress=False)
+    path = train_segmenter(
+        demo_shards,
+        out_path=tmp_path / "seg.pt",
+        epochs=1,
+        batch_size=8,
+        crop_size=64,
+        width=4,
+        backend=backend,
+        device="cpu",
+        progress=False,
+    )
     sidecar = read_sidecar(path)
     assert sidecar["train_config"]["backend"] == backend
     assert sidecar["manifest_sha256"] == manifest_sha256(demo_shards)
@@ -242,8 +252,19 @@ def _cli_main():
 
 def test_cli_trains_once_then_reuses_the_cache(demo_shards, capsys):
     main = _cli_main()
-    args = ["--shards", str(demo_shards), "--epochs", "1", "--batch-size", "4", "--crop-size", "64",
-            "--width", "4", "--quiet"]
+    args = [
+        "--shards",
+        str(demo_shards),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--crop-size",
+        "64",
+        "--width",
+        "4",
+        "--quiet",
+    ]
     main(args)
     checkpoint = demo_shards / "segmenter" / "segmenter_64.pt"
     first = json.loads(capsys.readouterr().out)
@@ -255,8 +276,9 @@ def test_cli_trains_once_then_reuses_the_cache(demo_shards, capsys):
 
 
 def run_config(shards, crop_size: int):
-    return load_config(None, [f"data.shards={shards}", f"data.crop_size={crop_size}", f"data.load_size={crop_size}",
-                              "train.steps=1"])
+    return load_config(
+        None, [f"data.shards={shards}", f"data.crop_size={crop_size}", f"data.load_size={crop_size}", "train.steps=1"]
+    )
 
 
 def _cpu_runtime(rank: int, world_size: int) -> Runtime:
@@ -267,8 +289,21 @@ def test_segmenters_for_two_crop_sizes_coexist_and_each_run_gets_the_one_for_its
     main = _cli_main()
     paths = {}
     for crop in (128, 256):
-        main(["--shards", str(demo_shards), "--epochs", "1", "--batch-size", "4", "--crop-size", str(crop),
-              "--width", "4", "--quiet"])
+        main(
+            [
+                "--shards",
+                str(demo_shards),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--crop-size",
+                str(crop),
+                "--width",
+                "4",
+                "--quiet",
+            ]
+        )
         paths[crop] = demo_shards / "segmenter" / f"segmenter_{crop}.pt"
     written_at = {crop: path.stat().st_mtime_ns for crop, path in paths.items()}
     # A store of our own: this test's process must not join (or leave behind) a process group for others.

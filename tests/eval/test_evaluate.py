@@ -11,8 +11,17 @@ from p2p_dist.models.translation_modes import translation_modes
 
 
 def val_loader(shards, batch_size: int):
-    return build_loader(shards, "val", backend="webdataset", batch_size=batch_size, train=False, load_size=128,
-                        crop_size=128, flip=False, num_workers=0)
+    return build_loader(
+        shards,
+        "val",
+        backend="webdataset",
+        batch_size=batch_size,
+        train=False,
+        load_size=128,
+        crop_size=128,
+        flip=False,
+        num_workers=0,
+    )
 
 
 def mirrored(batch):
@@ -96,8 +105,19 @@ def test_periodic_evaluation_scores_the_held_out_train_images_when_there_are_som
     from p2p_dist.eval.periodic import PeriodicEvaluation
     from p2p_dist.runtime import Runtime
 
-    cfg = load_config(None, ["train.steps=1", "data.loader=webdataset", "data.num_workers=1", "data.load_size=128",
-                             "data.crop_size=128", "eval.fcn=false", "eval.num_images=3", f"data.holdout={holdout}"])
+    cfg = load_config(
+        None,
+        [
+            "train.steps=1",
+            "data.loader=webdataset",
+            "data.num_workers=1",
+            "data.load_size=128",
+            "data.crop_size=128",
+            "eval.fcn=false",
+            "eval.num_images=3",
+            f"data.holdout={holdout}",
+        ],
+    )
     rt = Runtime(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"), precision="fp32")
     periodic = PeriodicEvaluation(cfg, rt, tiny_shards)
     scored = []

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from p2p_dist.config import load_config, save_config
+
 from runs import DEEPSPEED, ROOT, free_port, run_training, train_env
 
 EVALUATE = str(ROOT / "launch" / "evaluate.py")
@@ -33,8 +34,9 @@ def as_fp16_run(run, copy):
     assert any((model_file.parent).glob("zero_pp_rank_0_*_optim_states.pt"))
     states = torch.load(model_file, map_location="cpu", weights_only=False)
     fp32 = {key: value.clone() for key, value in states["module"].items()}
-    states["module"] = {key: value.half() if value.is_floating_point() else value
-                        for key, value in states["module"].items()}
+    states["module"] = {
+        key: value.half() if value.is_floating_point() else value for key, value in states["module"].items()
+    }
     torch.save(states, model_file)
     return fp32
 
@@ -43,15 +45,29 @@ def as_fp16_run(run, copy):
 def tiny_segmenter(tmp_path_factory, tiny_shards):
     from p2p_dist.eval.segmenter.fit import train_segmenter
 
-    return train_segmenter(tiny_shards, out_path=tmp_path_factory.mktemp("seg") / "seg.pt", epochs=1,
-                           batch_size=4, crop_size=128, width=4, progress=False)
+    return train_segmenter(
+        tiny_shards,
+        out_path=tmp_path_factory.mktemp("seg") / "seg.pt",
+        epochs=1,
+        batch_size=4,
+        crop_size=128,
+        width=4,
+        progress=False,
+    )
 
 
 def evaluate(run, *args, nprocs=1):
-    launcher = [sys.executable] if nprocs == 1 else [DEEPSPEED, "--num_gpus", str(nprocs), "--master_port",
-                                                     str(free_port())]
-    result = subprocess.run([*launcher, EVALUATE, "--run", str(run), *args], env=train_env(), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    launcher = (
+        [sys.executable] if nprocs == 1 else [DEEPSPEED, "--num_gpus", str(nprocs), "--master_port", str(free_port())]
+    )
+    result = subprocess.run(
+        [*launcher, EVALUATE, "--run", str(run), *args],
+        env=train_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -69,8 +85,7 @@ def test_evaluate_writes_json_and_markdown_reports_with_the_fcn_ceiling(tiny_run
     settings = report["settings"]
     assert settings["norm_mode"] == "instance" and settings["dropout"] is True and settings["tf32"] is False
     assert settings["width"] == settings["height"] == 128 and settings["weights"] == "module weights (fp32)"
-    assert set(report["protocol"]) == {"images", "resolution", "norm_statistics", "dropout", "generator_weights",
-                                       "fcn"}
+    assert set(report["protocol"]) == {"images", "resolution", "norm_statistics", "dropout", "generator_weights", "fcn"}
     assert report["protocol"]["images"].startswith("4 images of split 'val' (all of them)")
     markdown = (tiny_run / "eval" / "step_000002.md").read_text()
     assert "| FCN class IoU |" in markdown and "step_000002_samples.png" in markdown
@@ -107,8 +122,9 @@ def test_per_image_syncbatch_on_two_processes_matches_one_process_at_another_bat
     assert single["settings"]["norm_mode"] == double["settings"]["norm_mode"] == "per-image"
     assert double["metrics"] == pytest.approx(single["metrics"], rel=1e-5, abs=1e-6)
     assert (run / "eval" / "step_000002_samples.png").stat().st_size > 0
-    refused = subprocess.run([sys.executable, EVALUATE, "--run", str(run), "--norm-mode", "train"],
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        [sys.executable, EVALUATE, "--run", str(run), "--norm-mode", "train"], capture_output=True, text=True
+    )
     assert refused.returncode == 2 and "invalid choice: 'train'" in refused.stderr
 
 
@@ -119,8 +135,9 @@ def test_an_fp16_run_is_evaluated_from_its_fp32_master_weights(tiny_run, tmp_pat
     fp32 = as_fp16_run(tiny_run, tmp_path / "fp16_run")
     generator, _ = load_generator(tmp_path / "fp16_run", device="cpu")
     loaded = generator.state_dict()
-    rounded = [key for key, value in fp32.items()
-               if value.is_floating_point() and not torch.equal(value.half().float(), value)]
+    rounded = [
+        key for key, value in fp32.items() if value.is_floating_point() and not torch.equal(value.half().float(), value)
+    ]
     assert rounded  # the fp16 module copy differs from the masters, so the check has teeth
     for key, value in fp32.items():
         assert torch.equal(loaded[key], value), key
@@ -128,7 +145,8 @@ def test_an_fp16_run_is_evaluated_from_its_fp32_master_weights(tiny_run, tmp_pat
 
 
 def test_an_fp16_run_evaluates_in_fp32_on_cpu_with_the_segmenter_cached_for_its_crop_size(
-        tiny_run, tiny_shards, tmp_path):
+    tiny_run, tiny_shards, tmp_path
+):
     from p2p_dist.eval.segmenter.fit import train_segmenter
     from p2p_dist.train.checkpoint import MASTER_WEIGHTS
 
@@ -136,8 +154,10 @@ def test_an_fp16_run_evaluates_in_fp32_on_cpu_with_the_segmenter_cached_for_its_
     as_fp16_run(tiny_run, run)
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("segmenter"))
-    cached = {crop: train_segmenter(shards, epochs=1, batch_size=4, crop_size=crop, width=4, progress=False)
-              for crop in (128, 256)}
+    cached = {
+        crop: train_segmenter(shards, epochs=1, batch_size=4, crop_size=crop, width=4, progress=False)
+        for crop in (128, 256)
+    }
     written_at = cached[128].stat().st_mtime_ns
 
     result = evaluate(run, "--shards", str(shards), "--no-fid", "--batch-size", "2")

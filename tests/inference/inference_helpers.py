@@ -23,6 +23,7 @@ from p2p_dist.data import labels
 from p2p_dist.inference.label_maps import encode_labels
 from p2p_dist.models import LABEL_CHANNELS, build_generator
 from p2p_dist.train.checkpoint import TrainerState
+
 from runs import ROOT, TINY, train_env
 
 TRANSLATE = str(ROOT / "launch" / "translate.py")
@@ -63,11 +64,14 @@ def _calibrated_generator(cfg: Config, seed: int) -> torch.nn.Module:
     return generator
 
 
-def write_run_dir(root: Path, *, label_encoding: str = "color", norm: str = "batch",
-                  steps: tuple[int, ...] = (3, 7)) -> Path:
+def write_run_dir(
+    root: Path, *, label_encoding: str = "color", norm: str = "batch", steps: tuple[int, ...] = (3, 7)
+) -> Path:
     """A run directory with one checkpoint per step (different weights each); `latest` names the last."""
-    cfg = load_config(None, [*TINY, f"data.label_encoding={label_encoding}", f"model.norm={norm}",
-                             "train.steps=10", f"run.dir={root}"])
+    cfg = load_config(
+        None,
+        [*TINY, f"data.label_encoding={label_encoding}", f"model.norm={norm}", "train.steps=10", f"run.dir={root}"],
+    )
     (root / "checkpoints").mkdir(parents=True)
     save_config(cfg, root / "config.yaml")
     for step in steps:
@@ -81,11 +85,18 @@ def write_run_dir(root: Path, *, label_encoding: str = "color", norm: str = "bat
 
 
 def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, script, *map(str, args)], env=train_env(), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, script, *map(str, args)],
+        env=train_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
         raise AssertionError(
-            f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+            f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 

@@ -7,28 +7,46 @@ import numpy as np
 import pytest
 import torch
 
-from inference_helpers import TRANSLATE, block_ids, read_rgb, run_script, save_colour, save_ids, translate_cli
 from p2p_dist.inference.translate import translate_paths
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.train.trained_generator import load_generator
+
+from inference_helpers import TRANSLATE, block_ids, read_rgb, run_script, save_colour, save_ids, translate_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 def test_help_explains_inputs_sizes_test_time_behaviour_and_export():
     result = run_script(TRANSLATE, "--help")
-    for text in ("--run", "--input", "--output", "--checkpoint", "--batch-size", "--device", "--size WxH",
-                 "--no-dropout", "--norm-mode", "--output-size", "--input-format", "--export", "--export-path", "multiples of N",
-                 "cuda when available"):
+    for text in (
+        "--run",
+        "--input",
+        "--output",
+        "--checkpoint",
+        "--batch-size",
+        "--device",
+        "--size WxH",
+        "--no-dropout",
+        "--norm-mode",
+        "--output-size",
+        "--input-format",
+        "--export",
+        "--export-path",
+        "multiples of N",
+        "cuda when available",
+    ):
         assert text in result.stdout, text
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--run", "r"], "nothing to do"),
-    (["--run", "r", "--input", "x"], "--input and --output go together"),
-    (["--run", "r", "--export", "onnx"], "--export needs --export-path"),
-    (["--run", "r", "--input", "x", "--output", "y", "--size", "512"], "not of the form WxH"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run", "r"], "nothing to do"),
+        (["--run", "r", "--input", "x"], "--input and --output go together"),
+        (["--run", "r", "--export", "onnx"], "--export needs --export-path"),
+        (["--run", "r", "--input", "x", "--output", "y", "--size", "512"], "not of the form WxH"),
+    ],
+)
 def test_argument_errors_exit_with_a_message(args, message):
     result = run_script(TRANSLATE, *args, check=False)
     assert result.returncode == 2 and message in result.stderr
@@ -36,8 +54,20 @@ def test_argument_errors_exit_with_a_message(args, message):
 
 def test_a_size_the_generator_cannot_take_exits_with_the_accepted_sizes(color_run, tmp_path, capsys):
     save_ids(tmp_path / "in" / "odd_labelIds.png", block_ids(128, 200, seed=1))
-    status = translate_cli().main(["--run", str(color_run), "--input", str(tmp_path / "in"), "--output",
-                                   str(tmp_path / "out"), "--device", "cpu", "--size", "200x128"])
+    status = translate_cli().main(
+        [
+            "--run",
+            str(color_run),
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--size",
+            "200x128",
+        ]
+    )
     assert status == 2
     stderr = capsys.readouterr().err
     assert "size 200x128 (WxH)" in stderr and "multiples of 128" in stderr
@@ -50,14 +80,29 @@ def translate_and_export_through_the_cli(run, tmp_path, cli_call) -> None:
     save_ids(inputs / "a_gtFine_labelIds.png", block_ids(128, 256, seed=2))
     save_colour(inputs / "b.png", block_ids(256, 128, seed=3))
     out, export = tmp_path / "out", tmp_path / "export" / "generator.pt"
-    stderr = cli_call("--run", run, "--input", inputs, "--output", out, "--batch-size", "2", "--no-dropout",
-                      "--no-progress", "--device", "cpu", "--export", "torchscript", "--export-path", export)
+    stderr = cli_call(
+        "--run",
+        run,
+        "--input",
+        inputs,
+        "--output",
+        out,
+        "--batch-size",
+        "2",
+        "--no-dropout",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--export",
+        "torchscript",
+        "--export-path",
+        export,
+    )
     assert "wrote 2 photos" in stderr and "generated at 128x128" in stderr and "exported torchscript" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_fake.png", "b_fake.png"]
 
     generator, cfg = load_generator(run, device="cpu")
-    again = translate_paths(generator, cfg, sorted(inputs.iterdir()), tmp_path / "again", dropout=False,
-                            progress=False)
+    again = translate_paths(generator, cfg, sorted(inputs.iterdir()), tmp_path / "again", dropout=False, progress=False)
     for produced in again:
         assert np.array_equal(read_rgb(out / produced.name), read_rgb(produced))
 

@@ -7,11 +7,12 @@ import onnxruntime
 import pytest
 import torch
 
-from inference_helpers import block_ids
 from p2p_dist.inference.export import export_generator
 from p2p_dist.inference.label_maps import encode_labels
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.train.trained_generator import load_generator
+
+from inference_helpers import block_ids
 
 # Loading the TorchScript files is part of what is tested; torch's deprecation notice for it is not news.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -60,8 +61,9 @@ def test_torchscript_export_matches_the_model_at_any_accepted_size_and_batch(col
 
 def test_torchscript_export_with_running_statistics_on_request(color_run, tmp_path):
     generator, cfg = load_generator(color_run, device="cpu")
-    sidecar = export_generator(generator, cfg, tmp_path / "running.pt", "torchscript", dropout=False,
-                               norm_mode="running")
+    sidecar = export_generator(
+        generator, cfg, tmp_path / "running.pt", "torchscript", dropout=False, norm_mode="running"
+    )
     exported = torch.jit.load(str(tmp_path / "running.pt"))
     label = labels_batch("color", 2, 128, 256)
     with torch.no_grad():
@@ -99,7 +101,7 @@ def test_onnx_export_matches_the_model_in_onnxruntime_with_dynamic_batch_and_siz
 
 
 def test_onnx_sidecar_describes_encoding_value_ranges_and_accepted_sizes(onnx_export):
-    _, cfg, path, sidecar = onnx_export
+    _, _cfg, path, sidecar = onnx_export
     meta = json.loads(sidecar.read_text())
     assert meta["file"] == path.name and meta["format"] == "onnx" and meta["checkpoint"] == "step_000007"
     assert meta["input"]["encoding"] == "color" and meta["input"]["channels"] == 3

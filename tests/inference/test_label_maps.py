@@ -7,17 +7,27 @@ import pytest
 import torch
 from PIL import Image
 
-from inference_helpers import block_ids, save_colour, save_ids
 from p2p_dist.data import labels
 from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.inference.label_maps import TranslateError, encode_labels, list_label_maps, read_label_ids, resize_ids
 from p2p_dist.inference.translate import output_name
 
+from inference_helpers import block_ids, save_colour, save_ids
+
 
 @pytest.mark.parametrize("encoding", ["color", "onehot"])
 def test_encode_labels_is_bit_identical_to_the_dali_loader_encoding(tiny_shards, encoding):
-    loader = build_loader(tiny_shards, "val", backend="dali", batch_size=2, train=False, load_size=128,
-                          crop_size=128, label_encoding=encoding, num_workers=1)
+    loader = build_loader(
+        tiny_shards,
+        "val",
+        backend="dali",
+        batch_size=2,
+        train=False,
+        load_size=128,
+        crop_size=128,
+        label_encoding=encoding,
+        num_workers=1,
+    )
     try:
         batch = next(iter(loader.epoch(0)))
     finally:
@@ -95,10 +105,13 @@ def test_list_label_maps_takes_a_file_a_folder_of_images_or_a_glob_pattern(tmp_p
         list_label_maps(tmp_path / "nothing_here")
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("frankfurt_000000_000294_gtFine_labelIds.png", "frankfurt_000000_000294_fake.png"),
-    ("scene_labelIds.png", "scene_fake.png"),
-    ("scene_color.jpg", "scene_color_fake.png"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("frankfurt_000000_000294_gtFine_labelIds.png", "frankfurt_000000_000294_fake.png"),
+        ("scene_labelIds.png", "scene_fake.png"),
+        ("scene_color.jpg", "scene_color_fake.png"),
+    ],
+)
 def test_output_names_strip_the_label_suffix_and_end_in_fake_png(name, expected):
     assert output_name(Path(name)) == expected

@@ -5,13 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from inference_helpers import block_ids, read_rgb, save_colour, save_ids
 from p2p_dist.inference.label_maps import TranslateError, encode_labels, resize_ids
 from p2p_dist.inference.translate import translate_paths
 from p2p_dist.models import to_uint8
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.train.checkpoint import load_weights
 from p2p_dist.train.trained_generator import load_generator
+
+from inference_helpers import block_ids, read_rgb, save_colour, save_ids
 
 
 def quiet_translate(generator, cfg, inputs, output_dir, **kwargs):
@@ -26,8 +27,10 @@ def test_load_generator_takes_the_latest_checkpoint_or_a_tag_and_returns_the_run
     assert all(torch.equal(generator.state_dict()[k], v) for k, v in latest.items())
     older, _ = load_generator(color_run, "step_000003", device="cpu")
     assert not torch.equal(older.encoder[0].conv.weight, generator.encoder[0].conv.weight)
-    assert torch.equal(older.encoder[0].conv.weight,
-                       load_weights(color_run / "checkpoints" / "step_000003", "G")["encoder.0.conv.weight"])
+    assert torch.equal(
+        older.encoder[0].conv.weight,
+        load_weights(color_run / "checkpoints" / "step_000003", "G")["encoder.0.conv.weight"],
+    )
 
 
 def test_load_generator_names_missing_runs_and_lists_available_checkpoints(color_run, tmp_path):
@@ -64,8 +67,9 @@ def test_by_default_maps_are_fed_at_the_training_geometry_and_photos_written_at_
     shapes = {"wide": (256, 512), "square": (128, 128), "tall": (256, 128), "odd": (100, 300)}
     maps = {name: block_ids(*shape, seed=i) for i, (name, shape) in enumerate(shapes.items())}
     inputs = [save_ids(tmp_path / "in" / f"{name}.png", ids) for name, ids in maps.items()]
-    squashed = [save_ids(tmp_path / "squashed" / f"{name}.png", resize_ids(ids, (128, 128)))
-                for name, ids in maps.items()]
+    squashed = [
+        save_ids(tmp_path / "squashed" / f"{name}.png", resize_ids(ids, (128, 128))) for name, ids in maps.items()
+    ]
     outputs = quiet_translate(generator, cfg, inputs, tmp_path / "out", batch_size=3, dropout=False)
     expected = quiet_translate(generator, cfg, squashed, tmp_path / "expected", dropout=False)
     assert [read_rgb(p).shape for p in outputs] == [(128, 128, 3)] * 4
@@ -90,8 +94,10 @@ def test_output_size_input_resizes_each_photo_back_to_its_maps_size(color_run, t
 def test_size_option_resizes_maps_with_nearest_neighbour(color_run, tmp_path):
     generator, cfg = load_generator(color_run, device="cpu")
     ids = block_ids(100, 200, seed=5, block=20)
-    inputs = [save_ids(tmp_path / "in" / "odd.png", ids),
-              save_ids(tmp_path / "in" / "presized.png", resize_ids(ids, (128, 256)))]
+    inputs = [
+        save_ids(tmp_path / "in" / "odd.png", ids),
+        save_ids(tmp_path / "in" / "presized.png", resize_ids(ids, (128, 256))),
+    ]
     outputs = quiet_translate(generator, cfg, inputs, tmp_path / "out", size=(128, 256), dropout=False)
     resized, presized = map(read_rgb, outputs)
     assert resized.shape == (128, 256, 3) and np.array_equal(resized, presized)
@@ -138,16 +144,17 @@ def test_dropout_is_on_by_default_and_seeded_noise_is_reproducible(color_run, tm
     assert np.array_equal(photo("e", dropout=False, seed=1), photo("f", dropout=False, seed=2))
 
 
-def test_per_image_statistics_by_default_running_on_request_and_the_stored_statistics_never_change(
-        color_run, tmp_path):
+def test_per_image_statistics_by_default_running_on_request_and_the_stored_statistics_never_change(color_run, tmp_path):
     generator, cfg = load_generator(color_run, device="cpu")
     before = {k: v.clone() for k, v in generator.state_dict().items()}
     source = [save_ids(tmp_path / "in.png", block_ids(128, 256, seed=13))]
     default = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "default", dropout=False)[0])
-    per_image = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "per_image", dropout=False,
-                                         norm_mode="per-image")[0])
-    running = read_rgb(quiet_translate(generator, cfg, source, tmp_path / "running", dropout=False,
-                                       norm_mode="running")[0])
+    per_image = read_rgb(
+        quiet_translate(generator, cfg, source, tmp_path / "per_image", dropout=False, norm_mode="per-image")[0]
+    )
+    running = read_rgb(
+        quiet_translate(generator, cfg, source, tmp_path / "running", dropout=False, norm_mode="running")[0]
+    )
     assert np.array_equal(default, per_image)
     assert np.abs(per_image.astype(int) - running).mean() > 1
     after = generator.state_dict()

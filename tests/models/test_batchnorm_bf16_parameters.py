@@ -44,8 +44,9 @@ def test_bf16_parameters_with_fp32_statistics_normalise_as_fp32_batch_norm_in_tr
     torch.testing.assert_close(norm.running_var, reference.running_var, atol=1e-5, rtol=1e-5)
     assert norm.weight.grad.dtype == torch.bfloat16 and norm.weight.grad.abs().sum() > 0
     norm.eval(), reference.eval()  # evaluation: the fp32 running statistics
-    torch.testing.assert_close(norm(x.to(torch.bfloat16)).float(), reference(x.to(torch.bfloat16).float()),
-                               atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        norm(x.to(torch.bfloat16)).float(), reference(x.to(torch.bfloat16).float()), atol=2e-2, rtol=1e-2
+    )
 
 
 def test_the_batch_norm_is_nn_batchnorm2d_with_its_parameters_and_buffers():

@@ -44,9 +44,7 @@ def our_model(name: str) -> nn.Module:
         return UNetGenerator(
             config["input_nc"], config["output_nc"], config["num_downs"], ngf=config["ngf"], norm=config["norm"]
         )
-    return PatchDiscriminator(
-        config["input_nc"], ndf=config["ndf"], n_layers=config["n_layers"], norm=config["norm"]
-    )
+    return PatchDiscriminator(config["input_nc"], ndf=config["ndf"], n_layers=config["n_layers"], norm=config["norm"])
 
 
 def load(name: str, source) -> nn.Module:

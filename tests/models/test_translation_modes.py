@@ -92,6 +92,7 @@ def test_per_image_syncbatch_never_all_reduces_so_the_world_size_cannot_matter(m
     expected = paper_protocol(trained_like("batch"), label)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
+
         def no_all_reduce(*args, **kwargs):
             raise AssertionError("per-image statistics must not be all-reduced across ranks")
 
@@ -118,9 +119,11 @@ def test_modes_layers_and_stored_statistics_are_restored_and_unchanged(norm_mode
 
 def test_the_old_train_and_eval_modes_are_refused_by_name():
     for old in ("train", "eval"):
-        with pytest.raises(ValueError, match="norm_mode must be one of per-image, running"):
-            with translation_modes(trained_like(), norm_mode=old):
-                pass
+        with (
+            pytest.raises(ValueError, match="norm_mode must be one of per-image, running"),
+            translation_modes(trained_like(), norm_mode=old),
+        ):
+            pass
 
 
 def test_reports_name_the_statistics_used():

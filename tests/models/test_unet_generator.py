@@ -58,9 +58,7 @@ def test_unknown_norm_is_rejected_by_name():
 def test_dropout_sits_in_exactly_the_three_innermost_512_channel_decoder_blocks_below_the_innermost():
     generator = meta_generator(in_channels=3, num_downs=8, ngf=64)
     with_dropout = [
-        level
-        for level, block in enumerate(generator.decoder)
-        if any(isinstance(layer, nn.Dropout) for layer in block)
+        level for level, block in enumerate(generator.decoder) if any(isinstance(layer, nn.Dropout) for layer in block)
     ]
     assert with_dropout == [4, 5, 6]
     for level in with_dropout:

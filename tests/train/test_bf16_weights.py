@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bf16_weights_worker import STEPS
 
 from runs import ROOT, train_env
-from bf16_weights_worker import STEPS
 
 WORKER = Path(__file__).with_name("bf16_weights_worker.py")
 
@@ -18,8 +18,9 @@ WORKER = Path(__file__).with_name("bf16_weights_worker.py")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bf16_weights") / "runs.pt"
-    result = subprocess.run([sys.executable, str(WORKER), str(out)], env=train_env(), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(WORKER), str(out)], env=train_env(), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True)
 

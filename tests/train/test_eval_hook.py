@@ -6,12 +6,15 @@ import sys
 import pytest
 
 from p2p_dist.config import load_config
+
 from runs import ROOT
 
 
 def test_importing_the_trainer_imports_neither_eval_nor_inference_nor_tune():
-    code = ("import sys, p2p_dist.train.loop; print(sorted(m for m in sys.modules "
-            "if m.split('.')[:2] in (['p2p_dist', 'eval'], ['p2p_dist', 'inference'], ['p2p_dist', 'tune'])))")
+    code = (
+        "import sys, p2p_dist.train.loop; print(sorted(m for m in sys.modules "
+        "if m.split('.')[:2] in (['p2p_dist', 'eval'], ['p2p_dist', 'inference'], ['p2p_dist', 'tune'])))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"

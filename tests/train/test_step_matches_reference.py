@@ -8,16 +8,23 @@ from pathlib import Path
 import torch
 
 from p2p_dist.config import load_config
-from runs import ROOT, train_env
+
 from reference_step_worker import RECIPE, STEPS
+from runs import ROOT, train_env
 
 WORKER = Path(__file__).with_name("reference_step_worker.py")
 
 
 def _train_both(tmp_path: Path, *overrides: str) -> dict:
     out = tmp_path / "params.pt"
-    result = subprocess.run([sys.executable, str(WORKER), str(out), *overrides], env=train_env(), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(WORKER), str(out), *overrides],
+        env=train_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True)
 

@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
-from runs import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
 from p2p_dist.models import build_generator
 from p2p_dist.run_dir import latest_checkpoint
+
+from runs import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
 
 
 def test_run_directory_holds_config_metrics_samples_checkpoints_and_summary(tmp_path, tiny_shards):
@@ -20,8 +21,18 @@ def test_run_directory_holds_config_metrics_samples_checkpoints_and_summary(tmp_
     assert (run / "config.yaml").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    for key in ("step", "epoch", "lr", "loss_D", "loss_G_gan", "loss_G_l1", "images_per_s", "data_wait_fraction",
-                "skipped_steps_G", "skipped_steps_D"):
+    for key in (
+        "step",
+        "epoch",
+        "lr",
+        "loss_D",
+        "loss_G_gan",
+        "loss_G_l1",
+        "images_per_s",
+        "data_wait_fraction",
+        "skipped_steps_G",
+        "skipped_steps_D",
+    ):
         assert key in records[-1], key
     assert 0.0 <= records[-1]["data_wait_fraction"] <= 1.0 and records[-1]["images_per_s"] > 0
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_000002.png", "step_000004.png"]
@@ -38,8 +49,13 @@ def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(tmp_pat
     run_training(tmp_path / "straight", tiny_shards, *overrides)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_command(killed, tiny_shards, *overrides), env=train_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_command(killed, tiny_shards, *overrides),
+        env=train_env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "latest").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -65,8 +81,14 @@ def _wait_for_log_records(run, proc, count):
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path, tiny_shards):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_command(run, tiny_shards, "train.steps=500", "run.sample_every=1000"),
-                            env=train_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        train_command(run, tiny_shards, "train.steps=500", "run.sample_every=1000"),
+        env=train_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for_log_records(run, proc, 2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
@@ -83,10 +105,17 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path, ti
 
 def test_ctrl_c_to_the_whole_process_group_checkpoints_even_with_dataloader_worker_processes(tmp_path, tiny_shards):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_command(run, tiny_shards, "train.steps=500", "run.sample_every=1000",
-                                          "data.loader=webdataset", "data.num_workers=2"),
-                            env=train_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        train_command(
+            run, tiny_shards, "train.steps=500", "run.sample_every=1000", "data.loader=webdataset", "data.num_workers=2"
+        ),
+        env=train_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     _wait_for_log_records(run, proc, 2)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the trainer and its workers alike
     out, _ = proc.communicate(timeout=300)
@@ -100,8 +129,9 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_c
     run_training(run, tiny_shards, "train.steps=2", "run.checkpoint_every=2")
     good = final_weights(run)
     # lambda 1e39 overflows fp32: G's objective is infinite from the first step after the resume.
-    result = run_training(run, tiny_shards, "train.steps=6", "run.checkpoint_every=1", "train.lambda_l1=1e39",
-                          check=False)
+    result = run_training(
+        run, tiny_shards, "train.steps=6", "run.checkpoint_every=1", "train.lambda_l1=1e39", check=False
+    )
     assert result.returncode != 0
     assert "non-finite loss at step 3" in result.stderr + result.stdout
     assert latest_checkpoint(run / "checkpoints").name == "step_000002"
@@ -172,8 +202,7 @@ def test_resuming_at_another_zero_stage_is_refused_naming_the_stage_to_use(tmp_p
 def test_resuming_with_a_new_learning_rate_applies_it_to_the_restored_optimisers(tmp_path, tiny_shards):
     run = tmp_path / "run"
     run_training(run, tiny_shards, "train.steps=2", "run.checkpoint_every=2")
-    run_training(run, tiny_shards, "train.steps=3", "train.lr_g=0.001", "train.lr_d=0.0005",
-                 "train.decay_start=1.0")
+    run_training(run, tiny_shards, "train.steps=3", "train.lr_g=0.001", "train.lr_d=0.0005", "train.decay_start=1.0")
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and (last["lr"], last["lr_d"]) == (0.001, 0.0005)
 
@@ -199,11 +228,25 @@ def test_two_simulated_nodes_reach_the_same_result_as_one_node_with_two_processe
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     nodes = []
     for node_rank in (0, 1):
-        command = [DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node_rank),
-                   "--master_addr", "127.0.0.1", "--master_port", port, TRAIN,
-                   *train_command(tmp_path / "two_nodes", tiny_shards, *common)[2:]]
-        nodes.append(subprocess.Popen(command, env=train_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        command = [
+            DEEPSPEED,
+            "--hostfile",
+            str(hostfile),
+            "--no_ssh",
+            "--node_rank",
+            str(node_rank),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            TRAIN,
+            *train_command(tmp_path / "two_nodes", tiny_shards, *common)[2:],
+        ]
+        nodes.append(
+            subprocess.Popen(
+                command, env=train_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
 

@@ -37,10 +37,14 @@ def test_trials_rank_best_first_and_trials_without_a_finite_result_last():
 
 
 def test_tables_best_config_and_plot_are_written(tmp_path):
-    rows = results.rank([row("t0", [(2, 0.3), (4, 0.28)], total=4, lr_g=3e-4),
-                         row("t1", [(2, 0.25), (4, 0.21)], total=4, lr_g=7e-5)], L1)
-    user_cfg = load_config(None, ["train.steps=4", "eval.every=2", "data.shards=shards/demo", "eval.num_images=32",
-                                  "tune.holdout_images=48"])
+    rows = results.rank(
+        [row("t0", [(2, 0.3), (4, 0.28)], total=4, lr_g=3e-4), row("t1", [(2, 0.25), (4, 0.21)], total=4, lr_g=7e-5)],
+        L1,
+    )
+    user_cfg = load_config(
+        None,
+        ["train.steps=4", "eval.every=2", "data.shards=shards/demo", "eval.num_images=32", "tune.holdout_images=48"],
+    )
     markdown = results.write_tables(rows, KEYS, L1, tmp_path, scored=results.scored_on(user_cfg))
 
     with open(tmp_path / results.RESULTS_CSV) as f:
@@ -51,9 +55,13 @@ def test_tables_best_config_and_plot_are_written(tmp_path):
     assert markdown.splitlines()[0].startswith("| trial | status | lambda_l1 | lr_g | lr_d | model.norm |")
     scored = "train holdout (32 of 48 held-out train images)"
     assert table[0]["scored on"] == scored
-    assert (f"| t1 | completed | 50 | 7e-05 | 0.0002 | instance | 4 | 0.21 | 0.21 | 4 | {scored} |"
-            in markdown.splitlines())
-    assert f"Objective: l1 (minimize), scored on {scored}, best trial first." in (tmp_path / results.RESULTS_MD).read_text()
+    assert (
+        f"| t1 | completed | 50 | 7e-05 | 0.0002 | instance | 4 | 0.21 | 0.21 | 4 | {scored} |" in markdown.splitlines()
+    )
+    assert (
+        f"Objective: l1 (minimize), scored on {scored}, best trial first."
+        in (tmp_path / results.RESULTS_MD).read_text()
+    )
     assert markdown in (tmp_path / results.RESULTS_MD).read_text()
     path = results.write_best_config(user_cfg, rows[0], L1, "mysweep", tmp_path / results.BEST_CONFIG)
     best = load_config(path)  # a training config, as launch/train.py reads it

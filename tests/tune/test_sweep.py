@@ -17,9 +17,17 @@ from pathlib import Path
 import pytest
 
 from p2p_dist.config import load_config
+
 from runs import free_port, train_env
-from tune_helpers import (CONFIG, TINY_SWEEP, experiment, read_jsonl, run_sweep_cli, start_sweep_cli,
-                          wait_for_first_result)
+from tune_helpers import (
+    CONFIG,
+    TINY_SWEEP,
+    experiment,
+    read_jsonl,
+    run_sweep_cli,
+    start_sweep_cli,
+    wait_for_first_result,
+)
 
 
 def results_table(storage: Path) -> list[dict]:
@@ -36,7 +44,7 @@ def records_after(trial_dir: Path, restore: dict) -> list[dict]:
     restores = read_jsonl(trial_dir / "run" / "restores.jsonl")
     later = [r["metrics_line"] for r in restores if r["metrics_line"] > restore["metrics_line"]]
     lines = (trial_dir / "run" / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines[restore["metrics_line"]:min(later, default=len(lines))]]
+    return [json.loads(line) for line in lines[restore["metrics_line"] : min(later, default=len(lines))]]
 
 
 def test_trials_get_the_segmenter_cached_for_their_crop_size_and_none_is_trained(tmp_path, tiny_shards):
@@ -45,8 +53,10 @@ def test_trials_get_the_segmenter_cached_for_their_crop_size_and_none_is_trained
 
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("segmenter"))
-    cached = {crop: train_segmenter(shards, epochs=1, batch_size=4, crop_size=crop, width=4, progress=False)
-              for crop in (128, 256)}
+    cached = {
+        crop: train_segmenter(shards, epochs=1, batch_size=4, crop_size=crop, width=4, progress=False)
+        for crop in (128, 256)
+    }
     written_at = cached[128].stat().st_mtime_ns
     cfg = load_config(CONFIG, [*TINY_SWEEP, f"data.shards={shards}", "eval.fcn=true", "tune.metric=fcn_miou"])
     assert cfg.data.crop_size == 128
@@ -57,7 +67,8 @@ def test_trials_get_the_segmenter_cached_for_their_crop_size_and_none_is_trained
 
 
 def test_asha_sweep_trains_each_trial_with_its_sampled_values_and_writes_table_best_config_and_plot(
-        tmp_path, tiny_shards):
+    tmp_path, tiny_shards
+):
     result = run_sweep_cli(tmp_path, tiny_shards, "tune.num_samples=2", "train.steps=4")
     exp = experiment(tmp_path)
 
@@ -94,8 +105,12 @@ def test_asha_sweep_trains_each_trial_with_its_sampled_values_and_writes_table_b
 @pytest.mark.slow
 def test_pbt_restores_a_weak_trial_from_a_strong_trials_checkpoint_with_mutated_learning_rates(tmp_path, tiny_shards):
     run_sweep_cli(tmp_path, tiny_shards, "tune.scheduler=pbt", "tune.num_samples=2", "train.steps=10")
-    exploits = [(restores.parent.parent, r) for restores in experiment(tmp_path).glob("trial_*/run/restores.jsonl")
-                for r in read_jsonl(restores) if Path(r["from"]).parent != restores.parent.parent and r["step"] < 10]
+    exploits = [
+        (restores.parent.parent, r)
+        for restores in experiment(tmp_path).glob("trial_*/run/restores.jsonl")
+        for r in read_jsonl(restores)
+        if Path(r["from"]).parent != restores.parent.parent and r["step"] < 10
+    ]
     assert exploits, "no trial was restored from another trial's checkpoint"
 
     for trial, restore in exploits:
@@ -104,8 +119,11 @@ def test_pbt_restores_a_weak_trial_from_a_strong_trials_checkpoint_with_mutated_
         assert trained and trained[0]["step"] == step + 1  # continued from the donor's step
         mutated = (restore["params"]["train.lr_g"], restore["params"]["train.lr_d"])
         assert all((r["lr"], r["lr_d"]) == pytest.approx(mutated) for r in trained)  # the optimisers' new rates
-        donor_lr = [(r["lr"], r["lr_d"]) for r in read_jsonl(donor / "run" / "metrics.jsonl") if r.get("step") == step
-                    and "lr" in r]
+        donor_lr = [
+            (r["lr"], r["lr_d"])
+            for r in read_jsonl(donor / "run" / "metrics.jsonl")
+            if r.get("step") == step and "lr" in r
+        ]
         assert donor_lr and mutated != pytest.approx(donor_lr[-1])  # differ from the rates of the copied run
 
 
@@ -163,8 +181,9 @@ def test_trials_of_two_deepspeed_workers_run_through_ray_train(tmp_path, tiny_sh
 def wait_for_nodes(ray_cli: str, port: int, env: dict, count: int, timeout: float = 180) -> None:
     deadline, status = time.time() + timeout, ""
     while time.time() < deadline:
-        status = subprocess.run([ray_cli, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
-                                text=True).stdout
+        status = subprocess.run(
+            [ray_cli, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True
+        ).stdout
         if status.count(" node_") == count:
             return
         time.sleep(1)
@@ -180,17 +199,38 @@ def test_a_sweep_runs_on_a_cluster_of_a_head_and_a_worker_node(tmp_path, tiny_sh
     # Own temp dir: `ray start` records its address there, where no other Ray user on this machine looks.
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block", "--disable-usage-stats"]
-    nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
-                               f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}", *common],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    nodes = [
+        subprocess.Popen(
+            [
+                ray_cli,
+                "start",
+                "--head",
+                f"--port={port}",
+                f"--temp-dir={temp_dir}",
+                f"--dashboard-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
+                *common,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         wait_for_nodes(ray_cli, port, env, 1)
-        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{port}", *common], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nodes.append(
+            subprocess.Popen(
+                [ray_cli, "start", f"--address=127.0.0.1:{port}", *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         wait_for_nodes(ray_cli, port, env, 2)
 
-        result = run_sweep_cli(tmp_path, tiny_shards, "tune.num_samples=2", "train.steps=4",
-                               f"tune.address=127.0.0.1:{port}", env=env)
+        result = run_sweep_cli(
+            tmp_path, tiny_shards, "tune.num_samples=2", "train.steps=4", f"tune.address=127.0.0.1:{port}", env=env
+        )
         assert len(results_table(tmp_path)) == 2
         assert "Logical resource usage: 2.0/2 CPUs" in result.stdout  # the worker node's CPU ran a trial
     finally:

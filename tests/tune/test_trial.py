@@ -50,8 +50,18 @@ def test_a_tune_result_carries_the_step_the_objective_by_its_tune_name_and_every
 
 
 def sweep_cfg(tmp_path, *overrides):
-    return load_config(None, ["train.steps=4", "eval.every=2", "eval.fcn=false", "tune.metric=l1",
-                              f"tune.storage_path={tmp_path}", "tune.name=s", *overrides])
+    return load_config(
+        None,
+        [
+            "train.steps=4",
+            "eval.every=2",
+            "eval.fcn=false",
+            "tune.metric=l1",
+            f"tune.storage_path={tmp_path}",
+            "tune.name=s",
+            *overrides,
+        ],
+    )
 
 
 def test_starting_a_sweep_where_one_exists_asks_for_resume_or_another_name(tmp_path):

@@ -16,8 +16,17 @@ SWEEP_NAME = "sweep"
 # The shipped demo sweep config, shrunk: tiny model and shards, L1 objective (no segmenter to train), evaluation
 # every 2 steps on 4 of the 12 train images held out, a constant learning rate (so a trial's logged lr is exactly
 # its configured one).
-TINY_SWEEP = [*TINY, "eval.fcn=false", "tune.metric=l1", "eval.every=2", "eval.num_images=4", "train.decay_start=1.0",
-              "run.keep_checkpoints=1", "tune.max_failures=0", "tune.holdout_images=4"]
+TINY_SWEEP = [
+    *TINY,
+    "eval.fcn=false",
+    "tune.metric=l1",
+    "eval.every=2",
+    "eval.num_images=4",
+    "train.decay_start=1.0",
+    "run.keep_checkpoints=1",
+    "tune.max_failures=0",
+    "tune.holdout_images=4",
+]
 
 
 def sweep_command(storage: Path, shards: Path, *overrides: str, resume: bool = False) -> list[str]:
@@ -25,18 +34,31 @@ def sweep_command(storage: Path, shards: Path, *overrides: str, resume: bool = F
     return [sys.executable, TUNE, "--config", CONFIG, *args, *(["--resume"] if resume else [])]
 
 
-def run_sweep_cli(storage: Path, shards: Path, *overrides: str, resume: bool = False, env: dict | None = None,
-                  timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(sweep_command(storage, shards, *overrides, resume=resume), env=env or train_env(),
-                            capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run_sweep_cli(
+    storage: Path, shards: Path, *overrides: str, resume: bool = False, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        sweep_command(storage, shards, *overrides, resume=resume),
+        env=env or train_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if result.returncode != 0:
         raise AssertionError(f"sweep failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
     return result
 
 
 def start_sweep_cli(storage: Path, shards: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(sweep_command(storage, shards, *overrides), env=train_env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        sweep_command(storage, shards, *overrides),
+        env=train_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def experiment(storage: Path) -> Path:

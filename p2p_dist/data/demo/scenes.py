@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
-from p2p_dist.progress import progress_bar
 
 from p2p_dist.config import ConfigError
 from p2p_dist.data.image_size import ImageSize
 from p2p_dist.data.labels import ids_to_color
+from p2p_dist.progress import progress_bar
 
 # Bump when the scenes drawn for a given seed change: demo shard sets record it and rebuild on a mismatch.
 GENERATOR_VERSION = 2
@@ -51,28 +51,93 @@ UNLABELED, EGO_VEHICLE, RECTIFICATION_BORDER, OUT_OF_ROI, STATIC = 0, 1, 2, 3, 4
 ROAD, SIDEWALK, BUILDING, WALL, FENCE = 7, 8, 11, 12, 13
 POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 17, 19, 20, 21, 22, 23
 PERSON, CAR, TRUCK, BUS = 24, 26, 27, 28
-DRAWN_IDS: tuple[int, ...] = (UNLABELED, EGO_VEHICLE, RECTIFICATION_BORDER, OUT_OF_ROI, STATIC, ROAD, SIDEWALK,
-                              BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN,
-                              SKY, PERSON, CAR, TRUCK, BUS)
+DRAWN_IDS: tuple[int, ...] = (
+    UNLABELED,
+    EGO_VEHICLE,
+    RECTIFICATION_BORDER,
+    OUT_OF_ROI,
+    STATIC,
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    CAR,
+    TRUCK,
+    BUS,
+)
 _LABEL_NAMES = {
-    UNLABELED: "unlabeled", EGO_VEHICLE: "ego vehicle", RECTIFICATION_BORDER: "rectification border",
-    OUT_OF_ROI: "out of roi", STATIC: "static", ROAD: "road", SIDEWALK: "sidewalk", BUILDING: "building",
-    WALL: "wall", FENCE: "fence", POLE: "pole", TRAFFIC_LIGHT: "traffic light", TRAFFIC_SIGN: "traffic sign",
-    VEGETATION: "vegetation", TERRAIN: "terrain", SKY: "sky", PERSON: "person", CAR: "car", TRUCK: "truck",
+    UNLABELED: "unlabeled",
+    EGO_VEHICLE: "ego vehicle",
+    RECTIFICATION_BORDER: "rectification border",
+    OUT_OF_ROI: "out of roi",
+    STATIC: "static",
+    ROAD: "road",
+    SIDEWALK: "sidewalk",
+    BUILDING: "building",
+    WALL: "wall",
+    FENCE: "fence",
+    POLE: "pole",
+    TRAFFIC_LIGHT: "traffic light",
+    TRAFFIC_SIGN: "traffic sign",
+    VEGETATION: "vegetation",
+    TERRAIN: "terrain",
+    SKY: "sky",
+    PERSON: "person",
+    CAR: "car",
+    TRUCK: "truck",
     BUS: "bus",
 }
 LANE_WIDTH = 3.2  # metres
 
 _FACADE_COLORS = np.array(
-    [[196, 182, 158], [150, 148, 144], [158, 88, 66], [214, 208, 196], [196, 158, 96], [104, 98, 92],
-     [176, 122, 100], [170, 180, 176]], dtype=np.float32)
+    [
+        [196, 182, 158],
+        [150, 148, 144],
+        [158, 88, 66],
+        [214, 208, 196],
+        [196, 158, 96],
+        [104, 98, 92],
+        [176, 122, 100],
+        [170, 180, 176],
+    ],
+    dtype=np.float32,
+)
 _CAR_COLORS = np.array(
-    [[228, 228, 226], [28, 28, 32], [152, 154, 158], [96, 98, 102], [166, 28, 30], [34, 58, 132],
-     [22, 36, 72], [62, 86, 64], [176, 146, 96]], dtype=np.float32)
+    [
+        [228, 228, 226],
+        [28, 28, 32],
+        [152, 154, 158],
+        [96, 98, 102],
+        [166, 28, 30],
+        [34, 58, 132],
+        [22, 36, 72],
+        [62, 86, 64],
+        [176, 146, 96],
+    ],
+    dtype=np.float32,
+)
 _BUS_TRUCK_COLORS = np.array([[226, 200, 40], [190, 36, 30], [230, 230, 226], [40, 80, 150]], dtype=np.float32)
 _SHIRT_COLORS = np.array(
-    [[200, 40, 40], [40, 70, 160], [230, 230, 225], [30, 30, 32], [60, 120, 60], [220, 170, 40],
-     [120, 60, 130], [150, 150, 150]], dtype=np.float32)
+    [
+        [200, 40, 40],
+        [40, 70, 160],
+        [230, 230, 225],
+        [30, 30, 32],
+        [60, 120, 60],
+        [220, 170, 40],
+        [120, 60, 130],
+        [150, 150, 150],
+    ],
+    dtype=np.float32,
+)
 _TROUSER_COLORS = np.array([[30, 34, 60], [25, 25, 28], [90, 90, 95], [160, 140, 110]], dtype=np.float32)
 _SKIN_COLORS = np.array([[230, 190, 160], [200, 150, 115], [140, 95, 65], [95, 65, 45]], dtype=np.float32)
 _BIN_COLORS = np.array([[52, 74, 58], [210, 110, 30], [70, 70, 74]], dtype=np.float32)
@@ -178,7 +243,7 @@ class _Canvas:
         shape = (self.height, self.width)
         self.labels = np.zeros(shape, dtype=np.uint8)
         self.instances = np.zeros(shape, dtype=np.uint16)
-        self.photo = np.zeros((3,) + shape, dtype=np.float32)
+        self.photo = np.zeros((3, *shape), dtype=np.float32)
         self.fine = self.rng.standard_normal(shape, dtype=np.float32)
         self.mid = _smooth_noise(self.rng, self.width, self.height, max(self.width // 8, 2))
         self.low = _smooth_noise(self.rng, self.width, self.height, 5)
@@ -192,8 +257,9 @@ class _Canvas:
             return None
         return slice(ya, yb), slice(xa, xb)
 
-    def paint(self, region: Region, mask: np.ndarray, label_id: int, rgb: np.ndarray,
-              *, instance: bool = False) -> None:
+    def paint(
+        self, region: Region, mask: np.ndarray, label_id: int, rgb: np.ndarray, *, instance: bool = False
+    ) -> None:
         """Set label, instance id and photo under mask; rgb is 3 x h x w or one (3, 1, 1) colour."""
         if not mask.any():
             return
@@ -204,14 +270,14 @@ class _Canvas:
             self.instance_counts[label_id] = count + 1
             instance_id = label_id * 1000 + count
         np.copyto(self.instances[region], instance_id, where=mask)
-        np.copyto(self.photo[(slice(None),) + region], rgb, where=mask)
+        np.copyto(self.photo[(slice(None), *region)], rgb, where=mask)
         y0, y1 = _extent(mask.any(axis=1), region[0].start)
         x0, x1 = _extent(mask.any(axis=0), region[1].start)
         self.objects.append({"label": _LABEL_NAMES[label_id], "polygon": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]})
 
     def shade(self, region: Region, mask: np.ndarray, factor: float) -> None:
         """Darken the photo (a cast shadow) without touching labels."""
-        photo = self.photo[(slice(None),) + region]
+        photo = self.photo[(slice(None), *region)]
         np.copyto(photo, photo * factor, where=mask)
 
 
@@ -254,6 +320,7 @@ def _cell_hash(*cells: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # Background: sky, ground plane, facades
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _draw_sky(canvas: _Canvas, cam: _Camera, rng: np.random.Generator) -> None:
     overcast = rng.random() < 0.3
@@ -339,13 +406,20 @@ class _Blocks:
         start = begin + np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
         colors = _FACADE_COLORS[rng.integers(0, len(_FACADE_COLORS), n)] + rng.uniform(-14, 14, (n, 3))
         f32 = partial(np.asarray, dtype=np.float32)
-        return _Blocks(start=f32(start), end=f32(start + lengths), height=f32(rng.uniform(7, 26, n)),
-                       color=f32(colors.T), window_pitch=f32(rng.uniform(2.2, 3.6, n)),
-                       floor_height=f32(rng.uniform(2.9, 3.6, n)), recess=recess)
+        return _Blocks(
+            start=f32(start),
+            end=f32(start + lengths),
+            height=f32(rng.uniform(7, 26, n)),
+            color=f32(colors.T),
+            window_pitch=f32(rng.uniform(2.2, 3.6, n)),
+            floor_height=f32(rng.uniform(2.9, 3.6, n)),
+            recess=recess,
+        )
 
 
-def _paint_facade(canvas: _Canvas, region: Region, along: np.ndarray, up: np.ndarray, valid: np.ndarray,
-                  blocks: _Blocks, light: float) -> None:
+def _paint_facade(
+    canvas: _Canvas, region: Region, along: np.ndarray, up: np.ndarray, valid: np.ndarray, blocks: _Blocks, light: float
+) -> None:
     """Paint blocks on a vertical plane, given where each pixel lies on it in metres.
 
     along: position along the plane, one value per column (1 x w); up: height above the ground (h x w
@@ -375,8 +449,9 @@ def _paint_facade(canvas: _Canvas, region: Region, along: np.ndarray, up: np.nda
         canvas.paint(region, inside & recess, UNLABELED, _rgb([30, 30, 32]) + 4 * fine)
 
 
-def _vegetation_rgb(canvas: _Canvas, region: Region, green: np.ndarray,
-                    shading: np.ndarray | float = 1.0) -> np.ndarray:
+def _vegetation_rgb(
+    canvas: _Canvas, region: Region, green: np.ndarray, shading: np.ndarray | float = 1.0
+) -> np.ndarray:
     fine, mid = canvas.fine[region], canvas.mid[region]
     leaves = np.clip(0.8 + 0.22 * mid + 0.18 * fine, 0.3, 1.4) * shading
     return green * leaves + 10 * fine
@@ -402,8 +477,9 @@ def _draw_far_end(canvas: _Canvas, cam: _Camera, street: _Street, rng: np.random
         canvas.paint(region, valid & (up >= 0) & (up < top), VEGETATION, _vegetation_rgb(canvas, region, green))
 
 
-def _street_plane(canvas: _Canvas, cam: _Camera, side: int, line: float,
-                  far: float) -> tuple[Region, np.ndarray, np.ndarray, np.ndarray] | None:
+def _street_plane(
+    canvas: _Canvas, cam: _Camera, side: int, line: float, far: float
+) -> tuple[Region, np.ndarray, np.ndarray, np.ndarray] | None:
     """Pixels of a vertical plane parallel to the street at lateral position `line` (metres).
 
     Returns the region, each column's depth (1 x w), each pixel's height above the ground (h x w) and
@@ -441,8 +517,9 @@ def _draw_side(canvas: _Canvas, cam: _Camera, street: _Street, side: int, rng: n
         _draw_barrier(canvas, cam, street, side, WALL, rng)
 
 
-def _draw_barrier(canvas: _Canvas, cam: _Camera, street: _Street, side: int, label_id: int,
-                  rng: np.random.Generator) -> None:
+def _draw_barrier(
+    canvas: _Canvas, cam: _Camera, street: _Street, side: int, label_id: int, rng: np.random.Generator
+) -> None:
     """A fence or a low wall along the outer edge of the sidewalk, in front of a park."""
     height = rng.uniform(0.9, 1.3) if label_id == FENCE else rng.uniform(0.8, 2.0)
     begin = rng.uniform(0, 15)
@@ -467,6 +544,7 @@ def _draw_barrier(canvas: _Canvas, cam: _Camera, street: _Street, side: int, lab
 # Objects standing on the ground: drawn far to near
 # ---------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Footprint:
     """Where an object stands, projected: local pixel grids in metres around its base centre."""
@@ -480,8 +558,9 @@ class _Footprint:
         return self.up.shape[0], self.dx.shape[1]
 
 
-def _footprint(canvas: _Canvas, cam: _Camera, x: float, z: float, half_width: float,
-               height: float) -> _Footprint | None:
+def _footprint(
+    canvas: _Canvas, cam: _Camera, x: float, z: float, half_width: float, height: float
+) -> _Footprint | None:
     s, base, centre = cam.scale(z), cam.ground_row(z), cam.column(x, z)
     region = canvas.region(centre - s * half_width, centre + s * half_width, base - s * height, base + s * 0.25)
     if region is None:
@@ -496,8 +575,9 @@ def _cast_shadow(canvas: _Canvas, fp: _Footprint, half_width: float, strength: f
     canvas.shade(fp.region, under, strength)
 
 
-def _draw_vehicle(canvas: _Canvas, cam: _Camera, x: float, z: float, label_id: int, facing_away: bool,
-                  rng: np.random.Generator) -> None:
+def _draw_vehicle(
+    canvas: _Canvas, cam: _Camera, x: float, z: float, label_id: int, facing_away: bool, rng: np.random.Generator
+) -> None:
     """A car, truck or bus seen from behind (or from the front in oncoming lanes)."""
     width, height = {CAR: (1.8, 1.5), TRUCK: (2.4, 3.2), BUS: (2.55, 3.1)}[label_id]
     fp = _footprint(canvas, cam, x, z, width / 2 * 1.2, height)
@@ -550,8 +630,7 @@ def _draw_person(canvas: _Canvas, cam: _Camera, x: float, z: float, rng: np.rand
     canvas.paint(fp.region, head | torso | arms | legs, PERSON, rgb, instance=True)
 
 
-def _draw_pole(canvas: _Canvas, cam: _Camera, x: float, z: float, toward_road: int,
-               rng: np.random.Generator) -> None:
+def _draw_pole(canvas: _Canvas, cam: _Camera, x: float, z: float, toward_road: int, rng: np.random.Generator) -> None:
     """A pole, bare or carrying a traffic sign or a traffic light on its road side."""
     height, half = rng.uniform(3.5, 7.0), rng.uniform(0.06, 0.12)
     metal = _jitter(rng, [128, 132, 130], 18)
@@ -561,16 +640,19 @@ def _draw_pole(canvas: _Canvas, cam: _Camera, x: float, z: float, toward_road: i
     if fp is None:
         return
     roundness = np.clip(1 - (fp.dx / half) ** 2, 0, 1)
-    canvas.paint(fp.region, (np.abs(fp.dx) < half) & (fp.up >= 0) & (fp.up < height), POLE,
-                 metal * (0.6 + 0.5 * roundness) + 4 * canvas.fine[fp.region])
+    canvas.paint(
+        fp.region,
+        (np.abs(fp.dx) < half) & (fp.up >= 0) & (fp.up < height),
+        POLE,
+        metal * (0.6 + 0.5 * roundness) + 4 * canvas.fine[fp.region],
+    )
     if attachment < 0.5:
         _draw_sign(canvas, fp, centre_dx, height - rng.uniform(0.4, 0.9), rng)
     elif attachment < 0.8:
         _draw_traffic_light(canvas, fp, centre_dx, height - 0.6, rng)
 
 
-def _draw_sign(canvas: _Canvas, fp: _Footprint, centre_dx: float, centre_up: float,
-               rng: np.random.Generator) -> None:
+def _draw_sign(canvas: _Canvas, fp: _Footprint, centre_dx: float, centre_up: float, rng: np.random.Generator) -> None:
     radius = rng.uniform(0.28, 0.42)
     a, b = (fp.dx - centre_dx) / radius, (fp.up - centre_up) / radius
     kind = rng.integers(0, 5)
@@ -594,11 +676,12 @@ def _draw_sign(canvas: _Canvas, fp: _Footprint, centre_dx: float, centre_up: flo
     canvas.paint(fp.region, np.broadcast_to(shape, fp.shape), TRAFFIC_SIGN, rgb)
 
 
-def _draw_traffic_light(canvas: _Canvas, fp: _Footprint, centre_dx: float, centre_up: float,
-                        rng: np.random.Generator) -> None:
+def _draw_traffic_light(
+    canvas: _Canvas, fp: _Footprint, centre_dx: float, centre_up: float, rng: np.random.Generator
+) -> None:
     a, b = fp.dx - centre_dx, fp.up - centre_up
     housing = (np.abs(a) < 0.17) & (np.abs(b) < 0.45)
-    rgb = np.broadcast_to(_jitter(rng, [34, 36, 32], 6), (3,) + fp.shape)
+    rgb = np.broadcast_to(_jitter(rng, [34, 36, 32], 6), (3, *fp.shape))
     if rng.random() < 0.7:  # facing the camera: three lamps, one lit
         lit = rng.integers(0, 3)
         for k, (lamp_up, on_rgb) in enumerate(((0.28, [255, 46, 30]), (0.0, [255, 182, 36]), (-0.28, [50, 236, 120]))):
@@ -640,7 +723,7 @@ def _plan_objects(cam: _Camera, street: _Street, rng: np.random.Generator) -> li
     far = min(street.far, 70.0)
     plan: list[tuple[float, Callable]] = []
 
-    ego_lane = int(round(-street.road_left / LANE_WIDTH - 0.5))
+    ego_lane = round(-street.road_left / LANE_WIDTH - 0.5)
     for lane in range(street.lanes):
         centre = street.road_left + (lane + 0.5) * LANE_WIDTH
         z = near + rng.uniform(2, 12) + (6.0 if lane == ego_lane else 0.0)
@@ -679,6 +762,7 @@ def _plan_objects(cam: _Camera, street: _Street, rng: np.random.Generator) -> li
 # ---------------------------------------------------------------------------------------------------------
 # Foreground, camera effects, the whole scene
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _draw_ego_vehicle(canvas: _Canvas, rng: np.random.Generator) -> None:
     """The bonnet of the recording car at the bottom of the frame, reflecting the sky at its edge."""
@@ -731,9 +815,15 @@ def _random_street(rng: np.random.Generator) -> _Street:
     ego_lane = int(rng.integers(0, lanes))
     road_left = -(ego_lane + 0.5) * LANE_WIDTH + rng.uniform(-0.4, 0.4)
     kinds = ["buildings" if rng.random() < 0.75 else "park" for _ in range(2)]
-    return _Street(road_left=road_left, road_right=road_left + lanes * LANE_WIDTH,
-                   sidewalk_left=rng.uniform(2.0, 5.0), sidewalk_right=rng.uniform(2.0, 5.0),
-                   far=rng.uniform(60, 140), left_kind=kinds[0], right_kind=kinds[1])
+    return _Street(
+        road_left=road_left,
+        road_right=road_left + lanes * LANE_WIDTH,
+        sidewalk_left=rng.uniform(2.0, 5.0),
+        sidewalk_right=rng.uniform(2.0, 5.0),
+        far=rng.uniform(60, 140),
+        left_kind=kinds[0],
+        right_kind=kinds[1],
+    )
 
 
 def render_scene(width: int, height: int, rng: np.random.Generator) -> DemoScene:
@@ -741,8 +831,12 @@ def render_scene(width: int, height: int, rng: np.random.Generator) -> DemoScene
     if width < MIN_SIZE or height < MIN_SIZE:
         raise ValueError(f"demo scenes need at least {MIN_SIZE}x{MIN_SIZE} pixels, got size {width}x{height}")
     canvas = _Canvas(width, height, rng)
-    cam = _Camera(focal=width * rng.uniform(0.8, 1.0), horizon=height * rng.uniform(0.40, 0.50),
-                  center_x=width * rng.uniform(0.42, 0.58), height=rng.uniform(1.25, 1.6))
+    cam = _Camera(
+        focal=width * rng.uniform(0.8, 1.0),
+        horizon=height * rng.uniform(0.40, 0.50),
+        center_x=width * rng.uniform(0.42, 0.58),
+        height=rng.uniform(1.25, 1.6),
+    )
     street = _random_street(rng)
     _draw_sky(canvas, cam, rng)
     _draw_ground(canvas, cam, street, rng)
@@ -754,8 +848,9 @@ def render_scene(width: int, height: int, rng: np.random.Generator) -> DemoScene
     if rng.random() < 0.8:
         _draw_ego_vehicle(canvas, rng)
     _draw_frame_borders(canvas)
-    return DemoScene(label_ids=canvas.labels, photo=_finish_photo(canvas, rng),
-                     instance_ids=canvas.instances, objects=canvas.objects)
+    return DemoScene(
+        label_ids=canvas.labels, photo=_finish_photo(canvas, rng), instance_ids=canvas.instances, objects=canvas.objects
+    )
 
 
 def demo_scene(split: str, index: int, *, size: ImageSize = SCENE_SIZE, seed: int = 0) -> DemoScene:
@@ -769,6 +864,7 @@ def demo_scene(split: str, index: int, *, size: ImageSize = SCENE_SIZE, seed: in
 # ---------------------------------------------------------------------------------------------------------
 # Writing the tree
 # ---------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Job:
@@ -808,9 +904,16 @@ def _split_jobs(root: Path, split: str, count: int, size: ImageSize, seed: int) 
     return jobs
 
 
-def write_demo_cityscapes(root: Path, *, num_train: int = 300, num_val: int = 100,
-                          size: ImageSize = SCENE_SIZE, seed: int = 0, workers: int = 2,
-                          progress: bool = True) -> dict:
+def write_demo_cityscapes(
+    root: Path,
+    *,
+    num_train: int = 300,
+    num_val: int = 100,
+    size: ImageSize = SCENE_SIZE,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
     """Write a synthetic data set in the official Cityscapes layout under root; returns scenes per split.
 
     The same seed gives byte-identical files for any number of workers.

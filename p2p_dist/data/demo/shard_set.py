@@ -29,22 +29,30 @@ def ensure_demo_shards(
     num_val: int = 100,
     image_size: ImageSize = scenes.SCENE_SIZE,
     seed: int = 0,
-    settings: PackSettings = PackSettings(),
+    settings: PackSettings | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Return ``out_dir`` holding the demo shard set, generating and packing it first when it is missing,
     built with other settings, or fails its load-time checks. Never touches a non-demo shard set."""
     out_dir = Path(out_dir)
-    generator = {"num_train": num_train, "num_val": num_val, "image_size": list(image_size), "seed": seed,
-                 "version": scenes.GENERATOR_VERSION}
+    settings = settings or PackSettings()  # the packer's defaults
+    generator = {
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": list(image_size),
+        "seed": seed,
+        "version": scenes.GENERATOR_VERSION,
+    }
     storage, encoder = settings.manifest_entries()
     reason = "none there yet"
     if (out_dir / MANIFEST_NAME).is_file():
         manifest = read_manifest(out_dir)
         if manifest["source"].get("kind") != "demo":
-            raise PackError(f"{out_dir} holds a {manifest['source'].get('kind')!r} shard set, not the demo set; "
-                            f"choose another directory")
+            raise PackError(
+                f"{out_dir} holds a {manifest['source'].get('kind')!r} shard set, not the demo set; "
+                f"choose another directory"
+            )
         reason = "the set there was built with other settings or an older scene generator"
         wanted = (generator, storage, encoder)
         if (manifest["source"].get("generator"), manifest["storage"], manifest["encoder"]) == wanted:
@@ -57,10 +65,24 @@ def ensure_demo_shards(
     print(f"building the demo shards in {out_dir} ({reason})", file=sys.stderr, flush=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-source-", dir=out_dir.parent) as source_root:
-        scenes.write_demo_cityscapes(Path(source_root), num_train=num_train, num_val=num_val, size=image_size,
-                                     seed=seed, workers=workers or 2, progress=progress)
-        pack_pairs(scan_cityscapes(Path(source_root)), out_dir, settings=settings, workers=workers,
-                   overwrite=True, progress=progress, source={"kind": "demo", "generator": generator})
+        scenes.write_demo_cityscapes(
+            Path(source_root),
+            num_train=num_train,
+            num_val=num_val,
+            size=image_size,
+            seed=seed,
+            workers=workers or 2,
+            progress=progress,
+        )
+        pack_pairs(
+            scan_cityscapes(Path(source_root)),
+            out_dir,
+            settings=settings,
+            workers=workers,
+            overwrite=True,
+            progress=progress,
+            source={"kind": "demo", "generator": generator},
+        )
     return out_dir
 
 

@@ -24,9 +24,18 @@ from p2p_dist.config import DataConfig
 from p2p_dist.data.loaders.contract import CPU, LoaderOptions, ShardLoader
 
 
-def loader_options(data: DataConfig, *, batch_size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1,
-                   device: torch.device = CPU, num_workers: int | None = None,
-                   holdout_only: bool = False) -> LoaderOptions:
+def loader_options(
+    data: DataConfig,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device = CPU,
+    num_workers: int | None = None,
+    holdout_only: bool = False,
+) -> LoaderOptions:
     """A run's loader options: the config's data section (backend, sizes, flip, label encoding, workers) plus
     what differs between a run's loaders. ``train=False`` gives evaluation geometry (no shuffling, images
     resized straight to ``data.crop_size``); ``num_workers`` replaces ``data.num_workers`` when given.
@@ -35,10 +44,20 @@ def loader_options(data: DataConfig, *, batch_size: int, train: bool, seed: int,
     (``train=True``, for the train split) skips them; ``holdout_only=True`` reads just them (for the train
     split); other loaders ignore it."""
     return LoaderOptions(
-        batch_size=batch_size, backend=data.loader, rank=rank, world_size=world_size, seed=seed, train=train,
-        load_size=data.load_size, crop_size=data.crop_size, flip=data.flip, label_encoding=data.label_encoding,
-        device=device, num_workers=data.num_workers if num_workers is None else num_workers,
-        holdout=data.holdout if train or holdout_only else 0, holdout_only=holdout_only,
+        batch_size=batch_size,
+        backend=data.loader,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        train=train,
+        load_size=data.load_size,
+        crop_size=data.crop_size,
+        flip=data.flip,
+        label_encoding=data.label_encoding,
+        device=device,
+        num_workers=data.num_workers if num_workers is None else num_workers,
+        holdout=data.holdout if train or holdout_only else 0,
+        holdout_only=holdout_only,
     )
 
 

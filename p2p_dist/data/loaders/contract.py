@@ -94,13 +94,21 @@ class ShardLoader(ABC):
         if options.holdout:
             total = self.shards.num_samples
             if options.holdout >= total:
-                raise ValueError(f"{shards_dir} split {split!r}: cannot hold out {options.holdout} of its {total} "
-                                 f"samples (at least one must remain)")
+                raise ValueError(
+                    f"{shards_dir} split {split!r}: cannot hold out {options.holdout} of its {total} "
+                    f"samples (at least one must remain)"
+                )
             select = holdout_indices if options.holdout_only else kept_indices
             self.shards.select(select(total, options.holdout))
-        self.order = SampleOrder(self.shards.num_samples, options.batch_size, options.geometry,
-                                 rank=options.rank, world_size=options.world_size, seed=options.seed,
-                                 shuffle=options.train)
+        self.order = SampleOrder(
+            self.shards.num_samples,
+            options.batch_size,
+            options.geometry,
+            rank=options.rank,
+            world_size=options.world_size,
+            seed=options.seed,
+            shuffle=options.train,
+        )
         self._current_epoch: object | None = None
 
     @property

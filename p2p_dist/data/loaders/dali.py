@@ -40,11 +40,13 @@ OUTPUTS = ("photo", "label", "ids")
 @pipeline_def
 def _pair_pipeline(*, gpu: bool, label_format: str, geometry: Geometry, label_encoding: str):
     decode_device = "mixed" if gpu else "cpu"
-    photo = fn.decoders.image(fn.external_source(name="photo", dtype=types.UINT8, ndim=1),
-                              device=decode_device, output_type=types.RGB)
+    photo = fn.decoders.image(
+        fn.external_source(name="photo", dtype=types.UINT8, ndim=1), device=decode_device, output_type=types.RGB
+    )
     if label_format == "png":
-        label = fn.decoders.image(fn.external_source(name="label", dtype=types.UINT8, ndim=1),
-                                  device=decode_device, output_type=types.GRAY)
+        label = fn.decoders.image(
+            fn.external_source(name="label", dtype=types.UINT8, ndim=1), device=decode_device, output_type=types.GRAY
+        )
     else:
         label = fn.external_source(name="label", dtype=types.UINT8, ndim=3, layout="HWC")
         label = label.gpu() if gpu else label
@@ -58,15 +60,18 @@ def _pair_pipeline(*, gpu: bool, label_format: str, geometry: Geometry, label_en
         "crop_pos_y": fn.external_source(name="crop_y", dtype=types.FLOAT, ndim=0),
         "mirror": fn.external_source(name="flip", dtype=types.INT32, ndim=0),
     }
-    photo = fn.crop_mirror_normalize(photo, **window, mean=[127.5] * 3, std=[127.5] * 3, dtype=types.FLOAT,
-                                     output_layout="CHW")
+    photo = fn.crop_mirror_normalize(
+        photo, **window, mean=[127.5] * 3, std=[127.5] * 3, dtype=types.FLOAT, output_layout="CHW"
+    )
     ids = fn.squeeze(fn.crop_mirror_normalize(label, **window, dtype=types.UINT8, output_layout="CHW"), axes=[0])
     if label_encoding == "onehot":
         encoded = fn.one_hot(ids, num_classes=labels.NUM_IDS, axis=0, dtype=types.FLOAT)
     else:
         keys = list(range(labels.NUM_IDS))
-        channels = [fn.lookup_table(ids, keys=keys, values=labels.PALETTE[:, channel].tolist(), dtype=types.UINT8)
-                    for channel in range(3)]
+        channels = [
+            fn.lookup_table(ids, keys=keys, values=labels.PALETTE[:, channel].tolist(), dtype=types.UINT8)
+            for channel in range(3)
+        ]
         encoded = fn.cast(fn.stack(*channels, axis=0), dtype=types.FLOAT) / 127.5 - 1.0
     return photo, encoded, ids
 
@@ -76,14 +81,25 @@ class DaliLoader(ShardLoader):
         super().__init__(shards_dir, split, options)
         self._gpu = options.device.type == "cuda"
         if self._gpu and self.shards.label_format == "png":
-            print(f"{shards_dir}: label maps are PNG, which DALI decodes on the CPU; pack with --label-format "
-                  f"raw for a decode-free label path", file=sys.stderr)
-        device_id = (options.device.index if options.device.index is not None
-                     else torch.cuda.current_device()) if self._gpu else None
+            print(
+                f"{shards_dir}: label maps are PNG, which DALI decodes on the CPU; pack with --label-format "
+                f"raw for a decode-free label path",
+                file=sys.stderr,
+            )
+        device_id = (
+            (options.device.index if options.device.index is not None else torch.cuda.current_device())
+            if self._gpu
+            else None
+        )
         self._pipe = _pair_pipeline(
-            batch_size=options.batch_size, num_threads=max(1, options.num_workers), device_id=device_id,
-            prefetch_queue_depth=1, gpu=self._gpu, label_format=self.shards.label_format,
-            geometry=options.geometry, label_encoding=options.label_encoding,
+            batch_size=options.batch_size,
+            num_threads=max(1, options.num_workers),
+            device_id=device_id,
+            prefetch_queue_depth=1,
+            gpu=self._gpu,
+            label_format=self.shards.label_format,
+            geometry=options.geometry,
+            label_encoding=options.label_encoding,
         )
         self._pipe.build()
         self._max_offset = options.geometry.max_offset

@@ -36,15 +36,17 @@ from p2p_dist.data.shards.read import SampleBytes, ShardSet
 Request = tuple[int, int, int, bool]
 
 
-def apply_geometry(photo: torch.Tensor, ids: torch.Tensor, geometry: Geometry, crop_x: int, crop_y: int,
-                   flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_geometry(
+    photo: torch.Tensor, ids: torch.Tensor, geometry: Geometry, crop_x: int, crop_y: int, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(3, H, W) photo and (H, W) ids, uint8 -> resized, cropped, flipped (3, C, C) and (C, C) uint8."""
     side, crop = geometry.resize_to, geometry.crop_size
-    resized = torch.nn.functional.interpolate(photo.unsqueeze(0), size=(side, side), mode="bilinear",
-                                              antialias=True, align_corners=False)[0]
-    rows = torch.from_numpy(nearest_indices(ids.shape[0], side)[crop_y: crop_y + crop])
-    cols = torch.from_numpy(nearest_indices(ids.shape[1], side)[crop_x: crop_x + crop])
-    photo_out = resized[:, crop_y: crop_y + crop, crop_x: crop_x + crop]
+    resized = torch.nn.functional.interpolate(
+        photo.unsqueeze(0), size=(side, side), mode="bilinear", antialias=True, align_corners=False
+    )[0]
+    rows = torch.from_numpy(nearest_indices(ids.shape[0], side)[crop_y : crop_y + crop])
+    cols = torch.from_numpy(nearest_indices(ids.shape[1], side)[crop_x : crop_x + crop])
+    photo_out = resized[:, crop_y : crop_y + crop, crop_x : crop_x + crop]
     ids_out = ids[rows[:, None], cols[None, :]]
     if flip:
         photo_out, ids_out = photo_out.flip(-1), ids_out.flip(-1)
@@ -58,8 +60,9 @@ class _PairDataset(Dataset):
         self.shards = shards
         self.geometry = geometry
         self.label_member = shards.label_member
-        self.decoder = wds.Decoder([wds.imagehandler("torchrgb8", extensions=["jpg"]),
-                                    wds.imagehandler("torchl8", extensions=["png", "pgm"])])
+        self.decoder = wds.Decoder(
+            [wds.imagehandler("torchrgb8", extensions=["jpg"]), wds.imagehandler("torchl8", extensions=["png", "pgm"])]
+        )
 
     def __len__(self) -> int:
         return self.shards.num_samples
@@ -67,8 +70,9 @@ class _PairDataset(Dataset):
     def __getitem__(self, request: Request) -> tuple[torch.Tensor, torch.Tensor, str]:
         index, crop_x, crop_y, flip = request
         sample = self.decoder(self._tar_sample(self.shards.read(index)))
-        photo, ids = apply_geometry(sample[PHOTO_MEMBER], sample[self.label_member], self.geometry,
-                                    crop_x, crop_y, flip)
+        photo, ids = apply_geometry(
+            sample[PHOTO_MEMBER], sample[self.label_member], self.geometry, crop_x, crop_y, flip
+        )
         return photo, ids, sample["__key__"]
 
     @staticmethod
@@ -95,7 +99,7 @@ class _EpochRequests(Sampler):
         return len(self.batches)
 
 
-def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:  # noqa: ARG001
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     # Ctrl-C and a scheduler's SIGTERM reach every process of the job. The trainer answers them with a checkpoint
     # and a clean exit, and shuts its workers down itself; a worker killed by them first would make the
     # DataLoader abort the run before that checkpoint. Forked workers inherit the trainer's handlers, but not
@@ -123,8 +127,10 @@ class WebDatasetLoader(ShardLoader):
     def _batches(self, plan: EpochPlan, start_batch: int, token: object) -> Iterator[dict]:
         self._ensure_current(token)
         self._requests.batches = [
-            [(int(i), int(x), int(y), bool(f)) for i, x, y, f in
-             zip(plan.indices[b], plan.crop_x[b], plan.crop_y[b], plan.flip[b])]
+            [
+                (int(i), int(x), int(y), bool(f))
+                for i, x, y, f in zip(plan.indices[b], plan.crop_x[b], plan.crop_y[b], plan.flip[b])
+            ]
             for b in range(start_batch, len(plan))
         ]
         device, encoding = self.options.device, self.options.label_encoding

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from p2p_dist.safe_load import load_tensors
-from p2p_dist.errors import BadFileError
-from p2p_dist.config import ConfigError
 from p2p_dist.atomic_write import write_atomically
+from p2p_dist.config import ConfigError
 from p2p_dist.data.labels import NUM_TRAIN_CLASSES
 from p2p_dist.data.shards.format import MANIFEST_NAME
+from p2p_dist.errors import BadFileError
 from p2p_dist.eval.segmenter.net import SegmenterNet
 from p2p_dist.models import sidecar_path
+from p2p_dist.safe_load import load_tensors
 
 CHECKPOINT_FORMAT = "p2p_dist.segmenter/1"
 CACHE_SUBDIR = "segmenter"
@@ -97,7 +97,9 @@ def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") 
         raise BadFileError(f"{path}: expected a segmenter checkpoint or state_dict, got {type(checkpoint).__name__}")
     if "format" in checkpoint:
         if checkpoint["format"] != CHECKPOINT_FORMAT:
-            raise BadFileError(f"{path}: unknown segmenter format {checkpoint['format']!r} (want {CHECKPOINT_FORMAT!r})")
+            raise BadFileError(
+                f"{path}: unknown segmenter format {checkpoint['format']!r} (want {CHECKPOINT_FORMAT!r})"
+            )
         model = SegmenterNet(**checkpoint["config"])
         state_dict = checkpoint["state_dict"]
     else:
@@ -138,7 +140,6 @@ def is_stale(checkpoint_path: str | os.PathLike, shards_dir: str | os.PathLike, 
 def cache_is_valid(shards_dir: str | os.PathLike, checkpoint_path: Path, config: SegmenterTrainConfig) -> bool:
     """True when a cached segmenter is not stale for these shards and was trained with exactly these settings
     (what reusing it for a request of these settings needs)."""
-    return (
-        not is_stale(checkpoint_path, shards_dir, config.crop_size)
-        and read_sidecar(checkpoint_path).get("train_config") == asdict(config)
-    )
+    return not is_stale(checkpoint_path, shards_dir, config.crop_size) and read_sidecar(checkpoint_path).get(
+        "train_config"
+    ) == asdict(config)

@@ -13,8 +13,13 @@ import torch.distributed as dist
 from torch import nn
 
 from p2p_dist.config import Config
-from p2p_dist.eval.segmenter.cache import (SegmenterTrainConfig, cache_is_valid, default_checkpoint_path, is_stale,
-                                           load_segmenter)
+from p2p_dist.eval.segmenter.cache import (
+    SegmenterTrainConfig,
+    cache_is_valid,
+    default_checkpoint_path,
+    is_stale,
+    load_segmenter,
+)
 from p2p_dist.eval.segmenter.fit import train_segmenter
 from p2p_dist.runtime import Runtime
 
@@ -64,8 +69,12 @@ def ensure_run_segmenter(cfg: Config, device: torch.device | str | None = None) 
     run's loader) when :func:`run_segmenter_ready` says there is none."""
     path = run_segmenter_path(cfg)
     if not run_segmenter_ready(cfg):
-        print(f"training the FCN-score segmenter on {cfg.data.shards} at {cfg.data.crop_size}x{cfg.data.crop_size} "
-              f"(once: cached as {path})", file=sys.stderr, flush=True)
+        print(
+            f"training the FCN-score segmenter on {cfg.data.shards} at {cfg.data.crop_size}x{cfg.data.crop_size} "
+            f"(once: cached as {path})",
+            file=sys.stderr,
+            flush=True,
+        )
         train_segmenter(cfg.data.shards, crop_size=cfg.data.crop_size, backend=cfg.data.loader, device=device)
     return path
 

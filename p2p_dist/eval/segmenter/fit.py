@@ -13,14 +13,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from p2p_dist.progress import progress_bar
 
 from p2p_dist.data.labels import IGNORE_INDEX, to_train_ids
 from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.eval.metrics import build_confusion_matrix, fcn_scores, predict_train_ids
-from p2p_dist.eval.segmenter.cache import (CHECKPOINT_FORMAT, SegmenterTrainConfig, default_checkpoint_path,
-                                           manifest_sha256, save_segmenter)
+from p2p_dist.eval.segmenter.cache import (
+    CHECKPOINT_FORMAT,
+    SegmenterTrainConfig,
+    default_checkpoint_path,
+    manifest_sha256,
+    save_segmenter,
+)
 from p2p_dist.eval.segmenter.net import SegmenterNet
+from p2p_dist.progress import progress_bar
 from p2p_dist.runtime import default_device
 
 

@@ -34,9 +34,7 @@ class SegmenterNet(nn.Module):
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width, 8 * width]
         self.stem = _double_conv(3, widths[0], stride=2)
-        self.down = nn.ModuleList(
-            _double_conv(widths[i], widths[i + 1], stride=2) for i in range(len(widths) - 1)
-        )
+        self.down = nn.ModuleList(_double_conv(widths[i], widths[i + 1], stride=2) for i in range(len(widths) - 1))
         self.up = nn.ModuleList(
             _double_conv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
         )
