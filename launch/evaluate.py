@@ -19,8 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from p2p_dist.cli import entry_point
-from p2p_dist.config import NORM_MODES
+from p2p_dist.cli import add_test_time_arguments, entry_point
 from p2p_dist.openmp_defaults import apply_openmp_defaults
 
 
@@ -49,19 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fewer every subset is the whole set and the report marks kid_std meaningless)",
     )
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets averaged (default: 100)")
-    parser.add_argument(
-        "--no-dropout",
-        action="store_true",
-        help="turn dropout off at test time (the paper keeps it on as the noise source)",
-    )
-    parser.add_argument(
-        "--norm-mode",
-        choices=NORM_MODES,
-        default=None,
-        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
-        "time (the paper's protocol), or running = the running statistics of training "
-        "(default: the run's eval.norm_mode, per-image unless set)",
-    )
+    add_test_time_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the test-time dropout noise (default: 0)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; ignored")
     return parser

@@ -31,8 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from p2p_dist.cli import entry_point, parse_size
-from p2p_dist.config import NORM_MODES
+from p2p_dist.cli import add_test_time_arguments, entry_point, parse_size
 from p2p_dist.inference.export import EXPORT_FORMATS, export_generator
 from p2p_dist.inference.label_maps import INPUT_FORMATS, list_label_maps
 from p2p_dist.inference.translate import OUTPUT_SIZES, training_size, translate_paths
@@ -70,19 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write photos at the size the generator saw (model, default) or resized back to each "
         "input map's size (input)",
     )
-    parser.add_argument(
-        "--no-dropout",
-        action="store_true",
-        help="turn dropout off at test time (deterministic output); default: on, as the paper",
-    )
-    parser.add_argument(
-        "--norm-mode",
-        choices=NORM_MODES,
-        default=None,
-        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
-        "time (the paper's protocol), or running = the running statistics of training "
-        "(default: the run's eval.norm_mode, per-image unless set)",
-    )
+    add_test_time_arguments(parser)
     parser.add_argument(
         "--input-format",
         choices=INPUT_FORMATS,

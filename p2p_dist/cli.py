@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from p2p_dist.config import Config, describe, load_config
+from p2p_dist.config import NORM_MODES, Config, describe, load_config
 from p2p_dist.data.image_size import ImageSize
 from p2p_dist.errors import USER_ERRORS
 
@@ -48,6 +48,23 @@ def config_parser(description: str, default_config: str | None = None) -> argpar
         help="dotted overrides applied after the file, e.g. train.steps=200 precision=fp32",
     )
     return parser
+
+
+def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
+    """--no-dropout and --norm-mode: how a trained generator runs at test time (launch/evaluate.py, translate.py)."""
+    parser.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="turn dropout off at test time (deterministic output); default: on, the paper's noise source",
+    )
+    parser.add_argument(
+        "--norm-mode",
+        choices=NORM_MODES,
+        default=None,
+        help="statistics of batch-norm generators: per-image = each image's own, one image at a "
+        "time (the paper's protocol), or running = the running statistics of training "
+        "(default: the run's eval.norm_mode, per-image unless set)",
+    )
 
 
 def parse_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
