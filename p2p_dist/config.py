@@ -227,6 +227,12 @@ class TuneConfig:
     grace_period: int = opt(1, "ASHA: evaluations a trial runs before it may be stopped.")
     reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung.")
     perturbation_interval: int = opt(1, "PBT: evaluations between exploit/explore decisions.")
+    pbt_synch: bool = opt(
+        True,
+        "PBT: trials wait for each other at every perturbation point, so exploit/explore "
+        "decisions compare all trials at the same step, whatever their speed (false: "
+        "asynchronous, no waiting, but a decision sees only the trials that reported by then).",
+    )
     max_failures: int = opt(2, "Retries of a failed trial, each from its last checkpoint.")
     storage_path: str = opt("runs/tune", "Where trials, checkpoints and results go (shared storage on a cluster).")
     name: str = opt("pix2pix_sweep", "Experiment name (a folder under storage_path); --resume continues it.")

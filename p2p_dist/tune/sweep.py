@@ -139,7 +139,10 @@ def make_scheduler(cfg: Config, length: int) -> TrialScheduler:
         )
     # Keep-all checkpoints (see run_sweep): an exploit may copy a checkpoint the donor reported long ago.
     return PopulationBasedTraining(
-        time_attr="step", perturbation_interval=t.perturbation_interval * every, hyperparam_mutations=mutations(t)
+        time_attr="step",
+        perturbation_interval=t.perturbation_interval * every,
+        hyperparam_mutations=mutations(t),
+        synch=t.pbt_synch,
     )
 
 
