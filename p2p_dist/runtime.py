@@ -158,6 +158,26 @@ def resolve_bf16_mode(requested: str, device: torch.device, precision: str) -> s
     return "autocast"
 
 
+@dataclass(frozen=True)
+class StepLayout:
+    """How the training step runs on this runtime: the inputs' and the parameters' memory formats, and how
+    precision=bf16 runs (None for other precisions)."""
+
+    memory_format: torch.memory_format
+    model_memory_format: torch.memory_format
+    bf16_mode: str | None
+
+
+def resolve_step_layout(cfg: Config, rt: Runtime) -> StepLayout:
+    """The step's automatic choices, resolved once by the rules above for the engines and for the run's report."""
+    memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
+    return StepLayout(
+        memory_format,
+        resolve_model_memory_format(cfg.train.model_memory_format, memory_format, cfg.zero_stage),
+        resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision),
+    )
+
+
 def _format_name(memory_format: torch.memory_format) -> str:
     return "channels_last" if memory_format == torch.channels_last else "contiguous"
 
@@ -165,16 +185,14 @@ def _format_name(memory_format: torch.memory_format) -> str:
 def resolved_choices(cfg: Config, rt: Runtime) -> dict:
     """What every automatic choice resolved to on this machine, and the facts it was resolved from: shown at
     start-up and written to the run's summary.json."""
-    memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
+    layout = resolve_step_layout(cfg, rt)
     choices = {
         "device": rt.device.type,
         "precision": rt.precision,
         "compile": cfg.train.compile,
-        "bf16_mode": resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision),
-        "memory_format": _format_name(memory_format),
-        "model_memory_format": _format_name(
-            resolve_model_memory_format(cfg.train.model_memory_format, memory_format, cfg.zero_stage)
-        ),
+        "bf16_mode": layout.bf16_mode,
+        "memory_format": _format_name(layout.memory_format),
+        "model_memory_format": _format_name(layout.model_memory_format),
         "torch_threads": torch.get_num_threads(),
     }
     if rt.device.type == "cuda":

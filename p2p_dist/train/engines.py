@@ -18,7 +18,7 @@ from torch import nn
 from p2p_dist.config import Config
 from p2p_dist.models import GANLoss, build_models
 from p2p_dist.models.translation_modes import translation_modes
-from p2p_dist.runtime import Runtime, resolve_bf16_mode, resolve_memory_format, resolve_model_memory_format
+from p2p_dist.runtime import Runtime, resolve_step_layout
 from p2p_dist.train import step_ranges as ranges
 from p2p_dist.train.schedule import lr_factor
 from p2p_dist.train.step_ranges import step_range
@@ -84,10 +84,11 @@ class Pix2Pix:
     def __init__(self, cfg: Config, rt: Runtime, total_steps: int) -> None:
         self.cfg, self.rt = cfg, rt
         generator, discriminator = build_models(cfg)
-        self.memory_format = resolve_memory_format(cfg.train.memory_format, rt.device, rt.precision)
-        self.bf16_mode = resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision)
-        self.model_memory_format = resolve_model_memory_format(
-            cfg.train.model_memory_format, self.memory_format, cfg.zero_stage
+        layout = resolve_step_layout(cfg, rt)
+        self.memory_format, self.model_memory_format, self.bf16_mode = (
+            layout.memory_format,
+            layout.model_memory_format,
+            layout.bf16_mode,
         )
         # What the networks take: bf16 where DeepSpeed holds bf16 weights (no autocast casts the inputs then).
         self.input_dtype = torch.bfloat16 if self.bf16_mode == "bf16_weights" else rt.input_dtype
