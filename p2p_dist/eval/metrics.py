@@ -186,7 +186,9 @@ class Evaluator(nn.Module):
                 return
             fake, real = fake[keep.to(fake.device)], real[keep.to(real.device)]
             ids = ids[keep.to(ids.device)] if ids is not None else None
-        fake, real = fake.to(self.device), real.to(self.device)
+        # Generators trained channels_last hand over channels_last photos; torchmetrics flattens with view().
+        fake = fake.to(self.device, memory_format=torch.contiguous_format)
+        real = real.to(self.device, memory_format=torch.contiguous_format)
         fake_unit, real_unit = to_unit_range(fake), to_unit_range(real)
         self.ssim.update(fake_unit, real_unit)
         self.psnr.update(fake_unit, real_unit)

@@ -164,6 +164,20 @@ def test_evaluator_reports_every_key_when_all_parts_are_on(inception_cache):
     assert all(math.isfinite(value) for value in scores.values())
 
 
+def test_evaluator_scores_channels_last_photos_like_contiguous_ones(inception_cache):
+    """A generator trained channels_last (bf16 on a CPU, any CUDA run) hands over channels_last photos."""
+    photos, others = smooth_photos(3, 32, seed=0), smooth_photos(3, 32, seed=1)
+    ids = torch.full((3, 32, 32), ROAD)
+    segmenter = fixed_prediction_segmenter(torch.zeros(3, 32, 32, dtype=torch.long))
+    scores = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        evaluator = Evaluator(inception_feature=64, inception_cache_dir=inception_cache, kid_subset_size=3)
+        fake, real = (x.contiguous(memory_format=memory_format) for x in (others, photos))
+        evaluator.update(fake, real, ids, segmenter)
+        scores.append(evaluator.compute())
+    assert scores[1] == pytest.approx(scores[0], rel=1e-6, abs=1e-9)
+
+
 # ------------------------------------------------------------------ distributed: 2 ranks == 1 process
 
 

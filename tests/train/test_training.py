@@ -207,9 +207,20 @@ def test_resuming_with_a_new_learning_rate_applies_it_to_the_restored_optimisers
     assert last["step"] == 3 and (last["lr"], last["lr_d"]) == (0.001, 0.0005)
 
 
-def test_periodic_evaluation_logs_image_quality_to_metrics_jsonl(tmp_path, tiny_shards):
+# channels_last is what precision=auto picks on a native-bf16 CPU and on CUDA; the photos it hands to the
+# metrics are channels_last too.
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_periodic_evaluation_logs_image_quality_to_metrics_jsonl(tmp_path, tiny_shards, memory_format):
     run = tmp_path / "run"
-    run_training(run, tiny_shards, "train.steps=4", "eval.every=2", "eval.num_images=4", "eval.fcn=false")
+    run_training(
+        run,
+        tiny_shards,
+        "train.steps=4",
+        "eval.every=2",
+        "eval.num_images=4",
+        "eval.fcn=false",
+        f"train.memory_format={memory_format}",
+    )
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "eval/l1" in line]
     assert [r["step"] for r in evals] == [2, 4]
     for record in evals:
