@@ -54,6 +54,7 @@ def evaluate_run(
     if segmenter is not None:
         cfg.eval.segmenter = str(segmenter)
     norm_mode = norm_mode or cfg.eval.norm_mode
+    dropout = dropout and cfg.model.dropout  # a generator built without dropout layers has no test-time noise
     trained_precision, cfg.precision = cfg.precision, EVAL_PRECISION
     rt = init_runtime(cfg)
     try:

@@ -107,6 +107,16 @@ def test_two_process_evaluation_gives_the_same_numbers_as_one(tiny_run, tiny_seg
     assert double["ceiling"] == pytest.approx(single["ceiling"], rel=1e-5, abs=1e-6)
 
 
+def test_a_generator_built_without_dropout_is_reported_with_dropout_off(tmp_path_factory, tiny_shards):
+    run = tmp_path_factory.mktemp("eval_no_dropout") / "run"
+    run_training(run, tiny_shards, "train.steps=1", "model.norm=instance", "model.dropout=false")
+    result = evaluate(run, "--no-fcn", "--no-fid", "--max-images", "2")  # dropout is asked for, by default
+    report = json.loads((run / "eval" / "step_000001.json").read_text())
+    assert report["settings"]["dropout"] is False
+    assert report["protocol"]["dropout"].startswith("off at test time")
+    assert "dropout off" in result.stdout
+
+
 def test_per_image_syncbatch_on_two_processes_matches_one_process_at_another_batch_size(tmp_path_factory, tiny_shards):
     """Per-image statistics (the default) never span images or ranks: two processes with batch 1 give the photos,
     and so the metrics of the first 3 images, of one process with batch 4 (whose one batch also holds the fourth
