@@ -89,5 +89,9 @@ def test_sweep_config_errors_name_the_key_before_anything_runs(overrides, messag
         check_sweep_config(sweep_config(*overrides))
 
 
-def test_the_shipped_demo_sweep_config_is_valid():
-    check_sweep_config(load_config(ROOT / "configs" / "tune_demo.yaml"))
+@pytest.mark.parametrize(
+    "path",
+    ["tune_demo.yaml", "tune_demo_recipe.yaml", *(f"demo_recipe_sweep/round{n}/sweep_config.yaml" for n in (1, 2, 3))],
+)
+def test_the_shipped_sweep_configs_are_valid(path):
+    check_sweep_config(load_config(ROOT / "configs" / path))
