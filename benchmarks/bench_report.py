@@ -188,7 +188,28 @@ def _breakdown_lines(s: dict) -> list[str]:
         "A host synchronisation on a CPU reads a CPU tensor (torch's CPU Adam kernels read each step counter so): "
         "it waits for nothing; on CUDA it would stall the launch queue."
     )
-    return [*lines, "", note, ""]
+    return [*lines, "", note, *_convolution_bound(s), ""]
+
+
+def _convolution_bound(s: dict) -> list[str]:
+    """What the convolution rows imply: a step that runs the peer's convolution kernels on the same shapes cannot
+    take less time than those kernels do, so peer step / peer convolution time bounds its speed-up over the peer."""
+    by_name = {v["variant"]: v for v in s["variants"]}
+    peer, default = by_name.get(s["best_peer"]), next((v for v in s["variants"] if v.get("default")), None)
+    conv = "convolution kernels, forward and backward"
+    if peer is None or default is None:
+        return []
+    peer_conv = next((o for o in peer["of_which"] if o["part"] == conv), None)
+    default_conv = next((o for o in default["of_which"] if o["part"] == conv), None)
+    if not peer_conv or not default_conv or not peer_conv["ms"]:
+        return []
+    return [
+        "",
+        f"Bound at the same kernels: the best peer spends {_percent(peer_conv['share'])} of its profiled step in "
+        f"convolution kernels ({peer_conv['ms']:.0f} ms), the default {default_conv['ms']:.0f} ms. A step that runs "
+        "those kernels on the same shapes cannot beat the peer by more than peer step / peer convolutions = "
+        f"**{peer['step_ms'] / peer_conv['ms']:.2f}x**; beyond that only faster convolutions help.",
+    ]
 
 
 def gpu_check_markdown(result: dict) -> str:

@@ -525,6 +525,11 @@ def measure_peaks(device: torch.device, quick: bool) -> dict[str, dict]:
 STEP_RANGE = "bench/training step"  # wraps each profiled step: the total the breakdown's rows add up to
 CAST_OPS = ("aten::_to_copy",)  # dtype and layout conversions (.to), forward and backward
 HOST_SYNC_OPS = ("aten::_local_scalar_dense",)  # a tensor read by the host: .item(), bool(tensor), .tolist()
+# Every convolution's forward runs under aten::_convolution (oneDNN's transposed convolutions inside it, with no op
+# of their own; the others in a child op) and its backward under aten::convolution_backward: their self times, and
+# those of the forward children, are the convolution kernels.
+CONV_FORWARD, CONV_BACKWARD = "aten::_convolution", "aten::convolution_backward"
+CONV_KERNEL_OPS = (CONV_FORWARD, CONV_BACKWARD, "aten::mkldnn_convolution", "aten::_slow_conv2d_forward")
 
 
 def profile_steps(
@@ -639,6 +644,18 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
         part_of("casts: dtype and layout conversions (forward and backward)", CAST_OPS),
         part_of("host synchronisations: tensors read by the host", HOST_SYNC_OPS),
     ]
+    if device.type == "cpu":  # on CUDA the host only launches the kernels: the share would say nothing
+        ms = sum(events[n].self_cpu_time_total for n in CONV_KERNEL_OPS if n in events) / 1e3 / steps
+        calls = sum(events[n].count for n in (CONV_FORWARD, CONV_BACKWARD) if n in events) / steps
+        of_which.append(
+            {
+                "part": "convolution kernels, forward and backward",
+                "ops": list(CONV_KERNEL_OPS),
+                "ms": ms,
+                "share": ms / step_ms,
+                "calls": calls,
+            }
+        )
     return {
         "step_ms": step_ms,
         "rows": rows,
