@@ -19,7 +19,7 @@ EVALUATE = str(ROOT / "launch" / "evaluate.py")
 def tiny_run(tmp_path_factory, tiny_shards):
     """ZeRO-1: its checkpoints hold fp32 master weights in optimizer state files, as an fp16 run's do."""
     run = tmp_path_factory.mktemp("eval") / "run"
-    run_training(run, tiny_shards, "train.steps=2", "model.norm=instance", "zero_stage=1")
+    run_training(run, tiny_shards, "train.steps=2", "model.norm=instance", "model.dropout=true", "zero_stage=1")
     return run
 
 

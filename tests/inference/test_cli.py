@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from p2p_dist.inference.translate import translate_paths
+from p2p_dist.models import LABEL_CHANNELS
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.train.trained_generator import load_generator
 
@@ -110,7 +111,7 @@ def translate_and_export_through_the_cli(run, tmp_path, cli_call) -> None:
     meta = json.loads(export.with_suffix(".json").read_text())
     assert meta["checkpoint"] == str(checkpoint) and meta["dropout"] is False
     assert meta["norm_mode"] == ("instance" if cfg.model.norm == "instance" else "per-image")
-    label = torch.rand(2, 3, 128, 128) * 2 - 1
+    label = torch.rand(2, LABEL_CHANNELS[cfg.data.label_encoding], 128, 128) * 2 - 1
     with torch.no_grad(), translation_modes(generator, dropout=False) as translate:
         torch.testing.assert_close(torch.jit.load(str(export))(label), translate(label), rtol=0, atol=1e-5)
 

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from p2p_dist.models import build_generator
+from p2p_dist.config import load_config
+from p2p_dist.models import LABEL_CHANNELS, generator_for
 from p2p_dist.run_dir import latest_checkpoint
 
 from runs import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
@@ -157,12 +158,13 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path, ti
     # normalised update turns a gradient component that is rounding noise into a whole +-lr step (measured: up
     # to 1.6 lr on an AVX512-BF16 CPU), so parameters and outputs cannot agree to float precision. The outputs
     # of the two runs must differ by a small fraction of how far training moved them from the initial weights.
+    cfg = load_config(tmp_path / "one" / "config.yaml")  # the generator as trained (input encoding, widths)
     torch.manual_seed(0)  # the engine's seed and order: G is built first
-    initial = build_generator(3, 3, 128, ngf=8, norm="instance", dropout=False, init_gain=0.02).eval()
-    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    initial = generator_for(cfg).eval()
+    x = torch.rand(2, LABEL_CHANNELS[cfg.data.label_encoding], 128, 128) * 2 - 1
     outputs = []
     for name in ("one", "two"):
-        generator = build_generator(3, 3, 128, ngf=8, norm="instance", dropout=False).eval()
+        generator = generator_for(cfg).eval()
         generator.load_state_dict({k[2:]: v for k, v in final_weights(tmp_path / name).items() if k[:2] == "G."})
         with torch.no_grad():
             outputs.append(generator(x))
