@@ -235,8 +235,18 @@ def init_runtime(cfg: Config) -> Runtime:
     return Runtime(rank, local_rank, world_size, local_world_size, device, precision)
 
 
+def deepspeed_shm_buffer(rank: int) -> Path:
+    """The shared-memory workspace (~69 MB) DeepSpeed's CPU all-reduce op creates for `rank` at start-up and never
+    removes (deepspeed/ops/csrc/cpu/comm/shm.cpp names it so): left behind, every run fills /dev/shm a little more,
+    until runs die out of memory."""
+    address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{rank}"
+
+
 def shutdown() -> None:
     # Without an explicit teardown, ranks can abort at exit (seen with ZeRO-0 under torchrun).
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        rank = torch.distributed.get_rank()
+        torch.distributed.barrier()  # every rank mapped every workspace at start-up; unlinking keeps the mappings
         torch.distributed.destroy_process_group()
+        deepspeed_shm_buffer(rank).unlink(missing_ok=True)

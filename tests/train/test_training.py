@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,3 +291,16 @@ def test_zero_stages_train_the_same_parameters_as_zero0(tmp_path, tiny_shards, z
     a, b = final_weights(tmp_path / "zero0"), final_weights(tmp_path / f"zero{zero_stage}")
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-6, f"largest parameter difference {worst}"
+
+
+def _deepspeed_shm_buffers() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this system")
+def test_training_leaves_no_deepspeed_shared_memory_buffer_behind(tmp_path, tiny_shards):
+    """DeepSpeed's CPU all-reduce creates a ~69 MB /dev/shm workspace per rank and never removes it: before this
+    was cleaned up, a day of runs had filled 18 GB of /dev/shm and the next job was killed out of memory."""
+    before = _deepspeed_shm_buffers()
+    run_training(tmp_path / "run", tiny_shards, "train.steps=1", "model.norm=instance", nprocs=2)
+    assert _deepspeed_shm_buffers() - before == set()
