@@ -629,15 +629,17 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
         }
     )
 
-    def part_of(label: str, names: tuple[str, ...]) -> dict:
+    def part_of(label: str, names: tuple[str, ...], self_time: bool = False, counted: tuple[str, ...] = ()) -> dict:
+        """The ops' time per step (their total, or with `self_time` their own, without their children) and their
+        calls (those of `counted` instead, where nested ops would count one call twice)."""
         found = [events[n] for n in names if n in events]
-        ms = sum(e.cpu_time_total for e in found) / 1e3 / steps
+        ms = sum(e.self_cpu_time_total if self_time else e.cpu_time_total for e in found) / 1e3 / steps
         return {
             "part": label,
             "ops": list(names),
             "ms": ms,
             "share": ms / step_ms,
-            "calls": sum(e.count for e in found) / steps,
+            "calls": sum(events[n].count for n in (counted or names) if n in events) / steps,
         }
 
     of_which = [
@@ -645,16 +647,13 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
         part_of("host synchronisations: tensors read by the host", HOST_SYNC_OPS),
     ]
     if device.type == "cpu":  # on CUDA the host only launches the kernels: the share would say nothing
-        ms = sum(events[n].self_cpu_time_total for n in CONV_KERNEL_OPS if n in events) / 1e3 / steps
-        calls = sum(events[n].count for n in (CONV_FORWARD, CONV_BACKWARD) if n in events) / steps
         of_which.append(
-            {
-                "part": "convolution kernels, forward and backward",
-                "ops": list(CONV_KERNEL_OPS),
-                "ms": ms,
-                "share": ms / step_ms,
-                "calls": calls,
-            }
+            part_of(
+                "convolution kernels, forward and backward",
+                CONV_KERNEL_OPS,
+                self_time=True,
+                counted=(CONV_FORWARD, CONV_BACKWARD),
+            )
         )
     return {
         "step_ms": step_ms,
