@@ -20,6 +20,7 @@ from p2p_dist.models import GANLoss, build_models
 from p2p_dist.models.translation_modes import translation_modes
 from p2p_dist.runtime import Runtime, resolve_step_layout
 from p2p_dist.train import step_ranges as ranges
+from p2p_dist.train.adam import Adam
 from p2p_dist.train.schedule import lr_factor
 from p2p_dist.train.step_ranges import step_range
 
@@ -102,7 +103,7 @@ class Pix2Pix:
     def _engine(self, model: nn.Module, lr: float, total_steps: int) -> deepspeed.DeepSpeedEngine:
         model = model.to(self.rt.device)
         t = self.cfg.train
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), **ADAM_KERNEL[t.adam])
+        optimizer = Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), **ADAM_KERNEL[t.adam])
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, t.decay_start)
         )
