@@ -34,6 +34,30 @@ MIN_NUM_DOWNS = 5
 FIRST_WIDE_LEVEL = 4
 
 
+class _SkipConcat(torch.autograd.Function):
+    """torch.cat of a skip and the decoder's output along channels, whose backward hands each a dense gradient.
+
+    torch.cat's backward hands out channel slices of the output's gradient: strided views, on which batch norm's
+    CPU backward (the decoder output's last layer) takes a slow path: 27-34 ms instead of 3 ms for a bf16
+    4x64x128x128 map, ~30 ms of a 0.7 s step (2-core CPU, torch 2.14). Copying each slice dense costs one pass."""
+
+    @staticmethod
+    def forward(ctx, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.skip_channels = skip.shape[1]
+        ctx.layouts = (_layout_of(skip), _layout_of(x))
+        return torch.cat([skip, x], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grad_skip, grad_x = grad.split([ctx.skip_channels, grad.shape[1] - ctx.skip_channels], dim=1)
+        skip_layout, x_layout = ctx.layouts
+        return grad_skip.contiguous(memory_format=skip_layout), grad_x.contiguous(memory_format=x_layout)
+
+
+def _layout_of(tensor: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if tensor.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 class UNetGenerator(nn.Module):
     """U-Net generator; input height and width must be divisible by ``2 ** num_downs``."""
 
@@ -103,5 +127,5 @@ class UNetGenerator(nn.Module):
         for level in reversed(range(self.num_downs)):
             x = self.decoder[level](x)
             if level > 0:
-                x = torch.cat([skips.pop(), x], dim=1)
+                x = _SkipConcat.apply(skips.pop(), x)
         return x

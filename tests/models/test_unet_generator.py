@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from p2p_dist.models import UNetGenerator
+from p2p_dist.models import UNetGenerator, unet
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -114,3 +114,33 @@ def test_gradients_reach_every_parameter_in_training_mode():
     generator = UNetGenerator(in_channels=3, num_downs=7, ngf=2).train()
     generator(torch.randn(2, 3, 128, 128)).square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
+
+
+def _gradients(generator: UNetGenerator, x: torch.Tensor) -> list[torch.Tensor]:
+    torch.manual_seed(1)  # the same dropout masks
+    generator.zero_grad()
+    generator(x).square().mean().backward()
+    return [p.grad.clone() for p in generator.parameters()]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_skip_concatenation_gives_the_gradients_of_torch_cat(monkeypatch, layout):
+    torch.manual_seed(0)
+    generator = UNetGenerator(in_channels=3, num_downs=7, ngf=4).double().train().to(memory_format=layout)
+    x = torch.randn(2, 3, 128, 128, dtype=torch.float64).contiguous(memory_format=layout)
+    ours = _gradients(generator, x)
+    monkeypatch.setattr(unet._SkipConcat, "apply", lambda skip, up: torch.cat([skip, up], dim=1))
+    for a, b in zip(ours, _gradients(generator, x)):  # batch norm sums dense and strided gradients in other orders
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_skip_concatenation_hands_each_input_a_dense_gradient_in_its_own_layout(layout):
+    """Channel slices of the concatenation's gradient would send batch norm's CPU backward down a slow path."""
+    skip, up = (torch.randn(2, c, 8, 8).contiguous(memory_format=layout).requires_grad_() for c in (3, 5))
+    unet._SkipConcat.apply(skip, up).mul(torch.arange(8.0).view(8, 1, 1)).sum().backward()
+    for tensor, channels in ((skip, range(3)), (up, range(3, 8))):
+        assert tensor.grad.is_contiguous(memory_format=layout)
+        assert torch.equal(
+            tensor.grad, torch.tensor(list(channels), dtype=torch.float32).view(-1, 1, 1).expand_as(tensor)
+        )
