@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from p2p_dist.process_defaults import PROCESS_DEFAULTS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 GIB = 2**30
@@ -186,8 +188,8 @@ def machine_facts() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        # OpenMP settings in effect (p2p_dist defaults OMP_WAIT_POLICY to PASSIVE): they change CPU timings.
-        "openmp_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
+        # OpenMP and malloc settings in effect (p2p_dist.process_defaults sets some): they change CPU timings.
+        "process_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", *PROCESS_DEFAULTS)},
         "mkldnn": torch.backends.mkldnn.is_available(),
         "deepspeed": _version("deepspeed"),
         "dali": _dali_version(),

@@ -266,7 +266,7 @@ def markdown(result: dict) -> str:
         f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB" + _gpu_line(m),
         "- " + _cpu_flags_line(m),
         f"- software: torch {m['torch']}, deepspeed {m['deepspeed']}, DALI {m['dali']}, "
-        f"webdataset {m['webdataset']}, Python {m['python']}; OpenMP env {m.get('openmp_env', '?')}",
+        f"webdataset {m['webdataset']}, Python {m['python']}; process env {m.get('process_env', '?')}",
         f"- model: pix2pix unet + PatchGAN at {plan['resolution']}x{plan['resolution']}"
         + (
             f", overrides {' '.join(plan['model_overrides'])}"

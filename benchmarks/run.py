@@ -41,10 +41,10 @@ from pathlib import Path
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".venv" / "torch_extensions"))
 
 # The in-process sections run with the OpenMP settings launch/train.py runs with (re-executing if torch loaded).
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 
 if __name__ == "__main__":
-    apply_openmp_defaults()
+    apply_process_defaults()
 
 import torch
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from p2p_dist.cli import add_test_time_arguments, entry_point
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,5 +87,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
+    apply_process_defaults()  # before torch loads (see p2p_dist/process_defaults.py)
     sys.exit(main())

@@ -25,7 +25,7 @@ from p2p_dist.data.shards.format import LABEL_MEMBERS
 from p2p_dist.data.shards.pack import DEFAULT_SAMPLES_PER_SHARD, JPEG_SUBSAMPLING, PackSettings, pack_pairs
 from p2p_dist.data.shards.verify import verify_shards
 from p2p_dist.data.sources import scan_aligned, scan_cityscapes
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 
 SCANNERS = {"cityscapes": scan_cityscapes, "aligned": scan_aligned}
 
@@ -178,5 +178,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
+    apply_process_defaults()  # before torch loads (see p2p_dist/process_defaults.py)
     sys.exit(main())

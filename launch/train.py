@@ -10,7 +10,7 @@ Running again with the same run.dir resumes from its latest checkpoint. SIGTERM 
 import sys
 
 from p2p_dist.cli import config_parser, entry_point, parse_config
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 
 NON_FINITE_STATUS = 3
 
@@ -36,5 +36,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
+    apply_process_defaults()  # before torch loads (see p2p_dist/process_defaults.py)
     sys.exit(main())

@@ -27,7 +27,7 @@ from p2p_dist.config import BACKENDS
 from p2p_dist.eval.segmenter.cache import SegmenterTrainConfig, read_sidecar
 from p2p_dist.eval.segmenter.ensure import ensure_segmenter
 from p2p_dist.eval.segmenter.fit import train_segmenter
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 
 DEFAULTS = SegmenterTrainConfig()
 
@@ -99,5 +99,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
+    apply_process_defaults()  # before torch loads (see p2p_dist/process_defaults.py)
     sys.exit(main())

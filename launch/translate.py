@@ -35,7 +35,7 @@ from p2p_dist.cli import add_test_time_arguments, entry_point, parse_size
 from p2p_dist.inference.export import EXPORT_FORMATS, export_generator
 from p2p_dist.inference.label_maps import INPUT_FORMATS, list_label_maps
 from p2p_dist.inference.translate import OUTPUT_SIZES, training_size, translate_paths
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 from p2p_dist.run_dir import resolve_checkpoint
 from p2p_dist.train.trained_generator import load_generator
 
@@ -149,5 +149,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
+    apply_process_defaults()  # before torch loads (see p2p_dist/process_defaults.py)
     sys.exit(main())

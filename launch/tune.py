@@ -12,7 +12,7 @@ Running on a cluster: see the docstring of p2p_dist/tune/__init__.py.
 import sys
 
 from p2p_dist.cli import config_parser, entry_point, parse_config
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 
 
 @entry_point("tune.py")
@@ -32,5 +32,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    apply_openmp_defaults()  # before torch loads (see p2p_dist/openmp_defaults.py)
+    apply_process_defaults()  # before torch loads (see p2p_dist/process_defaults.py)
     sys.exit(main())

@@ -1,12 +1,12 @@
-"""Suite-wide settings: OpenMP defaults as in the entry points; GPU tests skip themselves without CUDA; DeepSpeed
-reuses the op built by `make install`; `one_thread` for tests of small models."""
+"""Suite-wide settings: the process defaults (OpenMP, malloc) of the entry points; GPU tests skip themselves
+without CUDA; DeepSpeed reuses the op built by `make install`; `one_thread` for tests of small models."""
 
 import os
 from pathlib import Path
 
-from p2p_dist.openmp_defaults import apply_openmp_defaults
+from p2p_dist.process_defaults import apply_process_defaults
 
-apply_openmp_defaults()  # the suite runs with the OpenMP settings of the entry points it tests in-process
+apply_process_defaults()  # the suite runs with the process settings of the entry points it tests in-process
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
