@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from p2p_dist.process_defaults import PROCESS_DEFAULTS
+from p2p_dist.process_defaults import PROCESS_ENV_KEYS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -189,7 +189,7 @@ def machine_facts() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         # OpenMP and malloc settings in effect (p2p_dist.process_defaults sets some): they change CPU timings.
-        "process_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", *PROCESS_DEFAULTS)},
+        "process_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", *PROCESS_ENV_KEYS)},
         "mkldnn": torch.backends.mkldnn.is_available(),
         "deepspeed": _version("deepspeed"),
         "dali": _dali_version(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from p2p_dist.config import Config, ConfigError
-from p2p_dist.process_defaults import PROCESS_DEFAULTS
+from p2p_dist.process_defaults import PROCESS_ENV_KEYS
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def resolved_choices(cfg: Config, rt: Runtime) -> dict:
         "memory_format": _format_name(layout.memory_format),
         "model_memory_format": _format_name(layout.model_memory_format),
         "torch_threads": torch.get_num_threads(),
-        "process_env": {key: os.environ.get(key) for key in PROCESS_DEFAULTS},  # p2p_dist.process_defaults
+        "process_env": {key: os.environ.get(key) for key in PROCESS_ENV_KEYS},  # p2p_dist.process_defaults
     }
     if rt.device.type == "cuda":
         choices.update(gpu=torch.cuda.get_device_name(rt.device), cudnn_benchmark=torch.backends.cudnn.benchmark)

@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialSch
 from p2p_dist.config import Config, ConfigError, load_config, save_config
 from p2p_dist.data.demo.shard_set import ensure_demo_shards_if_default
 from p2p_dist.data.shards.read import read_manifest
-from p2p_dist.process_defaults import PROCESS_DEFAULTS
+from p2p_dist.process_defaults import environment_for
 from p2p_dist.train.schedule import total_steps
 from p2p_dist.tune import results
 from p2p_dist.tune.space import check_sweep_config, mutations, objective, search_space, searched_keys
@@ -150,8 +150,9 @@ def worker_env() -> dict[str, str]:
     """Environment of the trial processes."""
     # Ray Train copies workers' prints into its log stream as well: every progress line would show twice.
     env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    # Ray's worker processes load torch before any trial code runs: give them the process settings at start.
-    env.update({key: os.environ.get(key, value) for key, value in PROCESS_DEFAULTS.items()})
+    # Ray's worker processes load torch before any trial code runs: give them the process settings at start,
+    # those of processes that share the cores (concurrent trials).
+    env.update(environment_for(sharing_cores=True))
     # DeepSpeed's CPU communication op is JIT-built into this cache; without it every trial rebuilds it.
     if "TORCH_EXTENSIONS_DIR" in os.environ:
         env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
