@@ -421,6 +421,28 @@ def markdown(result: dict) -> str:
             ],
         )
         lines.append("")
+        if s.get("peers_in_own_process"):
+            rate = r["images_per_s"]["median"]
+            lines += [
+                "The reference peers at the same batch in a process of their own, with the environment a user's "
+                "script has (`benchmarks/peer_process.py`: glibc's and OpenMP's defaults, not p2p_dist's process "
+                "defaults); ratio = the real loop / peer:",
+                "",
+            ]
+            lines += _table(
+                ["peer", "precision", "batch", "images/s median (min-max)", "real loop / peer"],
+                [
+                    [
+                        peer["peer"],
+                        peer["precision"],
+                        peer["batch_size"],
+                        _rate(peer["images_per_s"]),
+                        f"{rate / peer['images_per_s']['median']:.2f}x",
+                    ]
+                    for peer in s["peers_in_own_process"]
+                ],
+            )
+            lines.append("")
 
     if "scaling" in sections:
         s = sections["scaling"]

@@ -7,8 +7,11 @@ import sys
 import run as bench_run
 import torch
 
+from p2p_dist.process_defaults import defaulted_keys
+
 from bench_common import REPO_ROOT
 from bench_data import measure_loaders, measure_packing, tiny_demo_shards
+from bench_step import reference_peers
 
 RUN = REPO_ROOT / "benchmarks" / "run.py"
 
@@ -71,6 +74,13 @@ def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(t
 
     loop = sections["loop"]["run"]
     assert loop["steps"] == result["plan"]["loop_steps"] and 0 <= loop["data_wait_fraction"]["median"] <= 1
+    # The peers as a user runs them: a process of their own, without p2p_dist's process defaults.
+    own_process = sections["loop"]["peers_in_own_process"]
+    assert [r["peer"] for r in own_process] == [v.name for v in reference_peers(torch.device("cpu"))]
+    for r in own_process:
+        assert r["images_per_s"]["median"] > 0 and r["batch_size"] == result["plan"]["run_batch"]
+        assert all(r["environment"].get(key) is None for key in defaulted_keys())
+    assert any("as a user runs it" in t["target"] for t in result["targets"])
     assert [r["processes"] for r in sections["scaling"]["rows"]] == [1, 2]
     assert all(r["images_per_s"]["median"] > 0 for r in sections["scaling"]["rows"])
 
