@@ -165,7 +165,7 @@ def export_generator(
     height, width = example_size or (cfg.data.crop_size, cfg.data.crop_size)
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise ValueError(f"example_size {height}x{width} (HxW): {size_hint(multiple)}")
-    model = copy.deepcopy(generator).cpu().float()
+    model = copy.deepcopy(generator).cpu().float().requires_grad_(False)  # traced without training's autograd
     apply_test_time_modes(model, dropout, norm_mode)
     recorded = recorded_norm_mode(model, norm_mode)
     stochastic = _has_active_dropout(model)

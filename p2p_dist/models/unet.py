@@ -127,5 +127,7 @@ class UNetGenerator(nn.Module):
         for level in reversed(range(self.num_downs)):
             x = self.decoder[level](x)
             if level > 0:
-                x = _SkipConcat.apply(skips.pop(), x)
+                skip = skips.pop()
+                needs_grad = torch.is_grad_enabled() and (skip.requires_grad or x.requires_grad)
+                x = _SkipConcat.apply(skip, x) if needs_grad else torch.cat([skip, x], dim=1)
         return x
