@@ -61,13 +61,20 @@ def build_generator(
     norm: str = "batch",
     dropout: bool = True,
     init_gain: float = 0.02,
+    small_deconv: str = "auto",
 ) -> UNetGenerator:
     """An initialised U-Net whose depth fits square `image_size` training crops (256 -> unet_256)."""
     if image_size not in NUM_DOWNS_BY_IMAGE_SIZE:
         allowed = ", ".join(map(str, NUM_DOWNS_BY_IMAGE_SIZE))
         raise ValueError(f"image_size must be one of {allowed} (the U-Net depths built); got {image_size}")
     generator = UNetGenerator(
-        in_channels, out_channels, NUM_DOWNS_BY_IMAGE_SIZE[image_size], ngf=ngf, norm=norm, dropout=dropout
+        in_channels,
+        out_channels,
+        NUM_DOWNS_BY_IMAGE_SIZE[image_size],
+        ngf=ngf,
+        norm=norm,
+        dropout=dropout,
+        small_deconv=small_deconv,
     )
     return init_weights(generator, init_gain)
 
@@ -90,6 +97,7 @@ def generator_for(cfg: Config) -> UNetGenerator:
         m.norm,
         m.dropout,
         m.init_gain,
+        cfg.train.small_deconv,
     )
 
 

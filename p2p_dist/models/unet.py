@@ -26,6 +26,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from p2p_dist.models.deconv import ConvTranspose2d
 from p2p_dist.models.norm import check_norm, conv_bias, make_norm
 
 # Below 5 levels the reference's 64-128-256-512 ramp does not fit; 7, 8 and 9 are the useful depths.
@@ -69,6 +70,7 @@ class UNetGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "batch",
         dropout: bool = True,
+        small_deconv: str = "auto",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -95,10 +97,10 @@ class UNetGenerator(nn.Module):
             up: OrderedDict[str, nn.Module] = OrderedDict(act=nn.ReLU(inplace=True))
             up_in = width if level == innermost else 2 * width
             if level == 0:
-                up["conv"] = nn.ConvTranspose2d(up_in, out_channels, kernel_size=4, stride=2, padding=1)
+                up["conv"] = ConvTranspose2d(up_in, out_channels, 4, 2, 1, small_deconv=small_deconv)
                 up["out"] = nn.Tanh()
             else:
-                up["conv"] = nn.ConvTranspose2d(up_in, outer_width, kernel_size=4, stride=2, padding=1, bias=bias)
+                up["conv"] = ConvTranspose2d(up_in, outer_width, 4, 2, 1, bias=bias, small_deconv=small_deconv)
                 up["norm"] = make_norm(norm, outer_width)
                 if dropout and FIRST_WIDE_LEVEL <= level < innermost:
                     up["dropout"] = nn.Dropout(0.5)
