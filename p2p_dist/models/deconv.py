@@ -47,13 +47,11 @@ def _as_matmul(m: ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     c_out = m.out_channels
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
     pixels = x.permute(0, 2, 3, 1).reshape(n * height * width, c_in)
-    if m.weight.is_contiguous():  # (c_in, c_out, kh, kw): patches come out as fold wants them
-        patches = (pixels @ m.weight.view(c_in, c_out * kh * kw)).view(n, height * width, c_out * kh * kw)
-        columns = patches.transpose(1, 2)
-    else:  # channels_last (c_in, kh, kw, c_out) in memory: a view too, then the patches reordered
-        weight = m.weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)
-        patches = (pixels @ weight).view(n, height * width, kh * kw, c_out)
-        columns = patches.permute(0, 3, 2, 1).reshape(n, c_out * kh * kw, height * width)
+    # One matrix whatever the weight's layout (a view of channels_last weights, a copy of contiguous ones), so
+    # that both layouts give the same roundings, as the convolution kernels do.
+    weight = m.weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)
+    patches = (pixels @ weight).view(n, height * width, kh * kw, c_out)
+    columns = patches.permute(0, 3, 2, 1).reshape(n, c_out * kh * kw, height * width)
     out_h = (height - 1) * sh - 2 * ph + dh * (kh - 1) + m.output_padding[0] + 1
     out_w = (width - 1) * sw - 2 * pw + dw * (kw - 1) + m.output_padding[1] + 1
     columns = columns.to(torch.promote_types(columns.dtype, torch.float32))
@@ -61,10 +59,21 @@ def _as_matmul(m: ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     if m.bias is not None:
         y = y + m.bias.view(1, -1, 1, 1)
     # The convolution's output layout: channels_last when the input or the weight is (torch's rule on CPU and CUDA).
-    channels_last = any(
-        t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in (x, m.weight)
-    )
+    channels_last = _strides_say_channels_last(x) or _strides_say_channels_last(m.weight)
     return y.to(dtype=patches.dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _strides_say_channels_last(t: torch.Tensor) -> bool:
+    """Whether torch reads `t`'s strides as channels_last (c10's is_channels_last_strides_2d, which its
+    convolutions follow): also for maps of 1x1, which are contiguous in both layouts."""
+    if t.stride(1) == 0:
+        return False
+    lowest = 0
+    for dim in (1, 3, 2, 0):
+        if t.shape[dim] == 0 or t.stride(dim) < lowest or (dim == 0 and lowest == t.stride(1)):
+            return False
+        lowest = t.stride(dim) * (t.shape[dim] if t.shape[dim] > 1 else 1)
+    return True
 
 
 def use_convolution_kernels(model: nn.Module) -> None:

@@ -80,3 +80,15 @@ def test_exports_trace_the_convolution_kernels():
 def test_an_unknown_mode_is_rejected_by_name():
     with pytest.raises(ValueError, match="small_deconv must be one of auto, matmul, conv; got 'fast'"):
         ConvTranspose2d(4, 4, 4, 2, 1, small_deconv="fast")
+
+
+def test_a_1x1_map_with_channels_last_strides_comes_out_channels_last_as_from_the_convolution():
+    """A 1x1 map is contiguous in both layouts; torch reads its strides, and so must the matmul form (a layout
+    that differs sends the next batch norm down another kernel: other roundings than a channels_last run's)."""
+    ours, theirs = _pair((16, 8, 4, 2, 1, 0, 1, False), torch.contiguous_format)
+    x = torch.randn(3, 1, 1, 16, dtype=torch.float64).permute(0, 3, 1, 2)  # a channels_last 3x16x1x1
+    assert (
+        ours(x).stride()
+        == theirs(x).stride()
+        == torch.empty(3, 8, 2, 2).contiguous(memory_format=torch.channels_last).stride()
+    )
