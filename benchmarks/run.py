@@ -731,10 +731,11 @@ def loop_targets(sections: dict, kind: str) -> list[dict]:
         peers.setdefault(
             reference["variant"], {"peer": reference["variant"], "images_per_s": reference["images_per_s"]}
         )
+    targets = _loop_targets_against(loop, kind, peers, "")
     own_process = {p["peer"]: p for p in loop.get("peers_in_own_process", [])}
-    return _loop_targets_against(loop, kind, peers, "") + _loop_targets_against(
-        loop, kind, own_process, " (peer in its own process, as a user runs it)"
-    )
+    if own_process:
+        targets += _loop_targets_against(loop, kind, own_process, " (peer in its own process, as a user runs it)")
+    return targets
 
 
 def _loop_targets_against(loop: dict, kind: str, peers: dict[str, dict], where: str) -> list[dict]:

@@ -173,6 +173,21 @@ def test_a_baseline_without_peers_still_judges_the_loop_against_the_fp32_referen
     assert [t["met"] for t in loop] == [True, True]  # the fp32 reference is the only (so the best) peer measured
 
 
+def test_the_loop_is_also_judged_against_the_peers_measured_in_a_process_of_their_own():
+    result = measured_run({"cpu_native_bf16": True})
+    result["sections"]["loop"]["peers_in_own_process"] = [
+        {"peer": "reference eager fp32", "images_per_s": common.summarise([1.5])},
+        {"peer": "reference + bf16 autocast + channels_last", "images_per_s": common.summarise([2.0])},
+    ]
+    own = [t for t in bench_run.evaluate_targets(result) if t["target"].endswith("as a user runs it)")]
+    assert [t["target"].split(": ", 1)[1] for t in own] == [
+        "the real loop >= 1.3x the best peer's step at batch 4 (peer in its own process, as a user runs it)",
+        "the real loop >= 2.0x the reference eager fp32's step at batch 4 (peer in its own process, as a user runs it)",
+    ]
+    assert own[0]["measured"].startswith("1.20x (2.40 vs 2.00") and own[0]["met"] is False
+    assert own[1]["measured"].startswith("1.60x (2.40 vs 1.50") and own[1]["met"] is False
+
+
 def test_the_speed_up_target_reports_the_bound_set_by_the_fp32_matmul_peak():
     result = {
         "sections": {
