@@ -34,6 +34,7 @@ from p2p_dist.config import Config, load_config
 from p2p_dist.models import PHOTO_CHANNELS, generator_for
 from p2p_dist.runtime import Runtime, has_fast_bf16, resolve_precision
 from p2p_dist.train import step_ranges
+from p2p_dist.train.adam import Adam
 from p2p_dist.train.engines import ADAM_KERNEL, Pix2Pix
 from p2p_dist.train.reference_step import ReferenceStep
 
@@ -77,6 +78,7 @@ class Variant:
     bf16_mode: str | None = None  # train.bf16_mode; None: the config default (auto)
     model_memory_format: str | None = None  # train.model_memory_format; None: the config default
     compile: bool = False
+    small_deconv: str | None = None  # train.small_deconv; None: the config default (auto)
     threads: int | None = None  # None: leave torch's thread count alone
     mkldnn: bool = True
     zero_stage: int = 0
@@ -97,6 +99,8 @@ class Variant:
             out.append(f"train.model_memory_format={self.model_memory_format}")
         if self.compile:
             out.append("train.compile=true")
+        if self.small_deconv is not None:
+            out.append(f"train.small_deconv={self.small_deconv}")
         if self.joint_d_forward is not None:
             out.append(f"train.joint_d_forward={str(self.joint_d_forward).lower()}")
         if self.for_loop_adam:
@@ -668,7 +672,8 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
 
 def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant]:
     """Changes to the default configuration that keep the maths (up to rounding), measured side by side: each lever
-    of issue 12 (memory layout of inputs and parameters, bf16 weights, threads, the joint D forward, compile)
+    of issue 12 (memory layout of inputs and parameters, bf16 weights, small-map transposed convolutions, threads,
+    the joint D forward, compile)
     either way, the default's earlier speed-ups undone, and the peers to beat. Variants that equal the default
     on this machine (the automatic choices resolve per machine) show the measurement's noise."""
     cores = torch.get_num_threads()
@@ -693,6 +698,9 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         # how bf16 runs (train.bf16_mode; only where precision=auto resolves to bf16)
         Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
         Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
+        # small-map transposed convolutions (train.small_deconv): matmul + fold, or the convolution kernel
+        Variant("small-map transposed convolutions as matmul + fold", "p2p_dist", small_deconv="matmul"),
+        Variant("small-map transposed convolutions on the convolution kernel", "p2p_dist", small_deconv="conv"),
         # earlier speed-ups, undone
         Variant("for-loop Adam (torch's CPU default)", "p2p_dist", for_loop_adam=True),
         Variant("DeepSpeed's all-reduce in a group of one", "p2p_dist", single_rank_allreduce=True),
@@ -715,21 +723,35 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
 
 def measure_adam(cfg: Config, device: torch.device, repeats: int, warmup: int = 1) -> list[dict]:
     """Seconds per Adam step over the generator's parameters for torch's three implementations (the
-    engines take a client torch.optim.Adam: its implementation is the trainer's choice), and how far each
-    ends from the single-tensor for-loop after the same steps on the same gradients."""
+    engines take a client Adam: its implementation is the trainer's choice), and for the fused kernel over
+    channels_last parameters as torch steps them and as p2p_dist's Adam does (flat views of their storage); and how
+    far each ends from the single-tensor for-loop after the same steps on the same gradients."""
     t = cfg.train
     torch.manual_seed(0)
     reference = [p.detach().to(device) for p in generator_for(cfg).parameters()]
     generator = torch.Generator(device=device).manual_seed(1)
     grads = [torch.randn(p.shape, device=device, generator=generator) * 1e-3 for p in reference]
-    implementations = {name: ADAM_KERNEL[name] for name in ("for-loop", "foreach", "fused")}
+    channels_last = torch.channels_last
+    implementations = {
+        name: (torch.optim.Adam, ADAM_KERNEL[name], torch.contiguous_format)
+        for name in ("for-loop", "foreach", "fused")
+    }
+    implementations["fused, channels_last parameters (torch)"] = (torch.optim.Adam, ADAM_KERNEL["fused"], channels_last)
+    implementations["fused, channels_last parameters (p2p_dist: flat storage)"] = (
+        Adam,
+        ADAM_KERNEL["fused"],
+        channels_last,
+    )
     default = "foreach" if device.type == "cuda" else "for-loop"
     results, finals = [], {}
-    for name, options in implementations.items():
-        params = [p.clone().requires_grad_(True) for p in reference]
+    for name, (optimizer_class, options, layout) in implementations.items():
+        params = [
+            p.clone(memory_format=layout if p.dim() == 4 else torch.preserve_format).requires_grad_(True)
+            for p in reference
+        ]
         for p, g in zip(params, grads):
-            p.grad = g
-        optimizer = torch.optim.Adam(params, lr=t.lr_g, betas=(t.beta1, t.beta2), **options)
+            p.grad = torch.empty_like(p).copy_(g)  # laid out like its parameter, as autograd does
+        optimizer = optimizer_class(params, lr=t.lr_g, betas=(t.beta1, t.beta2), **options)
         for _ in range(warmup):
             optimizer.step()
         seconds = [time_call(optimizer.step, device) for _ in range(repeats)]
