@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import run as bench_run
 import torch
 
@@ -96,3 +97,42 @@ def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(t
     breakdown = sections["breakdown"]
     assert [v["default"] for v in breakdown["variants"]] == [True, False] and breakdown["data_wait"]["ms"] >= 0
     assert all(v["top_ops"] and v["rows"] for v in breakdown["variants"]) and (tmp_path / "traces").is_dir()
+
+
+@pytest.mark.slow
+def test_compare_commits_runs_the_real_loop_of_both_commits_and_writes_their_ratio(tmp_path, tiny_shards):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "compare_commits.py"),
+            "--base",
+            "HEAD",
+            "--rounds",
+            "1",
+            "--steps",
+            "2",
+            "--log-every",
+            "1",
+            "--batch",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--shards",
+            str(tiny_shards),
+            "data.crop_size=128",
+            "data.load_size=143",
+            "model.ngf=4",
+            "model.ndf=4",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (json_path,) = tmp_path.glob("*-commits-*.json")
+    record = json.loads(json_path.read_text())
+    assert set(record["images_per_s"]) == {record["base"], "working tree"} and record["ratio"] > 0
+    assert all(rate["n"] == 1 and rate["median"] > 0 for rate in record["images_per_s"].values())
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    assert "p2p-compare-" not in worktrees  # the base's worktree is removed
