@@ -7,7 +7,7 @@ Each round runs `launch/train.py` of the base (a temporary git worktree) and of 
 at `--batch`, on the demo shards with the DALI loader, one after the other, in the environment a user's shell
 has (each commit applies its own process defaults). Figures are the medians of each run's steady-state
 metrics.jsonl records, and across rounds. Only options both commits know can be passed (`overrides`).
-Writes benchmarks/results/<machine>-<date>-commits-<base>-<head>.{json,md}.
+Writes benchmarks/results/<machine>-<date>-commits-<base>-<head>-<config>.{json,md}.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def _run_loop(tree: Path, args: argparse.Namespace, run_dir: Path) -> dict:
         "eval.every=0",
         *args.overrides,
     ]
-    command = [sys.executable, str(tree / "launch" / "train.py"), *overrides]
-    result = subprocess.run(command, cwd=tree, env=users_environment(), capture_output=True, text=True)
+    command = [sys.executable, str(tree / "launch" / "train.py"), "--config", str(tree / args.config), *overrides]
+    env = {**users_environment(), "PYTHONPATH": str(tree)}  # the tree's p2p_dist, not the one installed here
+    result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -83,6 +84,7 @@ def compare(args: argparse.Namespace) -> dict:
         "head": head,
         "batch_size": args.batch,
         "steps": args.steps,
+        "config": args.config,
         "overrides": args.overrides,
         "images_per_s": {name: summarise(values) for name, values in rates.items()},
         "ratio": statistics.median(rates[head]) / statistics.median(rates[base]),
@@ -91,12 +93,13 @@ def compare(args: argparse.Namespace) -> dict:
 
 def markdown(result: dict, facts: dict) -> str:
     base, head = result["base"], result["head"]
+    overrides = " ".join(result["overrides"]) or "none"
     lines = [
         f"# Real loop before and after: {base} -> {head}",
         "",
         f"- machine: {facts['cpu_model']}, {facts['cpu_cores']} cores; CPU flags: {' '.join(facts['cpu_simd'])}",
-        f"- `launch/train.py` on the demo shards (DALI), batch {result['batch_size']}, {result['steps']} steps per "
-        f"run, the commits alternating; overrides: {' '.join(result['overrides']) or 'none'}",
+        f"- `launch/train.py --config {result['config']}` on the demo shards (DALI), batch {result['batch_size']}, "
+        f"{result['steps']} steps per run, the commits alternating; overrides: {overrides}",
         "- images/s: median (min-max) over rounds of each run's median steady-state record",
         "",
         "| commit | images/s |",
@@ -116,6 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per run")
     parser.add_argument("--log-every", type=int, default=5, help="steps per metrics record")
     parser.add_argument("--batch", type=int, default=4, help="images per step")
+    parser.add_argument(
+        "--config",
+        default="configs/cityscapes.yaml",
+        help="the run's config, as a path inside each commit (default: the paper's recipe, unet_256 at 256x256)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the results go")
     parser.add_argument("--shards", type=Path, default=None, help="shard set (default: the demo set, built if missing)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides both commits know")
@@ -124,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     args.shards = args.shards.resolve() if args.shards else ensure_demo_shards(REPO_ROOT / DEMO_SHARDS)
     facts = machine_facts()
     result = compare(args)
-    stem = f"{machine_name(facts)}-{today()}-commits-{result['base']}-{result['head'].replace(' ', '-')}"
+    head = result["head"].replace(" ", "-")
+    stem = f"{machine_name(facts)}-{today()}-commits-{result['base']}-{head}-{Path(args.config).stem}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps({"machine": facts, **result}, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(result, facts))
