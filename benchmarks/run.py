@@ -98,6 +98,7 @@ class Plan:
     profile_steps: int
     run_timeout_s: float = 1800.0
     reference_peers: bool = True  # the baseline also measures the reference step's bf16/fp16/channels_last peers
+    own_process_peers: bool = True  # the loop section also times the peers in a process of their own
     demo_scenes: tuple[int, int] | None = None  # (train, val) scenes of a temporary demo set; None: shards/demo
 
 
@@ -141,7 +142,12 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
             run_timeout_s=600,
         )
         if gpu_check:  # the dry run of gpu-check's plan: one batch size, one process per GPU
-            plan = dataclasses.replace(plan, step_batches=[2], scaling_processes=[1, gpus] if gpus > 1 else [1])
+            plan = dataclasses.replace(
+                plan,
+                step_batches=[2],
+                scaling_processes=[1, gpus] if gpus > 1 else [1],
+                own_process_peers=False,
+            )
         return plan
     if gpu_check:
         if device.type != "cuda":
@@ -175,6 +181,7 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
             profile_steps=3,
             run_timeout_s=100,
             reference_peers=True,
+            own_process_peers=False,  # the loop part's time limit is tight; the step part measures the peers
             demo_scenes=GPU_CHECK_DEMO_SCENES,
         )
     if device.type == "cuda":
@@ -438,6 +445,8 @@ class Suite:
         isolated = self.isolated_default.get(p.run_batch)
         if isolated:
             record["vs_isolated_step"] = record["run"]["images_per_s"]["median"] / isolated
+        if not p.own_process_peers:
+            return
         print(
             f"[loop] the reference peers at batch {p.run_batch} in a process of their own, as a user runs them",
             flush=True,
