@@ -17,6 +17,12 @@ from p2p_dist.run_dir import latest_checkpoint
 from runs import DEEPSPEED, ROOT, TRAIN, final_weights, free_port, run_training, train_command, train_env
 
 
+def step_losses(run: Path) -> torch.Tensor:
+    """loss_D, loss_G_gan and loss_G_l1 of every metrics.jsonl record of a run (one per step at run.log_every=1)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return torch.tensor([[r["loss_D"], r["loss_G_gan"], r["loss_G_l1"]] for r in records])
+
+
 def test_run_directory_holds_config_metrics_samples_checkpoints_and_summary(tmp_path, tiny_shards):
     run = tmp_path / "run"
     result = run_training(run, tiny_shards, "train.steps=4", "run.checkpoint_every=2", "run.keep_checkpoints=1")
@@ -147,10 +153,7 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path, ti
     run_training(tmp_path / "two", tiny_shards, *common, "train.batch_size=2", nprocs=2)
 
     # Losses at every step: the same samples, split across ranks, and the same averaged updates.
-    losses = {}
-    for name in ("one", "two"):
-        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        losses[name] = torch.tensor([[r["loss_D"], r["loss_G_gan"], r["loss_G_l1"]] for r in records])
+    losses = {name: step_losses(tmp_path / name) for name in ("one", "two")}
     assert losses["one"].shape == losses["two"].shape == (3, 3)
     torch.testing.assert_close(losses["two"], losses["one"], rtol=1e-5, atol=1e-6)
 
@@ -274,10 +277,7 @@ def test_gradient_accumulation_matches_one_batch_of_the_accumulated_size(tmp_pat
     common = ("train.steps=3", "model.norm=instance", "model.dropout=false", "run.sample_every=100")
     run_training(tmp_path / "big", tiny_shards, *common, "train.batch_size=4")
     run_training(tmp_path / "accumulated", tiny_shards, *common, "train.batch_size=2", "train.grad_accum=2")
-    losses = {}
-    for name in ("big", "accumulated"):
-        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        losses[name] = torch.tensor([[r["loss_D"], r["loss_G_gan"], r["loss_G_l1"]] for r in records])
+    losses = {name: step_losses(tmp_path / name) for name in ("big", "accumulated")}
     assert losses["big"].shape == (3, 3)
     torch.testing.assert_close(losses["accumulated"], losses["big"], rtol=1e-5, atol=1e-6)
 
@@ -291,6 +291,19 @@ def test_zero_stages_train_the_same_parameters_as_zero0(tmp_path, tiny_shards, z
     a, b = final_weights(tmp_path / "zero0"), final_weights(tmp_path / f"zero{zero_stage}")
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-6, f"largest parameter difference {worst}"
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_as_the_eager_ones(tmp_path, tiny_shards):
+    """train.compile=true through the generator's own pieces (the dense-gradient skip concatenation, the small-map
+    matmul transposed convolutions). Dropout off: compiled code draws its masks from another generator. Losses,
+    not parameters: Adam turns rounding noise in a gradient into whole lr steps (see above)."""
+    common = ("train.steps=3", "model.dropout=false", "run.sample_every=100")
+    run_training(tmp_path / "eager", tiny_shards, *common)
+    run_training(tmp_path / "compiled", tiny_shards, *common, "train.compile=true")
+    eager, compiled = step_losses(tmp_path / "eager"), step_losses(tmp_path / "compiled")
+    assert eager.shape == (3, 3)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
 def _deepspeed_shm_buffers() -> set[str]:
