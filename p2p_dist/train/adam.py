@@ -42,6 +42,10 @@ class Adam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:  # evaluated first, as torch does, while the parameters have their own shapes
+            with torch.enable_grad():
+                loss = closure()
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         for p in params:
             p.grad = _laid_out_like(p, p.grad)
@@ -54,10 +58,11 @@ class Adam(torch.optim.Adam):
         for p in flattened:
             _reshape(p, self.state[p], _storage_order, p.shape)
         try:
-            return super().step(closure)
+            super().step()
         finally:
             for p in flattened:
                 _reshape(p, self.state[p], functools.partial(_shaped_like, shape=shapes[p]), p.shape)
+        return loss
 
 
 def _laid_out_like(param: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:

@@ -93,3 +93,18 @@ def test_gradients_and_moments_laid_out_unlike_their_parameter_step_as_if_they_m
     _step(torchs, list(reference.parameters()), second)
     for a, b in zip(network.parameters(), reference.parameters()):
         assert torch.equal(a, b) and a.stride() == b.stride()
+
+
+def test_a_closure_sees_the_parameters_in_their_own_shape_and_its_loss_is_returned():
+    network = _network().to(memory_format=torch.channels_last)
+    optimizer = Adam(network.parameters(), lr=1e-2, fused=True)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = network(x).square().mean()
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    assert loss.item() > 0 and all(p.grad is not None for p in network.parameters())
