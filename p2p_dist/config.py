@@ -146,7 +146,7 @@ class TrainConfig:
         "auto",
         "How the generator's transposed convolutions on maps of at most 4x4 (its innermost decoder levels) run, "
         "the same sums: matmul = one matmul and a fold; conv = the framework's convolution kernel; auto = the "
-        "matmul on a CPU, where oneDNN's kernel spends those layers reordering weights (step 1.03-1.04x on a "
+        "matmul on a CPU, where oneDNN's kernel spends those layers reordering weights (step 1.04-1.05x on a "
         "2-core native-bf16 CPU; p2p_dist.models.deconv), the convolution on CUDA.",
         choices=SMALL_DECONV_MODES,
     )

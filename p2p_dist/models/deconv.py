@@ -4,7 +4,7 @@ On a CPU, oneDNN's transposed convolution on maps of 4x4 and less (the U-Net's i
 1024->512 channels on 1x1 to 4x4 maps) spends its time reordering the 1024x512x4x4 weights and in a
 backward-weights kernel at a few percent of the matmul peak: forward and backward of one such layer took 45-50 ms
 in bf16 and 54-66 ms in fp32, against 17-20 ms and 19-33 ms as a matmul and a fold (2-core native-bf16 CPU, batch
-4, torch 2.14); the training step 1.03-1.04x. At 8x8 the two are even, above it the convolution wins.
+4, torch 2.14); the training step 1.04-1.05x. At 8x8 the two are even, above it the convolution wins.
 """
 
 from __future__ import annotations
