@@ -153,8 +153,9 @@ class TrainConfig:
     compile: bool = opt(
         False,
         "torch.compile both networks (inductor). Off by default: on a native-bf16 CPU "
-        "(bf16, batch 4) it compiled in ~50 s and then ran at 1.00-1.06x the eager speed (the "
-        "convolutions are the same oneDNN kernels); unmeasured on GPUs.",
+        "(bf16, batch 4) it compiles in ~50 s and then runs at 0.96x the eager speed (1.00-1.06x "
+        "before the eager step's own speed-ups; the convolutions are the same oneDNN kernels); "
+        "unmeasured on GPUs.",
     )
     adam: str = opt(
         "fused",
