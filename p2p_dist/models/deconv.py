@@ -59,21 +59,22 @@ def _as_matmul(m: ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     if m.bias is not None:
         y = y + m.bias.view(1, -1, 1, 1)
     # The convolution's output layout: channels_last when the input or the weight is (torch's rule on CPU and CUDA).
-    channels_last = _strides_say_channels_last(x) or _strides_say_channels_last(m.weight)
-    return y.to(dtype=patches.dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    formats = (memory_format_of(x), memory_format_of(m.weight))
+    layout = torch.channels_last if torch.channels_last in formats else torch.contiguous_format
+    return y.to(dtype=patches.dtype, memory_format=layout)
 
 
-def _strides_say_channels_last(t: torch.Tensor) -> bool:
-    """Whether torch reads `t`'s strides as channels_last (c10's is_channels_last_strides_2d, which its
-    convolutions follow): also for maps of 1x1, which are contiguous in both layouts."""
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The layout torch reads from a 4-D tensor's strides (c10's is_channels_last_strides_2d, which its convolutions
+    follow): also for maps of 1x1, which are contiguous in both layouts."""
     if t.stride(1) == 0:
-        return False
+        return torch.contiguous_format
     lowest = 0
     for dim in (1, 3, 2, 0):
         if t.shape[dim] == 0 or t.stride(dim) < lowest or (dim == 0 and lowest == t.stride(1)):
-            return False
+            return torch.contiguous_format
         lowest = t.stride(dim) * (t.shape[dim] if t.shape[dim] > 1 else 1)
-    return True
+    return torch.channels_last
 
 
 def use_convolution_kernels(model: nn.Module) -> None:

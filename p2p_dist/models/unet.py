@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from p2p_dist.models.deconv import ConvTranspose2d
+from p2p_dist.models.deconv import ConvTranspose2d, memory_format_of
 from p2p_dist.models.norm import check_norm, conv_bias, make_norm
 
 # Below 5 levels the reference's 64-128-256-512 ramp does not fit; 7, 8 and 9 are the useful depths.
@@ -45,7 +45,7 @@ class _SkipConcat(torch.autograd.Function):
     @staticmethod
     def forward(ctx, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.skip_channels = skip.shape[1]
-        ctx.layouts = (_layout_of(skip), _layout_of(x))
+        ctx.layouts = (memory_format_of(skip), memory_format_of(x))
         return torch.cat([skip, x], dim=1)
 
     @staticmethod
@@ -53,10 +53,6 @@ class _SkipConcat(torch.autograd.Function):
         grad_skip, grad_x = grad.split([ctx.skip_channels, grad.shape[1] - ctx.skip_channels], dim=1)
         skip_layout, x_layout = ctx.layouts
         return grad_skip.contiguous(memory_format=skip_layout), grad_x.contiguous(memory_format=x_layout)
-
-
-def _layout_of(tensor: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if tensor.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 class UNetGenerator(nn.Module):
