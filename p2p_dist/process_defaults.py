@@ -44,7 +44,7 @@ def process_defaults(sharing_cores: bool) -> dict[str, str]:
 
 
 OPENMP_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-PROCESS_ENV_KEYS = (*OPENMP_KEYS, *MALLOC_DEFAULTS)  # what process_defaults sets
+PROCESS_ENV_KEYS = tuple(process_defaults(sharing_cores=False))  # what process_defaults sets
 
 
 def processes_on_this_machine() -> int:
@@ -73,7 +73,8 @@ def _mallopt(settings: dict[str, str]) -> None:
 def environment_for(sharing_cores: bool) -> dict[str, str]:
     """The process settings of a process (this one or a child) in these circumstances: what the user set, and our
     defaults for the rest, which DEFAULTED_ENV names."""
-    users = {key: os.environ[key] for key in PROCESS_ENV_KEYS if key in os.environ and key not in defaulted_keys()}
+    ours = defaulted_keys()
+    users = {key: os.environ[key] for key in PROCESS_ENV_KEYS if key in os.environ and key not in ours}
     users_openmp = bool(users.keys() & set(OPENMP_KEYS))  # a wait policy or a spin count the user chose decides
     defaults = {
         key: value
