@@ -14,18 +14,22 @@ from bench_common import REPO_ROOT
 from bench_data import measure_loaders, measure_packing, tiny_demo_shards
 from bench_step import reference_peers
 
-RUN = REPO_ROOT / "benchmarks" / "run.py"
 
-
-def run_quick(out, *args: str) -> dict:
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/`name` with `args`, as a user runs it; it must succeed."""
     result = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--out", str(out), *args],
+        [sys.executable, str(REPO_ROOT / "benchmarks" / name), *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def run_quick(out, *args: str) -> dict:
+    result = run_script("run.py", "--quick", "--out", str(out), *args)
     (json_path,) = out.glob("*.json")
     assert json_path.with_suffix(".md").read_text().strip() in result.stdout  # the table is printed too
     assert json_path.with_suffix(".png").is_file()
@@ -101,35 +105,27 @@ def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(t
 
 @pytest.mark.slow
 def test_compare_commits_runs_the_real_loop_of_both_commits_and_writes_their_ratio(tmp_path, tiny_shards):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "benchmarks" / "compare_commits.py"),
-            "--base",
-            "HEAD",
-            "--rounds",
-            "1",
-            "--steps",
-            "2",
-            "--log-every",
-            "1",
-            "--batch",
-            "1",
-            "--out",
-            str(tmp_path),
-            "--shards",
-            str(tiny_shards),
-            "data.crop_size=128",
-            "data.load_size=143",
-            "model.ngf=4",
-            "model.ndf=4",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    run_script(
+        "compare_commits.py",
+        "--base",
+        "HEAD",
+        "--rounds",
+        "1",
+        "--steps",
+        "2",
+        "--log-every",
+        "1",
+        "--batch",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--shards",
+        str(tiny_shards),
+        "data.crop_size=128",
+        "data.load_size=143",
+        "model.ngf=4",
+        "model.ndf=4",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     (json_path,) = tmp_path.glob("*-commits-*.json")
     record = json.loads(json_path.read_text())
     assert set(record["images_per_s"]) == {record["base"], "working tree"} and record["ratio"] > 0
