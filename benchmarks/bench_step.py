@@ -78,7 +78,7 @@ class Variant:
     bf16_mode: str | None = None  # train.bf16_mode; None: the config default (auto)
     model_memory_format: str | None = None  # train.model_memory_format; None: the config default
     compile: bool = False
-    small_deconv: str | None = None  # train.small_deconv; None: the config default (auto)
+    small_maps: str | None = None  # train.small_maps; None: the config default (auto)
     threads: int | None = None  # None: leave torch's thread count alone
     mkldnn: bool = True
     zero_stage: int = 0
@@ -99,8 +99,8 @@ class Variant:
             out.append(f"train.model_memory_format={self.model_memory_format}")
         if self.compile:
             out.append("train.compile=true")
-        if self.small_deconv is not None:
-            out.append(f"train.small_deconv={self.small_deconv}")
+        if self.small_maps is not None:
+            out.append(f"train.small_maps={self.small_maps}")
         if self.joint_d_forward is not None:
             out.append(f"train.joint_d_forward={str(self.joint_d_forward).lower()}")
         if self.for_loop_adam:
@@ -698,9 +698,9 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         # how bf16 runs (train.bf16_mode; only where precision=auto resolves to bf16)
         Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
         Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
-        # small-map transposed convolutions (train.small_deconv): matmul + fold, or the convolution kernel
-        Variant("small-map transposed convolutions as matmul + fold", "p2p_dist", small_deconv="matmul"),
-        Variant("small-map transposed convolutions on the convolution kernel", "p2p_dist", small_deconv="conv"),
+        # the generator's innermost levels (train.small_maps): matmuls, or the convolution kernels
+        Variant("innermost levels (maps <= 8x8) as matmuls", "p2p_dist", small_maps="matmul"),
+        Variant("innermost levels on the convolution kernels", "p2p_dist", small_maps="conv"),
         # earlier speed-ups, undone
         Variant("for-loop Adam (torch's CPU default)", "p2p_dist", for_loop_adam=True),
         Variant("DeepSpeed's all-reduce in a group of one", "p2p_dist", single_rank_allreduce=True),

@@ -32,7 +32,7 @@ NORMS = ("batch", "instance", "syncbatch")  # model.norm: p2p_dist.models.norm.m
 GAN_MODES = ("vanilla", "lsgan")  # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
 BF16_MODES = ("auto", "autocast", "bf16_weights")  # train.bf16_mode: p2p_dist.runtime.resolve_bf16_mode
-SMALL_DECONV_MODES = ("auto", "matmul", "conv")  # train.small_deconv: p2p_dist.models.deconv
+SMALL_MAPS_MODES = ("auto", "matmul", "conv")  # train.small_maps: p2p_dist.models.small_maps
 NORM_MODES = ("per-image", "running")  # eval.norm_mode: p2p_dist.models.translation_modes
 
 
@@ -142,13 +142,14 @@ class TrainConfig:
         "per device and CPU kind (p2p_dist.runtime.resolve_bf16_mode).",
         choices=BF16_MODES,
     )
-    small_deconv: str = opt(
+    small_maps: str = opt(
         "auto",
-        "How the generator's transposed convolutions on maps of at most 4x4 (its innermost decoder levels) run, "
-        "the same sums: matmul = one matmul and a fold; conv = the framework's convolution kernel; auto = the "
-        "matmul on a CPU, where oneDNN's kernel spends those layers reordering weights (step 1.04-1.05x on a "
-        "2-core native-bf16 CPU; p2p_dist.models.deconv), the convolution on CUDA.",
-        choices=SMALL_DECONV_MODES,
+        "How the generator's innermost levels run (convolutions to maps of at most 8x8, transposed convolutions "
+        "from them), the same sums: matmul = one matmul each (an im2col gather before it, or a fold after it); "
+        "conv = the framework's convolution kernels; auto = the matmul on a CPU in bf16, where oneDNN's kernels "
+        "spend those layers reordering weights (per layer 1.3-3x; p2p_dist.models.small_maps), the kernels for "
+        "fp32 (no faster there) and on CUDA.",
+        choices=SMALL_MAPS_MODES,
     )
     compile: bool = opt(
         False,

@@ -159,13 +159,15 @@ def resolve_bf16_mode(requested: str, device: torch.device, precision: str) -> s
     return "autocast"
 
 
-def resolve_small_deconv(requested: str, device: torch.device) -> str:
-    """How the generator's transposed convolutions on small maps run on `device` (p2p_dist.models.deconv): "matmul"
-    or "conv". auto: the matmul on a CPU, for both CPU kinds (the weight reorders it avoids are no SIMD matter;
-    measured 2-3x per layer in bf16 and in fp32 on a native-bf16 CPU), the convolution on CUDA (cuDNN)."""
+def resolve_small_maps(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """How the generator's layers on small maps run on `device` with operands of `dtype`
+    (p2p_dist.models.small_maps): "matmul" or "conv". auto: the matmul for bf16 on a CPU (1.3-3x per layer on a
+    native-bf16 CPU: oneDNN's bf16 kernels reorder the large weights of those layers at every call); the convolution
+    kernels for fp32 on a CPU (the matmul no faster, a contiguous fp32 convolution 1.3-1.8x slower: AVX2-only CPUs
+    train in fp32) and on CUDA (cuDNN)."""
     if requested != "auto":
         return requested
-    return "matmul" if device.type == "cpu" else "conv"
+    return "matmul" if device.type == "cpu" and dtype == torch.bfloat16 else "conv"
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,11 @@ def resolve_step_layout(cfg: Config, rt: Runtime) -> StepLayout:
     )
 
 
+def _compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a step's convolutions compute in at `precision` (bf16: under autocast or on bf16 weights)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def _format_name(memory_format: torch.memory_format) -> str:
     return "channels_last" if memory_format == torch.channels_last else "contiguous"
 
@@ -200,7 +207,7 @@ def resolved_choices(cfg: Config, rt: Runtime) -> dict:
         "device": rt.device.type,
         "precision": rt.precision,
         "compile": cfg.train.compile,
-        "small_deconv": resolve_small_deconv(cfg.train.small_deconv, rt.device),
+        "small_maps": resolve_small_maps(cfg.train.small_maps, rt.device, _compute_dtype(rt.precision)),
         "bf16_mode": layout.bf16_mode,
         "memory_format": _format_name(layout.memory_format),
         "model_memory_format": _format_name(layout.model_memory_format),

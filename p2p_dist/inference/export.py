@@ -16,8 +16,8 @@ from p2p_dist.data import labels
 from p2p_dist.inference.label_maps import Size, TranslateError
 from p2p_dist.inference.translate import size_hint
 from p2p_dist.models import LABEL_CHANNELS, PHOTO_CHANNELS, UNetGenerator, sidecar_path
-from p2p_dist.models.deconv import use_convolution_kernels
 from p2p_dist.models.translation_modes import DEFAULT_NORM_MODE, apply_test_time_modes, recorded_norm_mode
+from p2p_dist.models.unet import use_framework_kernels
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 NORM_DESCRIPTIONS = {
@@ -167,7 +167,7 @@ def export_generator(
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise ValueError(f"example_size {height}x{width} (HxW): {size_hint(multiple)}")
     model = copy.deepcopy(generator).cpu().float().requires_grad_(False)  # traced without training's autograd
-    use_convolution_kernels(model)  # one portable graph: the matmul form is a training speed-up of CPUs
+    use_framework_kernels(model)  # one portable graph: the matmul form is a training speed-up of CPUs
     apply_test_time_modes(model, dropout, norm_mode)
     recorded = recorded_norm_mode(model, norm_mode)
     stochastic = _has_active_dropout(model)

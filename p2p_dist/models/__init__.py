@@ -61,7 +61,7 @@ def build_generator(
     norm: str = "batch",
     dropout: bool = True,
     init_gain: float = 0.02,
-    small_deconv: str = "auto",
+    small_maps: str = "auto",
 ) -> UNetGenerator:
     """An initialised U-Net whose depth fits square `image_size` training crops (256 -> unet_256)."""
     if image_size not in NUM_DOWNS_BY_IMAGE_SIZE:
@@ -74,7 +74,7 @@ def build_generator(
         ngf=ngf,
         norm=norm,
         dropout=dropout,
-        small_deconv=small_deconv,
+        small_maps=small_maps,
     )
     return init_weights(generator, init_gain)
 
@@ -97,7 +97,7 @@ def generator_for(cfg: Config) -> UNetGenerator:
         m.norm,
         m.dropout,
         m.init_gain,
-        cfg.train.small_deconv,
+        cfg.train.small_maps,
     )
 
 

@@ -26,8 +26,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from p2p_dist.models.deconv import ConvTranspose2d, memory_format_of
 from p2p_dist.models.norm import check_norm, conv_bias, make_norm
+from p2p_dist.models.small_maps import Conv2d, ConvTranspose2d, memory_format_of
 
 # Below 5 levels the reference's 64-128-256-512 ramp does not fit; 7, 8 and 9 are the useful depths.
 MIN_NUM_DOWNS = 5
@@ -66,7 +66,7 @@ class UNetGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "batch",
         dropout: bool = True,
-        small_deconv: str = "auto",
+        small_maps: str = "auto",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -84,7 +84,7 @@ class UNetGenerator(nn.Module):
             down: OrderedDict[str, nn.Module] = OrderedDict()
             if level > 0:
                 down["act"] = nn.LeakyReLU(0.2)
-            down["conv"] = nn.Conv2d(outer_width, width, kernel_size=4, stride=2, padding=1, bias=bias)
+            down["conv"] = Conv2d(outer_width, width, 4, 2, 1, bias=bias, small_maps=small_maps)
             if 0 < level < innermost:
                 down["norm"] = make_norm(norm, width)
             encoder.append(nn.Sequential(down))
@@ -93,10 +93,10 @@ class UNetGenerator(nn.Module):
             up: OrderedDict[str, nn.Module] = OrderedDict(act=nn.ReLU(inplace=True))
             up_in = width if level == innermost else 2 * width
             if level == 0:
-                up["conv"] = ConvTranspose2d(up_in, out_channels, 4, 2, 1, small_deconv=small_deconv)
+                up["conv"] = ConvTranspose2d(up_in, out_channels, 4, 2, 1, small_maps=small_maps)
                 up["out"] = nn.Tanh()
             else:
-                up["conv"] = ConvTranspose2d(up_in, outer_width, 4, 2, 1, bias=bias, small_deconv=small_deconv)
+                up["conv"] = ConvTranspose2d(up_in, outer_width, 4, 2, 1, bias=bias, small_maps=small_maps)
                 up["norm"] = make_norm(norm, outer_width)
                 if dropout and FIRST_WIDE_LEVEL <= level < innermost:
                     up["dropout"] = nn.Dropout(0.5)
@@ -104,6 +104,7 @@ class UNetGenerator(nn.Module):
 
         self.encoder = nn.ModuleList(encoder)
         self.decoder = nn.ModuleList(decoder)
+        self.dense_skip_grads = True  # _SkipConcat when a backward will run; use_framework_kernels turns it off
 
     @property
     def size_multiple(self) -> int:
@@ -127,5 +128,17 @@ class UNetGenerator(nn.Module):
             if level > 0:
                 skip = skips.pop()
                 needs_grad = torch.is_grad_enabled() and (skip.requires_grad or x.requires_grad)
-                x = _SkipConcat.apply(skip, x) if needs_grad else torch.cat([skip, x], dim=1)
+                dense = needs_grad and self.dense_skip_grads
+                x = _SkipConcat.apply(skip, x) if dense else torch.cat([skip, x], dim=1)
         return x
+
+
+def use_framework_kernels(model: nn.Module) -> None:
+    """Every layer of `model` as the reference implementation runs it: convolutions on the framework's kernels
+    (no matmul on small maps) and skips joined by plain torch.cat. For exports (one portable graph: TorchScript
+    cannot trace the custom autograd Function) and for the reference step (the peer a user writes)."""
+    for module in model.modules():
+        if isinstance(module, (Conv2d, ConvTranspose2d)):
+            module.small_maps = "conv"
+        if isinstance(module, UNetGenerator):
+            module.dense_skip_grads = False

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from p2p_dist.models import UNetGenerator, unet
+from p2p_dist.models import UNetGenerator, small_maps, unet
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -144,3 +144,20 @@ def test_skip_concatenation_hands_each_input_a_dense_gradient_in_its_own_layout(
         assert torch.equal(
             tensor.grad, torch.tensor(list(channels), dtype=torch.float32).view(-1, 1, 1).expand_as(tensor)
         )
+
+
+def test_framework_kernels_turn_off_the_matmul_and_the_dense_skip_gradients(monkeypatch):
+    """What exports and the reference step run: torch's own convolutions and torch.cat, none of p2p_dist's choices."""
+    generator = UNetGenerator(in_channels=3, num_downs=5, ngf=4, small_maps="matmul").to(torch.bfloat16)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)
+    assert any(m.runs_as_matmul(torch.empty(1, 4, 2, 2, dtype=torch.bfloat16)) for m in _small_map_layers(generator))
+    unet.use_framework_kernels(generator)
+    assert not any(
+        m.runs_as_matmul(torch.empty(1, 4, 1, 1, dtype=torch.bfloat16)) for m in _small_map_layers(generator)
+    )
+    monkeypatch.setattr(unet._SkipConcat, "apply", lambda *_: pytest.fail("the dense-gradient concatenation ran"))
+    generator(x).sum().backward()
+
+
+def _small_map_layers(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, (small_maps.Conv2d, small_maps.ConvTranspose2d))]

@@ -1,0 +1,146 @@
+"""Convolutions that run on small maps as matmuls on a CPU in bf16: the same sums, other kernels.
+
+The U-Net's innermost levels convolve 512-1024 channels on maps of 1x1 to 16x16. There oneDNN's bf16 kernels spend
+their time reordering the 512x512x4x4 and 1024x512x4x4 weights at every call and in backward-weights kernels at a
+few percent of the matmul peak. As one matmul over the pixels (an im2col gather before it for a convolution, a fold
+after it for a transposed one) the same layers ran fwd+bwd in bf16 at batch 4 (2-core native-bf16 CPU, torch 2.14):
+
+| layer (low-resolution side) | kernel | matmul |
+|---|---|---|
+| Conv2d 512->512, 1x1 to 8x8 out | 7.3, 8.9, 11.2, 16.5 ms | 2.5, 3.2, 5.2, 13.2 ms |
+| ConvTranspose2d 1024->512, 4x4 and 8x8 in | 30.5, 41.6 ms | 10.3, 28.1 ms |
+
+At 16x16 (the next level) the kernels win, and in fp32 the matmul is no faster (a contiguous fp32 Conv2d 1.3-1.8x
+slower), so `auto` takes the matmul only for bf16 operands on a CPU (p2p_dist.runtime.resolve_small_maps).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from p2p_dist.config import SMALL_MAPS_MODES
+from p2p_dist.runtime import resolve_small_maps
+
+# Layers whose low-resolution side (a convolution's output, a transposed convolution's input) is at most 8x8 take
+# the matmul (train.small_maps says where: SMALL_MAPS_MODES).
+MATMUL_MAX_SIZE = 8
+
+
+class _MatmulOnSmallMaps:
+    """What the two layer kinds share: the mode and the rule that picks the matmul for one input."""
+
+    small_maps: str
+
+    def _check_small_maps(self, mode: str) -> None:
+        if mode not in SMALL_MAPS_MODES:
+            raise ValueError(f"small_maps must be one of {', '.join(SMALL_MAPS_MODES)}; got {mode!r}")
+        if self.groups != 1 or self.padding_mode != "zeros":
+            raise ValueError("the matmul form covers groups=1 with zero padding only")
+        self.small_maps = mode
+
+    def runs_as_matmul(self, x: torch.Tensor) -> bool:
+        small = max(self.low_resolution_size(x)) <= MATMUL_MAX_SIZE
+        return small and resolve_small_maps(self.small_maps, x.device, x.dtype) == "matmul"
+
+
+class Conv2d(_MatmulOnSmallMaps, nn.Conv2d):
+    """nn.Conv2d (same parameters and state dict) whose forward takes the matmul on small output maps."""
+
+    def __init__(self, *args, small_maps: str = "auto", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_small_maps(small_maps)
+
+    def low_resolution_size(self, x: torch.Tensor) -> tuple[int, int]:
+        return _conv_output_size(self, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _conv_as_matmul(self, x) if self.runs_as_matmul(x) else super().forward(x)
+
+
+class ConvTranspose2d(_MatmulOnSmallMaps, nn.ConvTranspose2d):
+    """nn.ConvTranspose2d (same parameters and state dict) whose forward takes the matmul on small input maps."""
+
+    def __init__(self, *args, small_maps: str = "auto", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_small_maps(small_maps)
+
+    def low_resolution_size(self, x: torch.Tensor) -> tuple[int, int]:
+        return x.shape[-2], x.shape[-1]
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is None and self.runs_as_matmul(x):
+            return _deconv_as_matmul(self, x)
+        return super().forward(x, output_size)
+
+
+def _conv_output_size(m: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
+    height, width = x.shape[-2:]
+    return (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def _conv_as_matmul(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Every output pixel's receptive field (kernel rows, kernel columns, channels: gathered from the padded NHWC
+    input) times the weight as a (k*k*in) x out matrix: one matmul, the framework's GEMM."""
+    n, c_in, _, _ = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
+    out_h, out_w = _conv_output_size(m, x)
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()
+    sn, s_row, s_col, s_chan = padded.stride()
+    fields = padded.as_strided(
+        (n, out_h, out_w, kh, kw, c_in), (sn, s_row * sh, s_col * sw, s_row * dh, s_col * dw, s_chan)
+    )
+    # One matrix whatever the weight's layout (a view of channels_last weights, a copy of contiguous ones), so
+    # that both layouts give the same roundings, as the convolution kernels do.
+    weight = m.weight.permute(0, 2, 3, 1).reshape(m.out_channels, kh * kw * c_in)
+    y = (fields.reshape(n * out_h * out_w, kh * kw * c_in) @ weight.t()).view(n, out_h, out_w, m.out_channels)
+    y = y.permute(0, 3, 1, 2)
+    if m.bias is not None:
+        y = y + m.bias.view(1, -1, 1, 1)
+    layout = _output_layout(x, m.weight)
+    # The strides the kernel's output would have: on a 1x1 map the matmul's view passes for either layout.
+    if y.stride() != torch.empty(y.shape, device="meta", memory_format=layout).stride():
+        y = y.clone(memory_format=layout)
+    return y
+
+
+def _deconv_as_matmul(m: ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """Every input pixel times the weight gives its k x k patch of every output channel (one matmul, the
+    framework's GEMM); fold sums the overlapping patches into the output, in fp32 as the convolution kernels do."""
+    n, c_in, height, width = x.shape
+    c_out = m.out_channels
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
+    pixels = x.permute(0, 2, 3, 1).reshape(n * height * width, c_in)
+    # One matrix whatever the weight's layout, as in _conv_as_matmul.
+    weight = m.weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)
+    patches = (pixels @ weight).view(n, height * width, kh * kw, c_out)
+    columns = patches.permute(0, 3, 2, 1).reshape(n, c_out * kh * kw, height * width)
+    out_h = (height - 1) * sh - 2 * ph + dh * (kh - 1) + m.output_padding[0] + 1
+    out_w = (width - 1) * sw - 2 * pw + dw * (kw - 1) + m.output_padding[1] + 1
+    columns = columns.to(torch.promote_types(columns.dtype, torch.float32))
+    y = F.fold(columns, (out_h, out_w), (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
+    if m.bias is not None:
+        y = y + m.bias.view(1, -1, 1, 1)
+    return y.to(dtype=patches.dtype, memory_format=_output_layout(x, m.weight))
+
+
+def _output_layout(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """The convolution's output layout: channels_last when the input or the weight is (torch's rule on CPU and
+    CUDA)."""
+    formats = (memory_format_of(x), memory_format_of(weight))
+    return torch.channels_last if torch.channels_last in formats else torch.contiguous_format
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The layout torch reads from a 4-D tensor's strides (c10's is_channels_last_strides_2d, which its convolutions
+    follow): also for maps of 1x1, which are contiguous in both layouts."""
+    if t.stride(1) == 0:
+        return torch.contiguous_format
+    lowest = 0
+    for dim in (1, 3, 2, 0):
+        if t.shape[dim] == 0 or t.stride(dim) < lowest or (dim == 0 and lowest == t.stride(1)):
+            return torch.contiguous_format
+        lowest = t.stride(dim) * (t.shape[dim] if t.shape[dim] > 1 else 1)
+    return torch.channels_last

@@ -1,0 +1,112 @@
+"""p2p_dist.models.small_maps: convolutions and transposed convolutions that run on small maps as matmuls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from p2p_dist.models.small_maps import MATMUL_MAX_SIZE, Conv2d, ConvTranspose2d
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+# (kind, in, out, kernel, stride, padding, output_padding, input size, bias): the U-Net's k4 s2 p1 from and to
+# 1x1 maps, and other shapes.
+SHAPES = [
+    ("deconv", 16, 8, 4, 2, 1, 0, 1, False),
+    ("deconv", 16, 8, 4, 2, 1, 0, 2, True),
+    ("deconv", 16, 8, 4, 2, 1, 0, 8, False),
+    ("deconv", 6, 5, 3, 2, 1, 1, 3, True),
+    ("conv", 16, 8, 4, 2, 1, 0, 2, False),
+    ("conv", 16, 8, 4, 2, 1, 0, 16, True),
+    ("conv", 6, 5, 3, 1, 1, 0, 5, True),
+    ("conv", 6, 5, 3, 2, 0, 0, 7, False),
+]
+OURS = {"conv": Conv2d, "deconv": ConvTranspose2d}
+THEIRS = {"conv": nn.Conv2d, "deconv": nn.ConvTranspose2d}
+
+
+def _pair(shape, layout, dtype=torch.float64):
+    kind, c_in, c_out, k, s, p, op, _, bias = shape
+    extra = {"output_padding": op} if kind == "deconv" else {}
+    torch.manual_seed(0)
+    ours = OURS[kind](c_in, c_out, k, s, p, bias=bias, small_maps="matmul", **extra)
+    theirs = THEIRS[kind](c_in, c_out, k, s, p, bias=bias, **extra)
+    theirs.load_state_dict(ours.state_dict())
+    return ours.to(dtype, memory_format=layout), theirs.to(dtype, memory_format=layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}-{s[1]}x{s[7]}x{s[7]}-k{s[3]}s{s[4]}p{s[5]}")
+def test_the_matmul_form_gives_the_kernels_output_gradients_and_layout(shape, layout):
+    ours, theirs = _pair(shape, layout)
+    x = torch.randn(3, shape[1], shape[7], shape[7], dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    assert ours.runs_as_matmul(x)
+    y_ours, y_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-12, atol=1e-12)
+    assert y_ours.stride() == y_theirs.stride()
+    grad = torch.randn_like(y_theirs)
+    for a, b in zip(
+        torch.autograd.grad(y_ours, [x, *ours.parameters()], grad),
+        torch.autograd.grad(y_theirs, [x, *theirs.parameters()], grad),
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind, size", [("conv", 16), ("deconv", 8)])
+def test_under_bf16_autocast_it_stays_within_bf16_rounding_of_the_kernel(kind, size):
+    ours, theirs = _pair((kind, 64, 32, 4, 2, 1, 0, size, False), torch.channels_last, torch.float32)
+    x = torch.randn(2, 64, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", torch.bfloat16):
+        x = x.to(torch.bfloat16)  # what the previous layer hands on under autocast
+        assert ours.runs_as_matmul(x)
+        y_ours, y_theirs = ours(x), theirs(x)
+    assert y_ours.dtype == y_theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(y_ours.float(), y_theirs.float(), rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+@pytest.mark.parametrize(
+    "mode, device, dtype, small, expected",
+    [
+        ("auto", "cpu", torch.bfloat16, True, True),
+        ("auto", "cpu", torch.bfloat16, False, False),
+        ("auto", "cpu", torch.float32, True, False),  # fp32: the kernels are as fast or faster
+        ("auto", "meta", torch.bfloat16, True, False),  # any device but a CPU (CUDA in practice): cuDNN's kernels
+        ("matmul", "meta", torch.float32, True, True),
+        ("matmul", "cpu", torch.bfloat16, False, False),
+        ("conv", "cpu", torch.bfloat16, True, False),
+    ],
+)
+def test_which_inputs_take_the_matmul(kind, mode, device, dtype, small, expected):
+    # The low-resolution side decides: a k4 s2 p1 convolution's output is half its input.
+    low_resolution = MATMUL_MAX_SIZE if small else 2 * MATMUL_MAX_SIZE
+    size = 2 * low_resolution if kind == "conv" else low_resolution
+    module = OURS[kind](4, 4, 4, 2, 1, small_maps=mode)
+    assert module.runs_as_matmul(torch.empty(1, 4, size, size, device=device, dtype=dtype)) is expected
+
+
+@pytest.mark.parametrize("layer", [Conv2d, ConvTranspose2d])
+def test_an_unknown_mode_is_rejected_by_name(layer):
+    with pytest.raises(ValueError, match="small_maps must be one of auto, matmul, conv; got 'fast'"):
+        layer(4, 4, 4, 2, 1, small_maps="fast")
+
+
+def test_a_1x1_map_with_channels_last_strides_comes_out_channels_last_as_from_the_kernel():
+    """A 1x1 map is contiguous in both layouts; torch reads its strides, and so must the matmul form (a layout
+    that differs sends the next batch norm down another kernel: other roundings than a channels_last run's)."""
+    ours, theirs = _pair(("deconv", 16, 8, 4, 2, 1, 0, 1, False), torch.contiguous_format)
+    x = torch.randn(3, 1, 1, 16, dtype=torch.float64).permute(0, 3, 1, 2)  # a channels_last 3x16x1x1
+    assert (
+        ours(x).stride()
+        == theirs(x).stride()
+        == torch.empty(3, 8, 2, 2).contiguous(memory_format=torch.channels_last).stride()
+    )
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_convolution_to_a_1x1_map_has_the_kernels_strides(layout):
+    """The matmul's output viewed as NCHW passes for either layout on a 1x1 map: it must take the kernel's strides."""
+    ours, theirs = _pair(("conv", 16, 8, 4, 2, 1, 0, 2, False), layout)
+    x = torch.randn(3, 16, 2, 2, dtype=torch.float64).contiguous(memory_format=layout)
+    assert ours(x).stride() == theirs(x).stride()
