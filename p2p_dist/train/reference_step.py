@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from p2p_dist.config import Config
 from p2p_dist.models import GANLoss, build_models
+from p2p_dist.models.unet import use_framework_kernels
 from p2p_dist.train import step_ranges as ranges
 from p2p_dist.train.step_ranges import step_range
 
@@ -19,7 +20,8 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class ReferenceStep:
     """The training step as the reference implementation writes it, in plain eager fp32 PyTorch: G forward;
     D on the detached fake pair, then on the real pair, loss halved, Adam step; D frozen, D on the fake pair
-    again for G's GAN loss plus lambda * L1, Adam step. No DeepSpeed, contiguous tensors, torch.optim.Adam.
+    again for G's GAN loss plus lambda * L1, Adam step. No DeepSpeed, contiguous tensors, torch.optim.Adam, the
+    framework's convolution kernels and torch.cat (p2p_dist.models.unet.use_framework_kernels).
 
     As a peer (``reference_peers``) the same step runs under ``torch.autocast`` in bf16, or in fp16 with one
     ``torch.amp.GradScaler`` for both optimizers (stepped for each, updated once per step, as PyTorch's AMP
@@ -39,6 +41,8 @@ class ReferenceStep:
             raise ValueError("the fp16 reference peer (autocast + GradScaler) needs a CUDA device")
         t = cfg.train
         self.G, self.D = (network.to(device) for network in build_models(cfg))
+        for network in (self.G, self.D):
+            use_framework_kernels(network)  # the reference's layers: none of p2p_dist's kernel choices
         if channels_last_model:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)

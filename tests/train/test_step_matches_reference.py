@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from p2p_dist.config import load_config
+from p2p_dist.models.small_maps import Conv2d, ConvTranspose2d
+from p2p_dist.train.reference_step import ReferenceStep
 
 from reference_step_worker import RECIPE, STEPS
 from runs import ROOT, train_env
@@ -48,3 +50,11 @@ def test_with_the_default_speed_switches_the_engine_step_gives_the_reference_par
     assert len(compared) > len(trained["norm_cancelled_biases"]) > 0
     worst = max((trained["engine"][n] - trained["reference"][n]).abs().max().item() for n in compared)
     assert worst < 0.05 * budget  # measured: 0.8% on an AVX512-BF16 CPU
+
+
+def test_the_reference_step_runs_the_reference_layers_not_p2p_dists_kernel_choices():
+    """As a benchmark peer it stands for the step a user writes: torch's convolutions and torch.cat throughout."""
+    reference = ReferenceStep(load_config(None, RECIPE), torch.device("cpu"), precision="bf16")
+    layers = [m for m in reference.G.modules() if isinstance(m, (Conv2d, ConvTranspose2d))]
+    assert layers and all(m.small_maps == "conv" for m in layers)
+    assert not reference.G.dense_skip_grads
