@@ -85,18 +85,14 @@ def _conv_as_matmul(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Every output pixel's receptive field (kernel rows, kernel columns, channels: gathered from the padded NHWC
     input) times the weight as a (k*k*in) x out matrix: one matmul, the framework's GEMM."""
     n, c_in, _, _ = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
+    kh, kw = m.kernel_size
     out_h, out_w = _conv_output_size(m, x)
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()
-    sn, s_row, s_col, s_chan = padded.stride()
-    fields = padded.as_strided(
-        (n, out_h, out_w, kh, kw, c_in), (sn, s_row * sh, s_col * sw, s_row * dh, s_col * dw, s_chan)
-    )
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, m.padding[1], m.padding[1], m.padding[0], m.padding[0]))
+    fields = _ReceptiveFields.apply(padded.contiguous(), (out_h, out_w), m.kernel_size, m.stride, m.dilation)
     # One matrix whatever the weight's layout (a view of channels_last weights, a copy of contiguous ones), so
     # that both layouts give the same roundings, as the convolution kernels do.
     weight = m.weight.permute(0, 2, 3, 1).reshape(m.out_channels, kh * kw * c_in)
-    y = (fields.reshape(n * out_h * out_w, kh * kw * c_in) @ weight.t()).view(n, out_h, out_w, m.out_channels)
-    y = y.permute(0, 3, 1, 2)
+    y = (fields @ weight.t()).view(n, out_h, out_w, m.out_channels).permute(0, 3, 1, 2)
     if m.bias is not None:
         y = y + m.bias.view(1, -1, 1, 1)
     layout = _output_layout(x, m.weight)
@@ -104,6 +100,38 @@ def _conv_as_matmul(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
     if y.stride() != torch.empty(y.shape, device="meta", memory_format=layout).stride():
         y = y.clone(memory_format=layout)
     return y
+
+
+class _ReceptiveFields(torch.autograd.Function):
+    """im2col of a padded NHWC map: one row per output pixel, (kernel row, kernel column, channel) along it.
+
+    A strided view copied out; its backward adds each of the k*k kernel offsets' gradients back into the map
+    through strided slices. (Autograd's own backward of as_strided scatters with index_add: 6.6 ms against 0.5 ms
+    for a 4x512x16x16 bf16 map, 2-core CPU.)"""
+
+    @staticmethod
+    def forward(ctx, padded: torch.Tensor, out_size, kernel_size, stride, dilation) -> torch.Tensor:
+        n, _, _, channels = padded.shape
+        (out_h, out_w), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel_size, stride, dilation
+        ctx.shape, ctx.geometry = padded.shape, (out_size, kernel_size, stride, dilation)
+        s_batch, s_row, s_col, s_chan = padded.stride()
+        fields = padded.as_strided(
+            (n, out_h, out_w, kh, kw, channels), (s_batch, s_row * sh, s_col * sw, s_row * dh, s_col * dw, s_chan)
+        )
+        return fields.reshape(n * out_h * out_w, kh * kw * channels)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out_h, out_w), (kh, kw), (sh, sw), (dh, dw) = ctx.geometry
+        n, _, _, channels = ctx.shape
+        per_offset = grad.view(n, out_h, out_w, kh, kw, channels)
+        grad_padded = grad.new_zeros(ctx.shape)
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (out_h - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
+                grad_padded[:, rows, cols, :] += per_offset[:, :, :, i, j, :]
+        return grad_padded, None, None, None, None
 
 
 def _deconv_as_matmul(m: ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
