@@ -238,9 +238,9 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
         pack_size=(2048, 1024),
         pack_repeats=2,
         run_batch=TARGET_BATCH,
-        loop_steps=10,
-        scaling_steps=6,
-        log_every=2,
+        loop_steps=30,  # ten records of 3 steps: the real loop is the target's numerator, so not a noisy 4
+        scaling_steps=9,
+        log_every=3,
         scaling_processes=processes,
         candidate_batch=TARGET_BATCH,
         profile_steps=3,
