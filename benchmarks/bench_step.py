@@ -672,7 +672,7 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
 
 def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant]:
     """Changes to the default configuration that keep the maths (up to rounding), measured side by side: each lever
-    of issue 12 (memory layout of inputs and parameters, bf16 weights, small-map transposed convolutions, threads,
+    of issue 12 (memory layout of inputs and parameters, bf16 weights, the innermost levels as matmuls, threads,
     the joint D forward, compile)
     either way, the default's earlier speed-ups undone, and the peers to beat. Variants that equal the default
     on this machine (the automatic choices resolve per machine) show the measurement's noise."""

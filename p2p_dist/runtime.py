@@ -190,11 +190,6 @@ def resolve_step_layout(cfg: Config, rt: Runtime) -> StepLayout:
     )
 
 
-def _compute_dtype(precision: str) -> torch.dtype:
-    """The dtype a step's convolutions compute in at `precision` (bf16: under autocast or on bf16 weights)."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-
-
 def _format_name(memory_format: torch.memory_format) -> str:
     return "channels_last" if memory_format == torch.channels_last else "contiguous"
 
@@ -207,7 +202,8 @@ def resolved_choices(cfg: Config, rt: Runtime) -> dict:
         "device": rt.device.type,
         "precision": rt.precision,
         "compile": cfg.train.compile,
-        "small_maps": resolve_small_maps(cfg.train.small_maps, rt.device, _compute_dtype(rt.precision)),
+        # The dtype the convolutions compute in: autocast's, else the parameters' and inputs'.
+        "small_maps": resolve_small_maps(cfg.train.small_maps, rt.device, rt.autocast_dtype or rt.input_dtype),
         "bf16_mode": layout.bf16_mode,
         "memory_format": _format_name(layout.memory_format),
         "model_memory_format": _format_name(layout.model_memory_format),
