@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 GIB = 2**30
@@ -517,63 +518,111 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: Path) -> None:
-    """Step images/s per variant over batch size, loader and packing images/s, scaling."""
+def _plot_step(ax, sections: dict) -> None:
+    baseline = sections.get("baseline", {})
+    rows = [
+        r
+        for r in sections["step"]["rows"] + baseline.get("peer_rows", baseline.get("reference_rows", []))
+        if "images_per_s" in r
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        x = [r["batch_size"] for r in mine]
+        y = [r["images_per_s"]["median"] for r in mine]
+        err = [
+            [v - r["images_per_s"]["min"] for v, r in zip(y, mine)],
+            [r["images_per_s"]["max"] - v for v, r in zip(y, mine)],
+        ]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=variant)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s (training step)")
+    ax.legend(fontsize=7)
+
+
+def _plot_data(ax, sections: dict) -> None:
+    s = sections["data"]
+    labels = [f"{r['backend']}\n({r['decode']})" for r in s["loaders"]] + [
+        f"pack\n{r['workers']} worker(s)" for r in s["packing"]
+    ]
+    values = [r["images_per_s"]["median"] for r in s["loaders"] + s["packing"]]
+    ax.bar(range(len(values)), values)
+    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    ax.set_ylabel("images/s")
+
+
+def _plot_scaling(ax, sections: dict) -> None:
+    rows = sections["scaling"]["rows"]
+    ax.bar([str(r["processes"]) for r in rows], [r["images_per_s"]["median"] for r in rows])
+    for i, r in enumerate(rows):
+        ax.annotate(
+            f"{100 * r['efficiency']:.0f}%", (i, r["images_per_s"]["median"]), ha="center", va="bottom", fontsize=8
+        )
+    ax.set_xlabel("processes")
+    ax.set_ylabel("images/s, all processes (efficiency)")
+
+
+def _plot_breakdown(ax, sections: dict) -> None:
+    """One stacked bar per profiled configuration: the step's parts in ms, so the peer's extra time shows where."""
+    variants = sections["breakdown"]["variants"]
+    parts = list(dict.fromkeys(row["part"] for v in variants for row in v["rows"]))
+    left = [0.0] * len(variants)
+    for part in parts:
+        widths = [next((row["ms"] for row in v["rows"] if row["part"] == part), 0.0) for v in variants]
+        ax.barh(range(len(variants)), widths, left=left, label=textwrap.shorten(part, 42, placeholder="..."))
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_yticks(range(len(variants)), [textwrap.fill(v["variant"], 22) for v in variants], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"ms per step (batch {sections['breakdown']['batch_size']}, profiled)")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+
+
+def _plot_candidates(ax, sections: dict) -> None:
+    """Each candidate's images/s over the default measured in its group: right of 1.0 would be a faster default."""
+    rows = [r for r in sections["candidates"]["rows"] if r.get("vs_default") and not r.get("default")]
+    ratios = [r["vs_default"] for r in rows]
+    ax.barh(range(len(rows)), ratios)
+    for y, ratio in enumerate(ratios):
+        ax.annotate(f"{ratio:.2f}x", (ratio, y), xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(rows)), [textwrap.fill(r["variant"], 34) for r in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("images/s over the default's in its group")
+
+
+# The sections a figure has a panel for, in the order they are drawn.
+PLOT_PANELS = {
+    "step": _plot_step,
+    "breakdown": _plot_breakdown,
+    "candidates": _plot_candidates,
+    "data": _plot_data,
+    "scaling": _plot_scaling,
+}
+
+
+def plotted_sections(result: dict) -> list[str]:
+    return [name for name in PLOT_PANELS if name in result["sections"]]
+
+
+def plot(result: dict, path: Path) -> bool:
+    """One panel per plotted section (PLOT_PANELS) side by side; writes nothing, and says so, when the run has
+    none of them (a loop-only run: its figures are the report's)."""
+    panels = plotted_sections(result)
+    if not panels:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sections = result["sections"]
-    panels = [name for name in ("step", "data", "scaling") if name in sections]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
-        if name == "step":
-            baseline = sections.get("baseline", {})
-            rows = [
-                r
-                for r in sections["step"]["rows"] + baseline.get("peer_rows", baseline.get("reference_rows", []))
-                if "images_per_s" in r
-            ]
-            for variant in dict.fromkeys(r["variant"] for r in rows):
-                mine = [r for r in rows if r["variant"] == variant]
-                x = [r["batch_size"] for r in mine]
-                y = [r["images_per_s"]["median"] for r in mine]
-                err = [
-                    [v - r["images_per_s"]["min"] for v, r in zip(y, mine)],
-                    [r["images_per_s"]["max"] - v for v, r in zip(y, mine)],
-                ]
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=variant)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("batch size")
-            ax.set_ylabel("images/s (training step)")
-            ax.legend(fontsize=7)
-        elif name == "data":
-            s = sections["data"]
-            labels = [f"{r['backend']}\n({r['decode']})" for r in s["loaders"]] + [
-                f"pack\n{r['workers']} worker(s)" for r in s["packing"]
-            ]
-            values = [r["images_per_s"]["median"] for r in s["loaders"] + s["packing"]]
-            ax.bar(range(len(values)), values)
-            ax.set_xticks(range(len(values)), labels, fontsize=7)
-            ax.set_ylabel("images/s")
-        else:
-            rows = sections["scaling"]["rows"]
-            ax.bar([str(r["processes"]) for r in rows], [r["images_per_s"]["median"] for r in rows])
-            for i, r in enumerate(rows):
-                ax.annotate(
-                    f"{100 * r['efficiency']:.0f}%",
-                    (i, r["images_per_s"]["median"]),
-                    ha="center",
-                    va="bottom",
-                    fontsize=8,
-                )
-            ax.set_xlabel("processes")
-            ax.set_ylabel("images/s, all processes (efficiency)")
+        PLOT_PANELS[name](ax, result["sections"])
         ax.set_title(name)
         ax.grid(alpha=0.3)
     fig.suptitle(f"p2p_dist {result['machine_name']} {result['date']} ({result['plan']['resolution']}px)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True

@@ -423,8 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
         (out / f"{stem}.md").write_text(report + "\n")
-        if any(name in result["sections"] for name in ("step", "scaling")):
-            bench_report.plot(result, out / f"{stem}.png")
+        bench_report.plot(result, out / f"{stem}.png")
         written.append(str(out / stem))
     print(report)
     print("\n".join(f"gpu-check: {p['part']:8s} {p['status']} ({p['wall_s']:.0f} s)" for p in parts))

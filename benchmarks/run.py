@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import json
 import os
 import sys
@@ -869,6 +870,13 @@ def result_stem(machine: str, date: str, quick: bool, sections: list[str]) -> st
     return stem if sections == list(SECTIONS) else f"{stem}-{'-'.join(sections)}"
 
 
+def unused_stem(out: Path, stem: str) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ... where results of that name are already in `out`: a second run of the same
+    sections on the same day must not overwrite the first one's (committed) results."""
+    names = itertools.chain([stem], (f"{stem}-{n}" for n in itertools.count(2)))
+    return next(name for name in names if not any((out / f"{name}.{ext}").exists() for ext in ("json", "md", "png")))
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -878,7 +886,7 @@ def main(argv: list[str] | None = None) -> dict:
     facts = common.machine_facts()
     machine = common.machine_name(facts)
     date = common.today()
-    stem = args.stem or result_stem(machine, date, args.quick, args.sections)
+    stem = args.stem or unused_stem(args.out, result_stem(machine, date, args.quick, args.sections))
     result = {
         "machine_name": machine,
         "date": date,
@@ -919,9 +927,9 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     report = bench_report.markdown(result)
     (args.out / f"{stem}.md").write_text(report + "\n")
-    bench_report.plot(result, args.out / f"{stem}.png")
+    plotted = bench_report.plot(result, args.out / f"{stem}.png")
     print(report)
-    print(f"results: {args.out / stem}.json / .md / .png")
+    print(f"results: {args.out / stem}.json / .md" + (" / .png" if plotted else " (no plotted section, no .png)"))
     return result
 
 

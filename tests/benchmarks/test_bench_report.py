@@ -235,10 +235,19 @@ def test_markdown_leaves_out_sections_that_were_not_run():
     assert "## 1. Data plane" in text and "## 2. Training step" not in text and "## Profile" not in text
 
 
-def test_plot_writes_a_png(tmp_path):
+def test_plot_writes_a_png_with_a_panel_for_every_plotted_section(tmp_path):
     path = tmp_path / "plot.png"
-    bench_report.plot(full_result(), path)
+    assert bench_report.plot(full_result(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bench_report.plotted_sections(full_result()) == ["step", "breakdown", "candidates", "data", "scaling"]
+
+
+def test_a_candidates_only_run_plots_the_candidates_and_a_loop_only_run_writes_no_empty_figure(tmp_path):
+    result = full_result()
+    result["sections"] = {"candidates": result["sections"]["candidates"]}
+    assert bench_report.plot(result, tmp_path / "candidates.png") and (tmp_path / "candidates.png").is_file()
+    result["sections"] = {"loop": full_result()["sections"]["loop"]}
+    assert not bench_report.plot(result, tmp_path / "loop.png") and not (tmp_path / "loop.png").exists()
 
 
 def gpu_result() -> dict:

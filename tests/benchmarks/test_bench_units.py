@@ -85,6 +85,15 @@ def test_result_file_names_mark_quick_and_partial_runs():
     assert bench_run.result_stem("m", "2026-01-02", True, ["step", "loop"]) == "m-2026-01-02-quick-step-loop"
 
 
+def test_a_second_run_of_the_same_sections_on_the_same_day_gets_a_numbered_name_instead_of_overwriting(tmp_path):
+    assert bench_run.unused_stem(tmp_path, "m-2026-01-02-loop") == "m-2026-01-02-loop"
+    (tmp_path / "m-2026-01-02-loop.md").write_text("first run")
+    assert bench_run.unused_stem(tmp_path, "m-2026-01-02-loop") == "m-2026-01-02-loop-2"
+    (tmp_path / "m-2026-01-02-loop-2.json").write_text("{}")
+    assert bench_run.unused_stem(tmp_path, "m-2026-01-02-loop") == "m-2026-01-02-loop-3"
+    assert (tmp_path / "m-2026-01-02-loop.md").read_text() == "first run"
+
+
 def test_unknown_sections_are_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         bench_run.parse_args(["--sections", "step,warp"])
