@@ -140,6 +140,32 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _loop_round_lines(s: dict) -> list[str]:
+    """The loop section's rounds side by side: how much the ratio to the user-run best peer moves between them."""
+    rounds = s.get("rounds", [])
+    if len(rounds) < 2 or not all(r.get("peers_in_own_process") for r in rounds):
+        return []
+    rows = []
+    for index, r in enumerate(rounds, 1):
+        best = max(r["peers_in_own_process"], key=lambda peer: peer["images_per_s"]["median"])
+        loop_rate = r["run"]["images_per_s"]["median"]
+        rows.append(
+            [
+                index,
+                _rate(r["run"]["images_per_s"]),
+                best["peer"],
+                _rate(best["images_per_s"]),
+                f"{loop_rate / best['images_per_s']['median']:.2f}x",
+            ]
+        )
+    return [
+        "Round by round (each round runs the real loop, then the peers in a process of their own):",
+        "",
+        *_table(["round", "real loop images/s", "best peer in its own process", "its images/s", "ratio"], rows),
+        "",
+    ]
+
+
 def _breakdown_lines(s: dict) -> list[str]:
     """The per-step breakdown, one column pair per profiled variant; the real loop's data wait below it."""
     variants = s["variants"]
@@ -410,7 +436,7 @@ def markdown(result: dict) -> str:
             ],
             [
                 [
-                    r["steps"],
+                    f"{r['steps']} x {r['rounds']} rounds" if r.get("rounds", 1) > 1 else r["steps"],
                     r["batch_size_per_process"],
                     r["precision"],
                     s.get("loader", "dali"),
@@ -444,6 +470,7 @@ def markdown(result: dict) -> str:
                 ],
             )
             lines.append("")
+        lines += _loop_round_lines(s)
 
     if "scaling" in sections:
         s = sections["scaling"]

@@ -81,6 +81,20 @@ def summarise_metrics(records: list[dict]) -> dict:
     }
 
 
+def pooled(runs: list[dict]) -> dict:
+    """Runs of one configuration as one: their steady-state records together (each run's start-up record is already
+    left out), so that the median spans the rounds; each run's own figures stay where the caller keeps them."""
+    first = {key: value for key, value in runs[0].items() if key != "records"}
+    return {
+        **first,
+        "wall_s": round(sum(run["wall_s"] for run in runs), 1),
+        "images_per_s": summarise([x for run in runs for x in run["images_per_s"]["samples"]]),
+        "data_wait_fraction": summarise([x for run in runs for x in run["data_wait_fraction"]["samples"]]),
+        "records_used": sum(run["records_used"] for run in runs),
+        "rounds": len(runs),
+    }
+
+
 def run_training(cfg: Config, nprocs: int, launcher: str, timeout_s: float, work_dir: Path | None = None) -> dict:
     """Train ``cfg`` (its run.dir is replaced by a temporary one) and summarise its metrics."""
     with tempfile.TemporaryDirectory(prefix="p2p-bench-run-", dir=work_dir) as tmp:

@@ -54,6 +54,16 @@ def measure_in_own_process(
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def pooled_peers(rounds: list[list[dict]]) -> list[dict]:
+    """Each peer's rows of several rounds as one row: all their timed steps together."""
+    names = dict.fromkeys(row["peer"] for rows in rounds for row in rows)
+    out = []
+    for name in names:
+        rows = [row for peers in rounds for row in peers if row["peer"] == name]
+        out.append({**rows[0], "images_per_s": summarise([x for row in rows for x in row["images_per_s"]["samples"]])})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, required=True, help="images per step")

@@ -17,7 +17,8 @@ Sections:
   breakdown  where a step's time goes: the default configuration and the best peer profiled a few steps each,
              split by the step's named ranges (G forward, D passes, backward, optimizer steps, ...), with the casts,
              host synchronisations and (from the loop section) the data wait; --profile adds traces and top ops
-  loop       a short real `launch/train.py` run on the demo shards: images/s and data-wait share
+  loop       the real `launch/train.py` on the demo shards: images/s and data-wait share; on a CPU in 3 rounds,
+             each followed by the peers in a process of their own (as a user runs them), ratios round by round
   scaling    1 vs 2 (..N GPUs) processes under `deepspeed --num_gpus N launch/train.py`
   candidates (not in the default set) each lever both ways: input and parameter layout, bf16 weights vs autocast,
              Adam kernel, 1-rank all-reduce, norm and joint D forward, threads, compile; the peers; Adam alone
@@ -48,7 +49,7 @@ if __name__ == "__main__":
     apply_process_defaults()
 
 import torch
-from peer_process import measure_in_own_process
+from peer_process import measure_in_own_process, pooled_peers
 
 import bench_common as common
 import bench_report
@@ -100,6 +101,9 @@ class Plan:
     run_timeout_s: float = 1800.0
     reference_peers: bool = True  # the baseline also measures the reference step's bf16/fp16/channels_last peers
     own_process_peers: bool = True  # the loop section also times the peers in a process of their own
+    # The loop section's rounds, each the real loop then (own_process_peers) the peers in their own process: the
+    # target's ratio from alternating runs, so that a slow or fast spell of the machine lands on both sides.
+    loop_rounds: int = 1
     demo_scenes: tuple[int, int] | None = None  # (train, val) scenes of a temporary demo set; None: shards/demo
 
 
@@ -135,6 +139,7 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
             pack_repeats=1,
             run_batch=2,
             loop_steps=4,
+            loop_rounds=2,
             scaling_steps=3,
             log_every=1,
             scaling_processes=[1, 2],
@@ -148,6 +153,7 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
                 step_batches=[2],
                 scaling_processes=[1, gpus] if gpus > 1 else [1],
                 own_process_peers=False,
+                loop_rounds=1,
             )
         return plan
     if gpu_check:
@@ -240,6 +246,7 @@ def make_plan(device: torch.device, quick: bool, resolution: int, gpu_check: boo
         pack_repeats=2,
         run_batch=TARGET_BATCH,
         loop_steps=30,  # ten records of 3 steps: the real loop is the target's numerator, so not a noisy 4
+        loop_rounds=3,
         scaling_steps=9,
         log_every=3,
         scaling_processes=processes,
@@ -432,29 +439,41 @@ class Suite:
         return cfg
 
     def loop(self, record: dict) -> None:
-        from bench_runs import run_training
+        from bench_runs import pooled, run_training
 
         p = self.plan
         cfg = self._run_config(p.loop_steps)
-        print(
-            f"[loop] launch/train.py, {p.loop_steps} steps at batch {p.run_batch}, data.loader={cfg.data.loader}, "
-            f"{p.data_workers} worker(s)",
-            flush=True,
-        )
         record["loader"] = cfg.data.loader
-        record["run"] = run_training(cfg, 1, "python", p.run_timeout_s)
+        rounds = []
+        for index in range(p.loop_rounds):
+            print(
+                f"[loop] round {index + 1}/{p.loop_rounds}: launch/train.py, {p.loop_steps} steps at batch "
+                f"{p.run_batch}, data.loader={cfg.data.loader}, {p.data_workers} worker(s)",
+                flush=True,
+            )
+            this_round = {"run": run_training(cfg, 1, "python", p.run_timeout_s)}
+            if p.own_process_peers:
+                print(
+                    f"[loop] round {index + 1}/{p.loop_rounds}: the reference peers in a process of their own, "
+                    "as a user runs them",
+                    flush=True,
+                )
+                this_round["peers_in_own_process"] = measure_in_own_process(
+                    p.run_batch,
+                    p.resolution,
+                    p.model_overrides,
+                    steps=p.repeats + 3,
+                    warmup=2,
+                    timeout_s=p.run_timeout_s,
+                )
+            rounds.append(this_round)
+        record["rounds"] = rounds
+        record["run"] = pooled([r["run"] for r in rounds])
+        if p.own_process_peers:
+            record["peers_in_own_process"] = pooled_peers([r["peers_in_own_process"] for r in rounds])
         isolated = self.isolated_default.get(p.run_batch)
         if isolated:
             record["vs_isolated_step"] = record["run"]["images_per_s"]["median"] / isolated
-        if not p.own_process_peers:
-            return
-        print(
-            f"[loop] the reference peers at batch {p.run_batch} in a process of their own, as a user runs them",
-            flush=True,
-        )
-        record["peers_in_own_process"] = measure_in_own_process(
-            p.run_batch, p.resolution, p.model_overrides, steps=p.repeats + 3, warmup=2, timeout_s=p.run_timeout_s
-        )
 
     def scaling(self, record: dict) -> None:
         from bench_runs import run_training, scaling_rows

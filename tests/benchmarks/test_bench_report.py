@@ -228,6 +228,26 @@ def test_markdown_reports_every_section_with_its_numbers_and_load():
     assert "aten::convolution_backward | 29 |" in text and "| 5.00 |" in text  # CPU s/image
 
 
+def test_markdown_shows_the_loop_round_by_round_with_its_ratio_to_the_best_user_run_peer():
+    result = full_result()
+    loop = result["sections"]["loop"]
+    peer = {"peer": "reference + bf16 autocast", "precision": "bf16", "batch_size": 4}
+    loop["rounds"] = [
+        {
+            "run": {**loop["run"], "images_per_s": summarise([6.5])},
+            "peers_in_own_process": [{**peer, "images_per_s": summarise([5.0])}],
+        },
+        {
+            "run": {**loop["run"], "images_per_s": summarise([6.6])},
+            "peers_in_own_process": [{**peer, "images_per_s": summarise([4.4])}],
+        },
+    ]
+    loop["run"]["rounds"] = 2
+    text = bench_report.markdown(result)
+    assert "Round by round" in text and "| 1 | 6.50" in text and "| 1.30x |" in text and "| 1.50x |" in text
+    assert "| 10 x 2 rounds |" in text
+
+
 def test_markdown_leaves_out_sections_that_were_not_run():
     result = full_result()
     result["sections"] = {"data": result["sections"]["data"]}

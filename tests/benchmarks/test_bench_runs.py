@@ -79,6 +79,9 @@ def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(t
 
     loop = sections["loop"]["run"]
     assert loop["steps"] == result["plan"]["loop_steps"] and 0 <= loop["data_wait_fraction"]["median"] <= 1
+    rounds = sections["loop"]["rounds"]
+    assert len(rounds) == loop["rounds"] == result["plan"]["loop_rounds"] >= 2
+    assert loop["records_used"] == sum(r["run"]["records_used"] for r in rounds)
     # The peers as a user runs them: a process of their own, without p2p_dist's process defaults.
     own_process = sections["loop"]["peers_in_own_process"]
     assert [r["peer"] for r in own_process] == [v.name for v in reference_peers(torch.device("cpu"))]

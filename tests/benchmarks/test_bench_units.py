@@ -5,9 +5,10 @@ import os
 import pytest
 import run as bench_run
 import torch
+from peer_process import pooled_peers
 
 import bench_common as common
-from bench_runs import scaling_rows, summarise_metrics
+from bench_runs import pooled, scaling_rows, summarise_metrics
 
 
 def test_summarise_gives_median_min_max_and_keeps_the_samples():
@@ -65,6 +66,33 @@ def test_run_metrics_leave_out_the_start_up_record_and_evaluation_records():
     assert summary["images_per_s"]["median"] == 11.0 and summary["records_used"] == 2
     assert summary["data_wait_fraction"]["max"] == 0.03
     assert summary["first_record"]["images_per_s"] == 1.0
+
+
+def test_the_loops_rounds_pool_their_steady_records_into_one_median():
+    runs = [
+        {"steps": 30, "wall_s": 40.0, "records_used": 2, "records": [{"step": 3}], **rates([6.0, 6.2], [0.01, 0.02])},
+        {"steps": 30, "wall_s": 41.0, "records_used": 2, "records": [{"step": 3}], **rates([6.6, 6.4], [0.0, 0.01])},
+    ]
+    run = pooled(runs)
+    assert run["images_per_s"]["samples"] == [6.0, 6.2, 6.6, 6.4]
+    assert run["images_per_s"]["median"] == pytest.approx(6.3)
+    assert run["data_wait_fraction"]["max"] == 0.02 and run["records_used"] == 4 and run["rounds"] == 2
+    assert run["wall_s"] == 81.0 and run["steps"] == 30 and "records" not in run
+
+
+def test_each_peers_rows_of_several_rounds_pool_their_timed_steps():
+    round_1 = [{"peer": "fp32", "images_per_s": common.summarise([3.0, 3.2])}, {"peer": "bf16", **rates([5.0])}]
+    round_2 = [{"peer": "fp32", "images_per_s": common.summarise([2.8])}, {"peer": "bf16", **rates([5.4, 5.2])}]
+    rows = pooled_peers([round_1, round_2])
+    assert [row["peer"] for row in rows] == ["fp32", "bf16"]
+    assert rows[0]["images_per_s"]["samples"] == [3.0, 3.2, 2.8] and rows[1]["images_per_s"]["median"] == 5.2
+
+
+def rates(images_per_s: list[float], data_wait: list[float] | None = None) -> dict:
+    out = {"images_per_s": common.summarise(images_per_s)}
+    if data_wait is not None:
+        out["data_wait_fraction"] = common.summarise(data_wait)
+    return out
 
 
 def test_scaling_efficiency_is_throughput_over_n_times_one_process_and_cpu_ideal_is_one():
