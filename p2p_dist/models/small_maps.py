@@ -10,8 +10,12 @@ after it for a transposed one) the same layers ran fwd+bwd in bf16 at batch 4 (2
 | Conv2d 512->512, 1x1 to 8x8 out | 7.3, 8.9, 11.2, 16.5 ms | 2.5, 3.2, 5.2, 13.2 ms |
 | ConvTranspose2d 1024->512, 4x4 and 8x8 in | 30.5, 41.6 ms | 10.3, 28.1 ms |
 
-At 16x16 (the next level) the kernels win, and in fp32 the matmul is no faster (a contiguous fp32 Conv2d 1.3-1.8x
-slower), so `auto` takes the matmul only for bf16 operands on a CPU (p2p_dist.runtime.resolve_small_maps).
+At 16x16 (the next level) the kernels win the forward and the input gradient, but not the weight gradient: there the
+layers keep the kernels and compute the weight gradient as one matmul (a gather of the receptive fields, then the
+product with the output gradient): 7.4 -> 6.0 ms for the 256->512 convolution to 16x16, 15.1 -> 11.2 ms for the
+1024->256 transposed convolution from 16x16; 4-9 ms a training step (interleaved A/B runs). In fp32 the matmul is
+no faster (a contiguous fp32 Conv2d 1.3-1.8x slower), so `auto` takes the matmuls only for bf16 operands on a CPU
+(p2p_dist.runtime.resolve_small_maps).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from p2p_dist.config import SMALL_MAPS_MODES
 from p2p_dist.runtime import resolve_small_maps
 
 # Layers whose low-resolution side (a convolution's output, a transposed convolution's input) is at most 8x8 take
-# the matmul (train.small_maps says where: SMALL_MAPS_MODES).
+# the matmul (train.small_maps says where: SMALL_MAPS_MODES); up to 16x16, the matmul for the weight gradient only.
 MATMUL_MAX_SIZE = 8
+MATMUL_WEIGHT_GRAD_MAX_SIZE = 16
 
 
 class _MatmulOnSmallMaps:
@@ -44,6 +49,23 @@ class _MatmulOnSmallMaps:
         small = max(self.low_resolution_size(x)) <= MATMUL_MAX_SIZE
         return small and resolve_small_maps(self.small_maps, x.device, x.dtype) == "matmul"
 
+    def weight_grad_as_matmul(self, x: torch.Tensor) -> bool:
+        """Kernels for the forward and the input gradient, a matmul for the weight gradient."""
+        side = max(self.low_resolution_size(x))
+        return (
+            MATMUL_MAX_SIZE < side <= MATMUL_WEIGHT_GRAD_MAX_SIZE
+            and resolve_small_maps(self.small_maps, x.device, x.dtype) == "matmul"
+        )
+
+    def _forward_with_matmul_weight_grad(self, x: torch.Tensor) -> torch.Tensor:
+        # Autocast casts a convolution's operands to its dtype; a custom autograd Function's inputs it leaves alone.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        x, weight, bias = (
+            t.to(dtype) if dtype is not None and t is not None else t for t in (x, self.weight, self.bias)
+        )
+        return _KernelsWithMatmulWeightGrad.apply(x, weight, bias, self)
+
 
 class Conv2d(_MatmulOnSmallMaps, nn.Conv2d):
     """nn.Conv2d (same parameters and state dict) whose forward takes the matmul on small output maps."""
@@ -56,7 +78,11 @@ class Conv2d(_MatmulOnSmallMaps, nn.Conv2d):
         return _conv_output_size(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _conv_as_matmul(self, x) if self.runs_as_matmul(x) else super().forward(x)
+        if self.runs_as_matmul(x):
+            return _conv_as_matmul(self, x)
+        if self.weight_grad_as_matmul(x):
+            return self._forward_with_matmul_weight_grad(x)
+        return super().forward(x)
 
 
 class ConvTranspose2d(_MatmulOnSmallMaps, nn.ConvTranspose2d):
@@ -72,6 +98,8 @@ class ConvTranspose2d(_MatmulOnSmallMaps, nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is None and self.runs_as_matmul(x):
             return _deconv_as_matmul(self, x)
+        if output_size is None and self.weight_grad_as_matmul(x):
+            return self._forward_with_matmul_weight_grad(x)
         return super().forward(x, output_size)
 
 
@@ -87,8 +115,7 @@ def _conv_as_matmul(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
     n, c_in, _, _ = x.shape
     kh, kw = m.kernel_size
     out_h, out_w = _conv_output_size(m, x)
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, m.padding[1], m.padding[1], m.padding[0], m.padding[0]))
-    fields = _ReceptiveFields.apply(padded.contiguous(), (out_h, out_w), m.kernel_size, m.stride, m.dilation)
+    fields = _ReceptiveFields.apply(_padded_nhwc(x, m.padding), (out_h, out_w), m.kernel_size, m.stride, m.dilation)
     # One matrix whatever the weight's layout (a view of channels_last weights, a copy of contiguous ones), so
     # that both layouts give the same roundings, as the convolution kernels do.
     weight = m.weight.permute(0, 2, 3, 1).reshape(m.out_channels, kh * kw * c_in)
@@ -102,23 +129,31 @@ def _conv_as_matmul(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-class _ReceptiveFields(torch.autograd.Function):
-    """im2col of a padded NHWC map: one row per output pixel, (kernel row, kernel column, channel) along it.
+def _receptive_fields(padded: torch.Tensor, out_size, kernel_size, stride, dilation) -> torch.Tensor:
+    """im2col of a padded NHWC map: one row per output pixel, (kernel row, kernel column, channel) along it; a
+    strided view copied out."""
+    n, _, _, channels = padded.shape
+    (out_h, out_w), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel_size, stride, dilation
+    s_batch, s_row, s_col, s_chan = padded.stride()
+    fields = padded.as_strided(
+        (n, out_h, out_w, kh, kw, channels), (s_batch, s_row * sh, s_col * sw, s_row * dh, s_col * dw, s_chan)
+    )
+    return fields.reshape(n * out_h * out_w, kh * kw * channels)
 
-    A strided view copied out; its backward adds each of the k*k kernel offsets' gradients back into the map
+
+def _padded_nhwc(x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    return F.pad(x.permute(0, 2, 3, 1), (0, 0, padding[1], padding[1], padding[0], padding[0])).contiguous()
+
+
+class _ReceptiveFields(torch.autograd.Function):
+    """`_receptive_fields` with a backward that adds each of the k*k kernel offsets' gradients back into the map
     through strided slices. (Autograd's own backward of as_strided scatters with index_add: 6.6 ms against 0.5 ms
     for a 4x512x16x16 bf16 map, 2-core CPU.)"""
 
     @staticmethod
     def forward(ctx, padded: torch.Tensor, out_size, kernel_size, stride, dilation) -> torch.Tensor:
-        n, _, _, channels = padded.shape
-        (out_h, out_w), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel_size, stride, dilation
         ctx.shape, ctx.geometry = padded.shape, (out_size, kernel_size, stride, dilation)
-        s_batch, s_row, s_col, s_chan = padded.stride()
-        fields = padded.as_strided(
-            (n, out_h, out_w, kh, kw, channels), (s_batch, s_row * sh, s_col * sw, s_row * dh, s_col * dw, s_chan)
-        )
-        return fields.reshape(n * out_h * out_w, kh * kw * channels)
+        return _receptive_fields(padded, out_size, kernel_size, stride, dilation)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -132,6 +167,59 @@ class _ReceptiveFields(torch.autograd.Function):
                 cols = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
                 grad_padded[:, rows, cols, :] += per_offset[:, :, :, i, j, :]
         return grad_padded, None, None, None, None
+
+
+class _KernelsWithMatmulWeightGrad(torch.autograd.Function):
+    """A layer's forward and input gradient on the framework's kernels, its weight gradient as one matmul: the
+    output gradient against every output pixel's receptive field in the input (a convolution), or every input
+    pixel against its k x k patch of the output gradient (a transposed convolution)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: nn.Module):
+        ctx.save_for_backward(x, weight)
+        ctx.layer, ctx.has_bias = layer, bias is not None
+        if isinstance(layer, nn.ConvTranspose2d):
+            return F.conv_transpose2d(
+                x, weight, bias, layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation
+            )
+        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        m, transposed = ctx.layer, isinstance(ctx.layer, nn.ConvTranspose2d)
+        needs_x, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        grad_x, _, grad_bias = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight,
+            [m.out_channels] if ctx.has_bias else None,
+            m.stride,
+            m.padding,
+            m.dilation,
+            transposed,
+            m.output_padding if transposed else (0, 0),
+            m.groups,
+            [needs_x, False, ctx.has_bias and needs_bias],
+        )
+        grad_weight = None
+        if needs_weight:
+            kh, kw = m.kernel_size
+            if transposed:  # every input pixel against its k x k patch of the output gradient
+                patches = _receptive_fields(
+                    _padded_nhwc(grad, m.padding), x.shape[-2:], m.kernel_size, m.stride, m.dilation
+                )
+                pixels = x.permute(0, 2, 3, 1).reshape(-1, m.in_channels)
+                grad_weight = (pixels.t() @ patches).view(m.in_channels, kh, kw, m.out_channels)
+            else:  # the output gradient against every output pixel's receptive field in x
+                fields = _receptive_fields(
+                    _padded_nhwc(x, m.padding), grad.shape[-2:], m.kernel_size, m.stride, m.dilation
+                )
+                grad_pixels = grad.permute(0, 2, 3, 1).reshape(-1, m.out_channels)
+                grad_weight = (grad_pixels.t() @ fields).view(m.out_channels, kh, kw, m.in_channels)
+            # Rows run (kernel row, kernel column, channel): channels_last; the kernels give the weight's layout.
+            grad_weight = grad_weight.permute(0, 3, 1, 2).contiguous(memory_format=memory_format_of(weight))
+        return grad_x, grad_weight, grad_bias, None
 
 
 def _deconv_as_matmul(m: ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:

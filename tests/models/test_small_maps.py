@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from p2p_dist.models.small_maps import MATMUL_MAX_SIZE, Conv2d, ConvTranspose2d
+from p2p_dist.models.small_maps import MATMUL_MAX_SIZE, MATMUL_WEIGHT_GRAD_MAX_SIZE, Conv2d, ConvTranspose2d
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 # (kind, in, out, kernel, stride, padding, output_padding, input size, bias): the U-Net's k4 s2 p1 from and to
@@ -20,6 +20,15 @@ SHAPES = [
     ("conv", 16, 8, 4, 2, 1, 0, 16, True),
     ("conv", 6, 5, 3, 1, 1, 0, 5, True),
     ("conv", 6, 5, 3, 2, 0, 0, 7, False),
+]
+# Shapes whose low-resolution side is above MATMUL_MAX_SIZE and at most MATMUL_WEIGHT_GRAD_MAX_SIZE: the U-Net's level
+# at 16x16 both ways, and other shapes.
+WEIGHT_GRAD_SHAPES = [
+    ("conv", 16, 8, 4, 2, 1, 0, 32, False),
+    ("conv", 16, 8, 4, 2, 1, 0, 24, True),
+    ("conv", 6, 5, 3, 1, 1, 0, 14, True),
+    ("deconv", 16, 8, 4, 2, 1, 0, 16, False),
+    ("deconv", 6, 5, 3, 2, 1, 1, 10, True),
 ]
 OURS = {"conv": Conv2d, "deconv": ConvTranspose2d}
 THEIRS = {"conv": nn.Conv2d, "deconv": nn.ConvTranspose2d}
@@ -53,16 +62,51 @@ def test_the_matmul_form_gives_the_kernels_output_gradients_and_layout(shape, la
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind, size", [("conv", 16), ("deconv", 8)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "shape", WEIGHT_GRAD_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}x{s[7]}x{s[7]}-k{s[3]}s{s[4]}p{s[5]}"
+)
+def test_the_matmul_weight_gradient_gives_the_kernels_output_gradients_and_layout(shape, layout):
+    ours, theirs = _pair(shape, layout)
+    x = torch.randn(3, shape[1], shape[7], shape[7], dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    assert ours.weight_grad_as_matmul(x) and not ours.runs_as_matmul(x)
+    y_ours, y_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-12, atol=1e-12)
+    assert y_ours.stride() == y_theirs.stride()
+    grad = torch.randn_like(y_theirs)
+    for a, b in zip(
+        torch.autograd.grad(y_ours, [x, *ours.parameters()], grad),
+        torch.autograd.grad(y_theirs, [x, *theirs.parameters()], grad),
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert a.stride() == b.stride() or a.dim() < 4
+
+
+def test_the_matmul_weight_gradient_leaves_out_what_autograd_does_not_ask_for():
+    ours, _ = _pair(WEIGHT_GRAD_SHAPES[1], torch.channels_last)
+    ours.requires_grad_(False)
+    x = torch.randn(3, 16, 24, 24, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(ours(x).sum(), [x])
+    assert grad_x.shape == x.shape
+
+
+@pytest.mark.parametrize("kind, size", [("conv", 16), ("deconv", 8), ("conv", 32), ("deconv", 16)])
 def test_under_bf16_autocast_it_stays_within_bf16_rounding_of_the_kernel(kind, size):
     ours, theirs = _pair((kind, 64, 32, 4, 2, 1, 0, size, False), torch.channels_last, torch.float32)
     x = torch.randn(2, 64, size, size).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", torch.bfloat16):
-        x = x.to(torch.bfloat16)  # what the previous layer hands on under autocast
-        assert ours.runs_as_matmul(x)
+        x = x.to(torch.bfloat16).requires_grad_(True)  # what the previous layer hands on under autocast
+        assert ours.runs_as_matmul(x) or ours.weight_grad_as_matmul(x)
         y_ours, y_theirs = ours(x), theirs(x)
     assert y_ours.dtype == y_theirs.dtype == torch.bfloat16
     torch.testing.assert_close(y_ours.float(), y_theirs.float(), rtol=1.6e-2, atol=1e-2)
+    grad = torch.randn_like(y_theirs)
+    ours_grads = torch.autograd.grad(y_ours, [x, ours.weight], grad)
+    theirs_grads = torch.autograd.grad(y_theirs, [x, theirs.weight], grad)
+    for a, b in zip(ours_grads, theirs_grads):
+        assert a.dtype == b.dtype  # the weight's gradient in fp32, the input's in bf16, as from the kernels
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2 * b.abs().max().item())
 
 
 @pytest.mark.parametrize("kind", ["conv", "deconv"])
@@ -84,6 +128,24 @@ def test_which_inputs_take_the_matmul(kind, mode, device, dtype, small, expected
     size = 2 * low_resolution if kind == "conv" else low_resolution
     module = OURS[kind](4, 4, 4, 2, 1, small_maps=mode)
     assert module.runs_as_matmul(torch.empty(1, 4, size, size, device=device, dtype=dtype)) is expected
+
+
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+@pytest.mark.parametrize(
+    "mode, dtype, low_resolution, expected",
+    [
+        ("auto", torch.bfloat16, MATMUL_MAX_SIZE, False),  # the whole layer is a matmul there
+        ("auto", torch.bfloat16, MATMUL_MAX_SIZE + 1, True),
+        ("auto", torch.bfloat16, MATMUL_WEIGHT_GRAD_MAX_SIZE, True),
+        ("auto", torch.bfloat16, 2 * MATMUL_WEIGHT_GRAD_MAX_SIZE, False),
+        ("auto", torch.float32, MATMUL_WEIGHT_GRAD_MAX_SIZE, False),
+        ("conv", torch.bfloat16, MATMUL_WEIGHT_GRAD_MAX_SIZE, False),
+    ],
+)
+def test_which_inputs_take_the_matmul_for_the_weight_gradient_only(kind, mode, dtype, low_resolution, expected):
+    size = 2 * low_resolution if kind == "conv" else low_resolution
+    module = OURS[kind](4, 4, 4, 2, 1, small_maps=mode)
+    assert module.weight_grad_as_matmul(torch.empty(1, 4, size, size, dtype=dtype)) is expected
 
 
 @pytest.mark.parametrize("layer", [Conv2d, ConvTranspose2d])
