@@ -170,6 +170,15 @@ def resolve_small_maps(requested: str, device: torch.device, dtype: torch.dtype)
     return "matmul" if device.type == "cpu" and dtype == torch.bfloat16 else "conv"
 
 
+def resolve_dropout_masks(requested: str, device: torch.device) -> str:
+    """How dropout draws its masks on `device` (p2p_dist.models.dropout): "bits" or "bernoulli". auto: bits on a
+    CPU, where torch's bernoulli_ makes one generator call per element (~10 ns each on a 2-core CPU); torch's own
+    kernel on CUDA, where it is one fused kernel."""
+    if requested != "auto":
+        return requested
+    return "bits" if device.type == "cpu" else "bernoulli"
+
+
 @dataclass(frozen=True)
 class StepLayout:
     """How the training step runs on this runtime: the inputs' and the parameters' memory formats, and how
@@ -204,6 +213,7 @@ def resolved_choices(cfg: Config, rt: Runtime) -> dict:
         "compile": cfg.train.compile,
         # The dtype the convolutions compute in: autocast's, else the parameters' and inputs'.
         "small_maps": resolve_small_maps(cfg.train.small_maps, rt.device, rt.autocast_dtype or rt.input_dtype),
+        "dropout_masks": resolve_dropout_masks(cfg.train.dropout_masks, rt.device),
         "bf16_mode": layout.bf16_mode,
         "memory_format": _format_name(layout.memory_format),
         "model_memory_format": _format_name(layout.model_memory_format),

@@ -62,6 +62,7 @@ def build_generator(
     dropout: bool = True,
     init_gain: float = 0.02,
     small_maps: str = "auto",
+    dropout_masks: str = "auto",
 ) -> UNetGenerator:
     """An initialised U-Net whose depth fits square `image_size` training crops (256 -> unet_256)."""
     if image_size not in NUM_DOWNS_BY_IMAGE_SIZE:
@@ -75,6 +76,7 @@ def build_generator(
         norm=norm,
         dropout=dropout,
         small_maps=small_maps,
+        dropout_masks=dropout_masks,
     )
     return init_weights(generator, init_gain)
 
@@ -98,6 +100,7 @@ def generator_for(cfg: Config) -> UNetGenerator:
         m.dropout,
         m.init_gain,
         cfg.train.small_maps,
+        cfg.train.dropout_masks,
     )
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from p2p_dist.config import NORM_MODES
+from p2p_dist.models.dropout import CoinFlipDropout
 
 PER_IMAGE, RUNNING = NORM_MODES  # config.py owns the names (it stays free of torch)
 INSTANCE = "instance"  # what reports record for instance-norm generators
@@ -64,14 +65,18 @@ def _own_statistics(layer: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor
 
 
 def apply_test_time_modes(generator: nn.Module, dropout: bool, norm_mode: str) -> None:
-    """Eval mode everywhere except dropout when `dropout`; with ``norm_mode == "per-image"`` every batch-norm
-    layer normalises each image with its own statistics (its ``forward`` is replaced on the instance). For a
-    generator that is then exported or discarded; `translation_modes` restores what it changes."""
+    """Eval mode everywhere except dropout when `dropout`, which then draws torch's masks (the noise a TorchScript
+    export draws from the same seed; the masks from random bits of train.dropout_masks are a training speed-up);
+    with ``norm_mode == "per-image"`` every batch-norm layer normalises each image with its own statistics (its
+    ``forward`` is replaced on the instance). For a generator that is then exported or discarded;
+    `translation_modes` restores what it changes."""
     _check(norm_mode)
     generator.eval()
     for layer in generator.modules():
         if isinstance(layer, nn.modules.dropout._DropoutNd):
             layer.train(dropout)
+        if isinstance(layer, CoinFlipDropout):
+            layer.masks = "bernoulli"
     if norm_mode == PER_IMAGE:
         for layer in _batch_norms(generator):
             layer.forward = types.MethodType(_own_statistics, layer)
@@ -97,6 +102,7 @@ def translation_modes(
     otherwise. Modes and layers are restored on exit."""
     _check(norm_mode)
     saved = [(layer, layer.training) for layer in generator.modules()]
+    masks = [(layer, layer.masks) for layer in generator.modules() if isinstance(layer, CoinFlipDropout)]
     patched = [(layer, layer.__dict__.get("forward")) for layer in _batch_norms(generator)]
     try:
         apply_test_time_modes(generator, dropout, norm_mode)
@@ -104,6 +110,8 @@ def translation_modes(
     finally:
         for layer, training in saved:
             layer.training = training
+        for layer, kind in masks:
+            layer.masks = kind
         for layer, forward in patched:
             if forward is None:
                 layer.__dict__.pop("forward", None)

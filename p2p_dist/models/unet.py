@@ -26,6 +26,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from p2p_dist.models.dropout import CoinFlipDropout
 from p2p_dist.models.norm import check_norm, conv_bias, make_norm
 from p2p_dist.models.small_maps import Conv2d, ConvTranspose2d, memory_format_of
 
@@ -67,6 +68,7 @@ class UNetGenerator(nn.Module):
         norm: str = "batch",
         dropout: bool = True,
         small_maps: str = "auto",
+        dropout_masks: str = "auto",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -99,7 +101,7 @@ class UNetGenerator(nn.Module):
                 up["conv"] = ConvTranspose2d(up_in, outer_width, 4, 2, 1, bias=bias, small_maps=small_maps)
                 up["norm"] = make_norm(norm, outer_width)
                 if dropout and FIRST_WIDE_LEVEL <= level < innermost:
-                    up["dropout"] = nn.Dropout(0.5)
+                    up["dropout"] = CoinFlipDropout(dropout_masks)
             decoder.append(nn.Sequential(up))
 
         self.encoder = nn.ModuleList(encoder)
@@ -135,10 +137,12 @@ class UNetGenerator(nn.Module):
 
 def use_framework_kernels(model: nn.Module) -> None:
     """Every layer of `model` as the reference implementation runs it: convolutions on the framework's kernels
-    (no matmul on small maps) and skips joined by plain torch.cat. For exports (one portable graph: TorchScript
-    cannot trace the custom autograd Function) and for the reference step (the peer a user writes)."""
+    (no matmul on small maps), torch's dropout and skips joined by plain torch.cat. For exports (one portable graph:
+    TorchScript cannot trace the custom autograd Functions) and for the reference step (the peer a user writes)."""
     for module in model.modules():
         if isinstance(module, (Conv2d, ConvTranspose2d)):
             module.small_maps = "conv"
+        if isinstance(module, CoinFlipDropout):
+            module.masks = "bernoulli"
         if isinstance(module, UNetGenerator):
             module.dense_skip_grads = False

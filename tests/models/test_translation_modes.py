@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 from p2p_dist.models import UNetGenerator
+from p2p_dist.models.dropout import CoinFlipDropout
 from p2p_dist.models.translation_modes import recorded_norm_mode, translation_modes
 from p2p_dist.runtime import free_port
 
@@ -113,8 +114,23 @@ def test_modes_layers_and_stored_statistics_are_restored_and_unchanged(norm_mode
         translate(labels(2))
     assert all(layer.training for layer in generator.modules())
     assert not any("forward" in layer.__dict__ for layer in generator.modules())
+    assert all(layer.masks == "auto" for layer in generator.modules() if isinstance(layer, CoinFlipDropout))
     for key, value in generator.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_test_time_dropout_draws_torchs_masks_the_noise_an_export_draws_from_the_same_seed():
+    generator = trained_like()
+    torch.manual_seed(5)
+    with translation_modes(generator, norm_mode="running") as translate, torch.no_grad():
+        photos = translate(labels(2))
+    reference = copy.deepcopy(generator)
+    for layer in reference.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.forward = torch.nn.Dropout(0.5).train().forward  # torch's own dropout
+    torch.manual_seed(5)
+    with torch.no_grad():
+        torch.testing.assert_close(photos, reference(labels(2)), rtol=0, atol=0)
 
 
 def test_the_old_train_and_eval_modes_are_refused_by_name():
