@@ -79,6 +79,7 @@ class Variant:
     model_memory_format: str | None = None  # train.model_memory_format; None: the config default
     compile: bool = False
     small_maps: str | None = None  # train.small_maps; None: the config default (auto)
+    dropout_masks: str | None = None  # train.dropout_masks; None: the config default (auto)
     threads: int | None = None  # None: leave torch's thread count alone
     mkldnn: bool = True
     zero_stage: int = 0
@@ -101,6 +102,8 @@ class Variant:
             out.append("train.compile=true")
         if self.small_maps is not None:
             out.append(f"train.small_maps={self.small_maps}")
+        if self.dropout_masks is not None:
+            out.append(f"train.dropout_masks={self.dropout_masks}")
         if self.joint_d_forward is not None:
             out.append(f"train.joint_d_forward={str(self.joint_d_forward).lower()}")
         if self.for_loop_adam:
@@ -672,8 +675,8 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
 
 def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant]:
     """Changes to the default configuration that keep the maths (up to rounding), measured side by side: each lever
-    of issue 12 (memory layout of inputs and parameters, bf16 weights, the innermost levels as matmuls, threads,
-    the joint D forward, compile)
+    of issue 12 (memory layout of inputs and parameters, bf16 weights, the innermost levels as matmuls, dropout's
+    masks, threads, the joint D forward, compile)
     either way, the default's earlier speed-ups undone, and the peers to beat. Variants that equal the default
     on this machine (the automatic choices resolve per machine) show the measurement's noise."""
     cores = torch.get_num_threads()
@@ -699,8 +702,13 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
         Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
         # the generator's innermost levels (train.small_maps): matmuls, or the convolution kernels
-        Variant("innermost levels (maps <= 8x8) as matmuls", "p2p_dist", small_maps="matmul"),
+        Variant(
+            "innermost levels as matmuls (maps <= 8x8; weight gradients at 16x16)", "p2p_dist", small_maps="matmul"
+        ),
         Variant("innermost levels on the convolution kernels", "p2p_dist", small_maps="conv"),
+        # how dropout draws its masks (train.dropout_masks)
+        Variant("dropout masks from random bits", "p2p_dist", dropout_masks="bits"),
+        Variant("torch's dropout masks (one generator call per element)", "p2p_dist", dropout_masks="bernoulli"),
         # earlier speed-ups, undone
         Variant("for-loop Adam (torch's CPU default)", "p2p_dist", for_loop_adam=True),
         Variant("DeepSpeed's all-reduce in a group of one", "p2p_dist", single_rank_allreduce=True),

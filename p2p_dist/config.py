@@ -164,9 +164,9 @@ class TrainConfig:
     compile: bool = opt(
         False,
         "torch.compile both networks (inductor). Off by default: on a native-bf16 CPU "
-        "(bf16, batch 4) it compiles in ~50 s and then runs at 0.96x the eager speed (1.00-1.06x "
-        "before the eager step's own speed-ups; the convolutions are the same oneDNN kernels); "
-        "unmeasured on GPUs.",
+        "(bf16, batch 4) it compiles in ~50 s and then runs at 0.95-0.96x the eager speed (1.00-1.06x "
+        "before the eager step's own speed-ups; the convolutions are the same oneDNN kernels; "
+        "benchmarks/results/*-candidates-compile.md); unmeasured on GPUs.",
     )
     adam: str = opt(
         "fused",
