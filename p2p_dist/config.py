@@ -158,7 +158,8 @@ class TrainConfig:
         "How the generator's dropout (p=0.5) draws its masks: bits = one random bit per element, eight from each "
         "random byte: the same fair coin per element as torch's, other random numbers; bernoulli = torch's "
         "dropout (one generator call per element); auto = bits on a CPU (the three dropout layers of unet_256 at "
-        "batch 4: ~7 -> ~0.5 ms a step), torch's fused kernel on CUDA.",
+        "batch 4: ~7 -> ~0.5 ms a step), torch's fused kernel on CUDA. Training only: test-time noise "
+        "(translation, evaluation, exports) is torch's, as a TorchScript export draws it.",
         choices=DROPOUT_MASKS,
     )
     compile: bool = opt(
