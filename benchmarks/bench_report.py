@@ -230,10 +230,14 @@ def _convolution_bound(s: dict) -> list[str]:
     default_conv = next((o for o in default["of_which"] if o["part"] == conv), None)
     if not peer_conv or not default_conv or not peer_conv["ms"]:
         return []
+    matmuls = next((o for o in default["of_which"] if o["part"].startswith("matmuls standing in")), None)
+    default_work = f"the default {default_conv['ms']:.0f} ms" + (
+        f" and {matmuls['ms']:.0f} ms of matmuls standing in for the convolutions on small maps" if matmuls else ""
+    )
     return [
         "",
         f"Bound at the same kernels: the best peer spends {_percent(peer_conv['share'])} of its profiled step in "
-        f"convolution kernels ({peer_conv['ms']:.0f} ms), the default {default_conv['ms']:.0f} ms. A step that runs "
+        f"convolution kernels ({peer_conv['ms']:.0f} ms), {default_work}. A step that runs "
         "those kernels on the same shapes cannot beat the peer by more than peer step / peer convolutions = "
         f"**{peer['step_ms'] / peer_conv['ms']:.2f}x**; beyond that only faster convolutions help.",
     ]

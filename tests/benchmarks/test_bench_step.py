@@ -252,10 +252,12 @@ def test_the_step_breakdown_names_every_part_and_its_rows_add_up_to_the_step_tim
     assert 0 <= rows[None]["share"] < 0.25  # the named ranges cover (nearly) the whole step
     # The step total is the wall time of the profiled steps (a few ms of loop overhead aside).
     assert profiled["step_ms"] == pytest.approx(profiled["wall_ms_per_step"], rel=0.1, abs=3.0)
-    casts, syncs, convolutions = profiled["of_which"]
+    casts, syncs, convolutions, matmuls = profiled["of_which"]
     assert casts["ms"] >= 0 and syncs["calls"] >= 0 and casts["share"] < 1
     # Each step runs every convolution of G and D forward and backward: the kernels are seen, and are part of it.
     assert convolutions["calls"] > 0 and 0 < convolutions["share"] < 1
+    # The default's small maps run as matmuls (bf16 on a CPU); the peer keeps torch's layers and has none.
+    assert (matmuls["calls"] > 0) is (built.variant.default and built.resolved_precision == "bf16")
 
 
 def test_a_step_range_costs_nothing_without_a_profiler_and_is_recorded_under_one():
