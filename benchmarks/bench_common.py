@@ -44,6 +44,11 @@ def summarise(samples: list[float]) -> dict:
     }
 
 
+def pooled_summary(summaries: list[dict]) -> dict:
+    """`summarise` over the samples of several summaries together (runs or rounds of one measurement)."""
+    return summarise([sample for summary in summaries for sample in summary["samples"]])
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

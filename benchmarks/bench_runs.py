@@ -20,7 +20,7 @@ from p2p_dist.config import Config, save_config
 from p2p_dist.run_dir import RunDir
 from p2p_dist.runtime import free_port
 
-from bench_common import REPO_ROOT, summarise
+from bench_common import REPO_ROOT, pooled_summary, summarise
 
 TRAIN_SCRIPT = REPO_ROOT / "launch" / "train.py"
 # The benchmark process may itself have joined a process group (the step section): children must not inherit it.
@@ -88,8 +88,8 @@ def pooled(runs: list[dict]) -> dict:
     return {
         **first,
         "wall_s": round(sum(run["wall_s"] for run in runs), 1),
-        "images_per_s": summarise([x for run in runs for x in run["images_per_s"]["samples"]]),
-        "data_wait_fraction": summarise([x for run in runs for x in run["data_wait_fraction"]["samples"]]),
+        "images_per_s": pooled_summary([run["images_per_s"] for run in runs]),
+        "data_wait_fraction": pooled_summary([run["data_wait_fraction"] for run in runs]),
         "records_used": sum(run["records_used"] for run in runs),
         "rounds": len(runs),
     }

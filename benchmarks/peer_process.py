@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2p_dist.process_defaults import DEFAULTED_ENV, PROCESS_ENV_KEYS, defaulted_keys
 
-from bench_common import REPO_ROOT, summarise, time_call
+from bench_common import REPO_ROOT, pooled_summary, summarise, time_call
 
 
 def users_environment() -> dict:
@@ -60,7 +60,7 @@ def pooled_peers(rounds: list[list[dict]]) -> list[dict]:
     out = []
     for name in names:
         rows = [row for peers in rounds for row in peers if row["peer"] == name]
-        out.append({**rows[0], "images_per_s": summarise([x for row in rows for x in row["images_per_s"]["samples"]])})
+        out.append({**rows[0], "images_per_s": pooled_summary([row["images_per_s"] for row in rows])})
     return out
 
 

@@ -44,42 +44,49 @@ def _pair(shape, layout, dtype=torch.float64):
     return ours.to(dtype, memory_format=layout), theirs.to(dtype, memory_format=layout)
 
 
+def _shape_id(shape) -> str:
+    return f"{shape[0]}-{shape[1]}x{shape[7]}x{shape[7]}-k{shape[3]}s{shape[4]}p{shape[5]}"
+
+
+def _input_for(shape, layout) -> torch.Tensor:
+    x = torch.randn(3, shape[1], shape[7], shape[7], dtype=torch.float64).contiguous(memory_format=layout)
+    return x.requires_grad_(True)
+
+
+def _gradients_after_matching_outputs(ours, theirs, x) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Checks that both layers give the same output in the same layout (float64, 1e-12); returns the pairs of
+    gradients (input, then parameters), checked equal the same way."""
+    y_ours, y_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-12, atol=1e-12)
+    assert y_ours.stride() == y_theirs.stride()
+    grad = torch.randn_like(y_theirs)
+    pairs = list(
+        zip(
+            torch.autograd.grad(y_ours, [x, *ours.parameters()], grad),
+            torch.autograd.grad(y_theirs, [x, *theirs.parameters()], grad),
+        )
+    )
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    return pairs
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}-{s[1]}x{s[7]}x{s[7]}-k{s[3]}s{s[4]}p{s[5]}")
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
 def test_the_matmul_form_gives_the_kernels_output_gradients_and_layout(shape, layout):
     ours, theirs = _pair(shape, layout)
-    x = torch.randn(3, shape[1], shape[7], shape[7], dtype=torch.float64).contiguous(memory_format=layout)
-    x.requires_grad_(True)
+    x = _input_for(shape, layout)
     assert ours.runs_as_matmul(x)
-    y_ours, y_theirs = ours(x), theirs(x)
-    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-12, atol=1e-12)
-    assert y_ours.stride() == y_theirs.stride()
-    grad = torch.randn_like(y_theirs)
-    for a, b in zip(
-        torch.autograd.grad(y_ours, [x, *ours.parameters()], grad),
-        torch.autograd.grad(y_theirs, [x, *theirs.parameters()], grad),
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _gradients_after_matching_outputs(ours, theirs, x)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(
-    "shape", WEIGHT_GRAD_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}x{s[7]}x{s[7]}-k{s[3]}s{s[4]}p{s[5]}"
-)
+@pytest.mark.parametrize("shape", WEIGHT_GRAD_SHAPES, ids=_shape_id)
 def test_the_matmul_weight_gradient_gives_the_kernels_output_gradients_and_layout(shape, layout):
     ours, theirs = _pair(shape, layout)
-    x = torch.randn(3, shape[1], shape[7], shape[7], dtype=torch.float64).contiguous(memory_format=layout)
-    x.requires_grad_(True)
+    x = _input_for(shape, layout)
     assert ours.weight_grad_as_matmul(x) and not ours.runs_as_matmul(x)
-    y_ours, y_theirs = ours(x), theirs(x)
-    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-12, atol=1e-12)
-    assert y_ours.stride() == y_theirs.stride()
-    grad = torch.randn_like(y_theirs)
-    for a, b in zip(
-        torch.autograd.grad(y_ours, [x, *ours.parameters()], grad),
-        torch.autograd.grad(y_theirs, [x, *theirs.parameters()], grad),
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in _gradients_after_matching_outputs(ours, theirs, x):
         assert a.stride() == b.stride() or a.dim() < 4
 
 
