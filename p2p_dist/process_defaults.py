@@ -30,19 +30,10 @@ SHORT_SPIN = 30_000
 # activations, gradients and casts, so each step faulted them in afresh, zero-filled by the kernel: 66,000-80,000
 # page faults and 0.13-0.16 s of kernel time per 0.7 s step (2-core CPU, bf16, batch 4). With blocks up to 32 MiB
 # (glibc's limit) served from the heap and the heap never trimmed: ~2 faults a step, 0.70 -> 0.61 s per step.
-# A block of 32 MiB and more (G's 1024x512x4x4 fp32 gradients are exactly 32 MiB) still went to mmap whenever the
-# heap had no free chunk that size, which depends on how the heap happens to be fragmented: some processes faulted
-# 8,192 pages for each such gradient's cast at every step, 8.7 instead of 0.76 ms a cast (up to ~25 ms a step, for
-# the whole run). No mmap at all (M_MMAP_MAX=0) serves them from the heap in every process.
 # The heap then keeps the step's peak, which a training process reaches again at every step anyway.
 # Values fit mallopt's int; the variables are glibc's documented tunables (man 3 mallopt).
-MALLOC_DEFAULTS = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
-}
-# M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX
-_MALLOPT_PARAMETER = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_MMAP_MAX_": -4}
+MALLOC_DEFAULTS = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+_MALLOPT_PARAMETER = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
 
 
 def process_defaults(sharing_cores: bool) -> dict[str, str]:

@@ -109,29 +109,6 @@ def test_with_the_malloc_defaults_a_step_no_longer_faults_in_again_the_memory_th
     assert applied < glibc_defaults / 5, (applied, glibc_defaults)
 
 
-# Blocks of 32 MiB and more (G's largest fp32 gradients are 32 MiB) made and freed in turn, as a step does; prints
-# the page faults per block once the heap has grown.
-FAULTS_PER_LARGE_BLOCK = (
-    "import resource\n"
-    "from p2p_dist.process_defaults import apply_process_defaults\n"
-    "apply_process_defaults()\n"
-    "import torch\n"
-    "for _ in range(4):  # the heap grows to the peak\n"
-    "    torch.ones(8 * 2**20).sum(); torch.ones(16 * 2**20).sum()\n"
-    "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-    "for _ in range(5):\n"
-    "    torch.ones(8 * 2**20).sum(); torch.ones(16 * 2**20).sum()\n"
-    "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)\n"
-)
-
-
-def test_blocks_of_32_mib_and_more_come_from_the_heap_too_and_fault_in_no_pages_again():
-    result = _python(FAULTS_PER_LARGE_BLOCK, {**_env(), "GOMP_SPINCOUNT": SHORT})
-    assert result.returncode == 0, result.stderr
-    # mmap'd (glibc's default for them), each would fault in its 8,192 or 16,384 pages afresh every time.
-    assert float(result.stdout) < 100, result.stdout
-
-
 def test_ray_trial_workers_start_with_the_settings_of_processes_that_share_the_cores(monkeypatch):
     from p2p_dist.tune.sweep import worker_env
 
