@@ -537,9 +537,9 @@ HOST_SYNC_OPS = ("aten::_local_scalar_dense",)  # a tensor read by the host: .it
 # those of the forward children, are the convolution kernels.
 CONV_FORWARD, CONV_BACKWARD = "aten::_convolution", "aten::convolution_backward"
 CONV_KERNEL_OPS = (CONV_FORWARD, CONV_BACKWARD, "aten::mkldnn_convolution", "aten::_slow_conv2d_forward")
-# p2p_dist's convolutions on small maps (p2p_dist.models.small_maps) run as matmuls, a transposed one's patches summed
-# by fold (col2im; its backward im2col): the pix2pix networks have no other matmul.
-SMALL_MAP_MATMUL_OPS = ("aten::mm", "aten::col2im", "aten::im2col")
+# p2p_dist's convolutions on small maps (p2p_dist.models.small_maps) run as matmuls: the pix2pix networks have no
+# other matmul. Their gathers and patch sums are copies and adds, left with the rest of the step's memory work.
+SMALL_MAP_MATMUL_OPS = ("aten::mm",)
 
 
 def profile_steps(

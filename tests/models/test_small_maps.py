@@ -81,6 +81,19 @@ def test_the_matmul_form_gives_the_kernels_output_gradients_and_layout(shape, la
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_a_dilated_kernel_as_a_matmul_gives_the_kernels_output_gradients_and_layout(kind, layout):
+    extra = {"output_padding": 1} if kind == "deconv" else {}
+    torch.manual_seed(0)
+    ours = OURS[kind](6, 5, 3, 2, 2, dilation=2, small_maps="matmul", **extra).to(torch.float64, memory_format=layout)
+    theirs = THEIRS[kind](6, 5, 3, 2, 2, dilation=2, **extra).to(torch.float64, memory_format=layout)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 4, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    assert ours.runs_as_matmul(x)
+    _gradients_after_matching_outputs(ours, theirs, x)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", WEIGHT_GRAD_SHAPES, ids=_shape_id)
 def test_the_matmul_weight_gradient_gives_the_kernels_output_gradients_and_layout(shape, layout):
     ours, theirs = _pair(shape, layout)
