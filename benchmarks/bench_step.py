@@ -681,7 +681,7 @@ def step_breakdown(averages, steps: int, device: torch.device) -> dict:
 
 def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant]:
     """Changes to the default configuration that keep the maths (up to rounding), measured side by side: each lever
-    of issue 12 (memory layout of inputs and parameters, bf16 weights, the innermost levels as matmuls, dropout's
+    of issue 12 (memory layout of inputs and parameters, bf16 weights, the small-map layers as matmuls, dropout's
     masks, threads, the joint D forward, compile)
     either way, the default's earlier speed-ups undone, and the peers to beat. Variants that equal the default
     on this machine (the automatic choices resolve per machine) show the measurement's noise."""
@@ -707,11 +707,13 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         # how bf16 runs (train.bf16_mode; only where precision=auto resolves to bf16)
         Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
         Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
-        # the generator's innermost levels (train.small_maps): matmuls, or the convolution kernels
+        # the generator's innermost levels and D's one-channel head (train.small_maps): matmuls, or the kernels
         Variant(
-            "innermost levels as matmuls (maps <= 8x8; weight gradients at 16x16)", "p2p_dist", small_maps="matmul"
+            "innermost levels and D's head as matmuls (maps <= 8x8; weight gradients at 16x16)",
+            "p2p_dist",
+            small_maps="matmul",
         ),
-        Variant("innermost levels on the convolution kernels", "p2p_dist", small_maps="conv"),
+        Variant("innermost levels and D's head on the convolution kernels", "p2p_dist", small_maps="conv"),
         # how dropout draws its masks (train.dropout_masks)
         Variant("dropout masks from random bits", "p2p_dist", dropout_masks="bits"),
         Variant("torch's dropout masks (one generator call per element)", "p2p_dist", dropout_masks="bernoulli"),

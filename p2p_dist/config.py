@@ -145,11 +145,13 @@ class TrainConfig:
     )
     small_maps: str = opt(
         "auto",
-        "How the generator's innermost levels run (convolutions to maps of at most 8x8, transposed convolutions from "
-        "them), the same sums: matmul = one matmul each (an im2col gather before it, or its overlapping patches summed "
-        "after it), and at the 16x16 level the kernels with the weight gradient as one matmul; conv = the framework's "
-        "convolution kernels; auto = the matmuls on a CPU in bf16, where oneDNN's kernels spend those layers reordering"
-        " weights (per layer 1.3-3x; p2p_dist.models.small_maps), the kernels for fp32 (no faster there) and on CUDA.",
+        "How the layers where oneDNN's bf16 kernels are slow run, the same sums: the generator's innermost levels "
+        "(convolutions to maps of at most 8x8, transposed convolutions from them) and the discriminator's one-channel "
+        "head. matmul = one matmul each (an im2col gather before it, or the overlapping patches summed after it; for "
+        "the head, the products with each kernel offset summed), and at the 16x16 level the kernels with the weight "
+        "gradient as one matmul; conv = the framework's convolution kernels; auto = the matmuls on a CPU in bf16, where"
+        " oneDNN's kernels spend those layers reordering weights or on one output channel (per layer 1.3-3x; "
+        "p2p_dist.models.small_maps), the kernels for fp32 (no faster there) and on CUDA.",
         choices=SMALL_MAPS_MODES,
     )
     dropout_masks: str = opt(

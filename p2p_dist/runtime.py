@@ -160,9 +160,10 @@ def resolve_bf16_mode(requested: str, device: torch.device, precision: str) -> s
 
 
 def resolve_small_maps(requested: str, device: torch.device, dtype: torch.dtype) -> str:
-    """How the generator's layers on small maps run on `device` with operands of `dtype`
-    (p2p_dist.models.small_maps): "matmul" or "conv". auto: the matmul for bf16 on a CPU (1.3-3x per layer on a
-    native-bf16 CPU: oneDNN's bf16 kernels reorder the large weights of those layers at every call); the convolution
+    """How the generator's layers on small maps and the discriminator's one-channel head run on `device` with operands
+    of `dtype` (p2p_dist.models.small_maps): "matmul" or "conv". auto: the matmul for bf16 on a CPU (1.3-3x per layer
+    on a native-bf16 CPU: oneDNN's bf16 kernels reorder the large weights of those layers at every call, and run one
+    output channel at a few percent of the peak); the convolution
     kernels for fp32 on a CPU (the matmul no faster, a contiguous fp32 convolution 1.3-1.8x slower: AVX2-only CPUs
     train in fp32) and on CUDA (cuDNN)."""
     if requested != "auto":

@@ -82,10 +82,16 @@ def build_generator(
 
 
 def build_discriminator(
-    in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch", init_gain: float = 0.02
+    in_channels: int,
+    ndf: int = 64,
+    n_layers: int = 3,
+    norm: str = "batch",
+    init_gain: float = 0.02,
+    small_maps: str = "auto",
 ) -> PatchDiscriminator:
     """An initialised PatchGAN; `in_channels` counts label and image channels together (conditional D)."""
-    return init_weights(PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, norm=norm), init_gain)
+    discriminator = PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, norm=norm, small_maps=small_maps)
+    return init_weights(discriminator, init_gain)
 
 
 def generator_for(cfg: Config) -> UNetGenerator:
@@ -110,7 +116,12 @@ def build_models(cfg: Config) -> tuple[UNetGenerator, PatchDiscriminator]:
     m = cfg.model
     generator = generator_for(cfg)
     discriminator = build_discriminator(
-        LABEL_CHANNELS[cfg.data.label_encoding] + PHOTO_CHANNELS, m.ndf, m.d_layers, m.norm, m.init_gain
+        LABEL_CHANNELS[cfg.data.label_encoding] + PHOTO_CHANNELS,
+        m.ndf,
+        m.d_layers,
+        m.norm,
+        m.init_gain,
+        cfg.train.small_maps,
     )
     if m.pretrained_g:
         load_reference_generator(m.pretrained_g, generator)

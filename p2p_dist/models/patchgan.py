@@ -15,12 +15,15 @@ import torch
 from torch import nn
 
 from p2p_dist.models.norm import check_norm, conv_bias, make_norm
+from p2p_dist.models.small_maps import Conv2d
 
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN: ``blocks`` (conv [+ norm] + LeakyReLU 0.2) then a 1-channel ``head`` conv, all 4x4."""
 
-    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
+    def __init__(
+        self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch", small_maps: str = "auto"
+    ) -> None:
         super().__init__()
         check_norm(norm)
         if n_layers < 1:
@@ -42,7 +45,8 @@ class PatchDiscriminator(nn.Module):
             layers["act"] = nn.LeakyReLU(0.2, inplace=True)
             blocks.append(nn.Sequential(layers))
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Conv2d(widths[-1], 1, kernel_size=4, stride=1, padding=1)
+        # One output channel: p2p_dist.models.small_maps sums per-offset products there (train.small_maps).
+        self.head = Conv2d(widths[-1], 1, kernel_size=4, stride=1, padding=1, small_maps=small_maps)
 
     @property
     def n_layers(self) -> int:

@@ -17,6 +17,12 @@ product with the output gradient): 7.4 -> 6.0 ms for the 256->512 convolution to
 1024->256 transposed convolution from 16x16; 4-9 ms a training step (interleaved A/B runs). In fp32 the matmul is
 no faster (a contiguous fp32 Conv2d 1.3-1.8x slower), so `auto` takes the matmuls only for bf16 operands on a CPU
 (p2p_dist.runtime.resolve_small_maps).
+
+The PatchGAN's head (512 -> 1 channel, k4 s1, on 31x31 maps) is another layer oneDNN runs at a few percent of the peak,
+and an im2col gather would copy 16 shifted maps. It runs as one matmul of every input pixel with every kernel offset's
+weights (16 columns), each output pixel then summing the 16 products its receptive field holds: 3.3-3.9 -> 1.0 ms
+fwd+bwd. It computes a few more products than a convolution counts (every input pixel meets every offset, also where
+no output pixel takes the product: 31x31 against 30x30 per offset there), and FLOP counters count them.
 """
 
 from __future__ import annotations
@@ -78,7 +84,13 @@ class Conv2d(_MatmulOnSmallMaps, nn.Conv2d):
     def low_resolution_size(self, x: torch.Tensor) -> tuple[int, int]:
         return _conv_output_size(self, x)
 
+    def runs_per_offset(self, x: torch.Tensor) -> bool:
+        """A convolution to one channel (the PatchGAN's head): per-offset products summed, `_conv_per_offset`."""
+        return self.out_channels == 1 and resolve_small_maps(self.small_maps, x.device, x.dtype) == "matmul"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.runs_per_offset(x):
+            return _conv_per_offset(self, x)
         if self.runs_as_matmul(x):
             return _conv_as_matmul(self, x)
         if self.weight_grad_as_matmul(x):
@@ -123,11 +135,67 @@ def _conv_as_matmul(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
     y = (fields @ weight.t()).view(n, out_h, out_w, m.out_channels).permute(0, 3, 1, 2)
     if m.bias is not None:
         y = y + m.bias.view(1, -1, 1, 1)
-    layout = _output_layout(x, m.weight)
-    # The strides the kernel's output would have: on a 1x1 map the matmul's view passes for either layout.
-    if y.stride() != torch.empty(y.shape, device="meta", memory_format=layout).stride():
-        y = y.clone(memory_format=layout)
-    return y
+    return _as_from_the_kernel(y, x, m.weight)
+
+
+def _conv_per_offset(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A convolution to one channel without a gather: every input pixel times the weight gives its product with each
+    kernel offset (one matmul to k*k*out columns), and each output pixel sums the k*k products its receptive field
+    holds, in fp32 as the convolution kernels do (`_OffsetProductsSummed`)."""
+    n, c_in, height, width = x.shape
+    kh, kw = m.kernel_size
+    pixels = x.permute(0, 2, 3, 1).reshape(n * height * width, c_in)
+    # One matrix whatever the weight's layout (a view of a channels_last weight), as in _conv_as_matmul.
+    weight = m.weight.permute(2, 3, 0, 1).reshape(kh * kw * m.out_channels, c_in)
+    products = (pixels @ weight.t()).view(n, height, width, kh, kw, m.out_channels)
+    y = _OffsetProductsSummed.apply(products, _conv_output_size(m, x), m.stride, m.padding, m.dilation)
+    if m.bias is not None:
+        y = y + m.bias
+    return _as_from_the_kernel(y.permute(0, 3, 1, 2).to(products.dtype), x, m.weight)
+
+
+class _OffsetProductsSummed(torch.autograd.Function):
+    """A convolution's output from the products of every input pixel with every kernel offset (n, h, w, kh, kw,
+    channels): output pixel o sums, over the offsets, the product at o*stride + offset*dilation - padding where that
+    lies inside the map (zero padding adds nothing), one strided slice per offset. The PatchGAN's 512 -> 1 head at
+    31x31, bf16, batch 4: 3.8 -> 1.0 ms fwd+bwd (oneDNN's kernels run a single output channel at a few percent of the
+    peak; an im2col gather copies 16 shifted maps, 47 ms)."""
+
+    @staticmethod
+    def forward(ctx, products: torch.Tensor, out_size, stride, padding, dilation) -> torch.Tensor:
+        n, height, width, kh, kw, channels = products.shape
+        meets = []  # (output pixels, the products they add) per kernel offset that reaches into the map
+        for i in range(kh):
+            rows = _where_an_offset_lands(i * dilation[0], height, out_size[0], stride[0], padding[0])
+            for j in range(kw):
+                cols = _where_an_offset_lands(j * dilation[1], width, out_size[1], stride[1], padding[1])
+                if rows is not None and cols is not None:
+                    meets.append(((slice(None), rows[0], cols[0]), (slice(None), rows[1], cols[1], i, j)))
+        y = products.new_zeros((n, *out_size, channels), dtype=torch.promote_types(products.dtype, torch.float32))
+        for output_pixels, their_products in meets:
+            y[output_pixels] += products[their_products]
+        ctx.meets, ctx.shape, ctx.dtype = meets, products.shape, products.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_products = grad.new_zeros(ctx.shape, dtype=ctx.dtype)  # products that reach no output pixel: zero
+        grad = grad.to(ctx.dtype)
+        for output_pixels, their_products in ctx.meets:
+            grad_products[their_products] = grad[output_pixels]  # one output pixel per product and offset
+        return grad_products, None, None, None, None
+
+
+def _where_an_offset_lands(offset: int, map_size: int, grid_size: int, stride: int, padding: int):
+    """Along one axis: the pixels o of a grid (a convolution's output, a transposed convolution's input) for which
+    kernel offset `offset` lands inside a map (the convolution's input, the transposed convolution's padded output)
+    at o*stride + offset - padding, and the map pixels it lands on; None where it lands on none."""
+    first = max(0, -((offset - padding) // stride))
+    last = min(grid_size - 1, (map_size - 1 + padding - offset) // stride)
+    if last < first:
+        return None
+    start = first * stride + offset - padding
+    return slice(first, last + 1), slice(start, start + stride * (last - first) + 1, stride)
 
 
 def _receptive_fields(padded: torch.Tensor, out_size, kernel_size, stride, dilation) -> torch.Tensor:
@@ -168,12 +236,11 @@ def _overlap_add(per_offset: torch.Tensor, padded_shape, stride, dilation, dtype
     """The adjoint of `_receptive_fields`: every pixel's (kernel row, kernel column) slice of `per_offset`
     (n, h, w, kh, kw, channels) added into a zero padded NHWC map, one strided slice per kernel offset."""
     _, h, w, kh, kw, _ = per_offset.shape
-    (sh, sw), (dh, dw) = stride, dilation
     padded = per_offset.new_zeros(padded_shape, dtype=dtype)
     for i in range(kh):
+        _, rows = _where_an_offset_lands(i * dilation[0], padded_shape[1], h, stride[0], 0)
         for j in range(kw):
-            rows = slice(i * dh, i * dh + sh * (h - 1) + 1, sh)
-            cols = slice(j * dw, j * dw + sw * (w - 1) + 1, sw)
+            _, cols = _where_an_offset_lands(j * dilation[1], padded_shape[2], w, stride[1], 0)
             padded[:, rows, cols, :] += per_offset[:, :, :, i, j, :]
     return padded
 
@@ -270,8 +337,17 @@ def _deconv_as_matmul(m: ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     y = _PatchesSummed.apply(patches, (out_h, out_w), m.stride, m.padding, m.dilation)
     if m.bias is not None:
         y = y + m.bias
-    # Dense in the kernel's layout: without a bias, y is still a view into the padded sums.
-    return y.permute(0, 3, 1, 2).to(patches.dtype).contiguous(memory_format=_output_layout(x, m.weight))
+    return _as_from_the_kernel(y.permute(0, 3, 1, 2).to(patches.dtype), x, m.weight)
+
+
+def _as_from_the_kernel(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`y` with the strides the convolution kernel's output would have, also along dimensions of size 1 (torch reads
+    them: on a 1x1 map or a 1-channel one a matmul's view passes for either layout) and dense (without a bias, a
+    transposed convolution's output is still a view into its padded sums)."""
+    layout = _output_layout(x, weight)
+    if y.stride() != torch.empty(y.shape, device="meta", memory_format=layout).stride():
+        y = y.clone(memory_format=layout)
+    return y
 
 
 def _output_layout(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from p2p_dist.models import PatchDiscriminator
+from p2p_dist.config import load_config
+from p2p_dist.models import PatchDiscriminator, build_models
+from p2p_dist.models.unet import use_framework_kernels
 
 
 def test_conditional_70x70_patchgan_with_batch_norm_has_2_768_705_parameters():
@@ -59,3 +61,14 @@ def test_instance_norm_layers_carry_no_affine_parameters_nor_running_statistics(
     norms = [m for m in discriminator.modules() if isinstance(m, nn.InstanceNorm2d)]
     assert len(norms) == 3
     assert all(not norm.affine and not norm.track_running_stats for norm in norms)
+
+
+def test_the_head_follows_train_small_maps_and_the_framework_kernels_switch_it_off():
+    x = torch.empty(1, 512, 31, 31, dtype=torch.bfloat16)
+    _, discriminator = build_models(load_config(None, ["train.steps=1", "train.small_maps=matmul"]))
+    assert discriminator.head.runs_per_offset(x)
+    _, discriminator = build_models(load_config(None, ["train.steps=1", "train.small_maps=conv"]))
+    assert not discriminator.head.runs_per_offset(x)
+    discriminator = PatchDiscriminator(in_channels=6, small_maps="matmul")
+    use_framework_kernels(discriminator)  # what the reference step runs
+    assert not discriminator.head.runs_per_offset(x)

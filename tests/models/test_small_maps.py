@@ -30,6 +30,13 @@ WEIGHT_GRAD_SHAPES = [
     ("deconv", 16, 8, 4, 2, 1, 0, 16, False),
     ("deconv", 6, 5, 3, 2, 1, 1, 10, True),
 ]
+# Convolutions to one channel (the PatchGAN's head is k4 s1 p1), per-offset products summed whatever the map's size.
+ONE_CHANNEL_SHAPES = [
+    ("conv", 16, 1, 4, 1, 1, 0, 9, True),
+    ("conv", 16, 1, 4, 1, 1, 0, 4, False),
+    ("conv", 6, 1, 3, 2, 0, 0, 7, True),
+    ("conv", 5, 1, 4, 3, 2, 0, 10, True),  # padding wider than some offsets reach
+]
 OURS = {"conv": Conv2d, "deconv": ConvTranspose2d}
 THEIRS = {"conv": nn.Conv2d, "deconv": nn.ConvTranspose2d}
 
@@ -81,15 +88,16 @@ def test_the_matmul_form_gives_the_kernels_output_gradients_and_layout(shape, la
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("kind", ["conv", "deconv"])
-def test_a_dilated_kernel_as_a_matmul_gives_the_kernels_output_gradients_and_layout(kind, layout):
+@pytest.mark.parametrize("kind, out_channels", [("conv", 5), ("deconv", 5), ("conv", 1)])
+def test_a_dilated_kernel_as_a_matmul_gives_the_kernels_output_gradients_and_layout(kind, out_channels, layout):
     extra = {"output_padding": 1} if kind == "deconv" else {}
     torch.manual_seed(0)
-    ours = OURS[kind](6, 5, 3, 2, 2, dilation=2, small_maps="matmul", **extra).to(torch.float64, memory_format=layout)
-    theirs = THEIRS[kind](6, 5, 3, 2, 2, dilation=2, **extra).to(torch.float64, memory_format=layout)
+    ours = OURS[kind](6, out_channels, 3, 2, 2, dilation=2, small_maps="matmul", **extra)
+    theirs = THEIRS[kind](6, out_channels, 3, 2, 2, dilation=2, **extra)
     theirs.load_state_dict(ours.state_dict())
+    ours, theirs = (m.to(torch.float64, memory_format=layout) for m in (ours, theirs))
     x = torch.randn(2, 6, 4, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
-    assert ours.runs_as_matmul(x)
+    assert ours.runs_as_matmul(x) or ours.runs_per_offset(x)
     _gradients_after_matching_outputs(ours, theirs, x)
 
 
@@ -103,6 +111,23 @@ def test_the_matmul_weight_gradient_gives_the_kernels_output_gradients_and_layou
         assert a.stride() == b.stride() or a.dim() < 4
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", ONE_CHANNEL_SHAPES, ids=_shape_id)
+def test_a_convolution_to_one_channel_as_offset_products_gives_the_kernels_output_gradients_and_layout(shape, layout):
+    ours, theirs = _pair(shape, layout)
+    x = _input_for(shape, layout)
+    assert ours.runs_per_offset(x)
+    pairs = _gradients_after_matching_outputs(ours, theirs, x)
+    if layout == torch.channels_last:  # the layout it runs in; the gather makes the input's gradient NHWC anyway
+        for a, b in pairs:
+            # The weight's out-channel dimension has size 1: no layout (autograd's layout contract skips it).
+            assert _strides_of_longer_dims(a) == _strides_of_longer_dims(b)
+
+
+def _strides_of_longer_dims(t: torch.Tensor) -> list[int]:
+    return [stride for stride, size in zip(t.stride(), t.shape) if size > 1]
+
+
 def test_the_matmul_weight_gradient_leaves_out_what_autograd_does_not_ask_for():
     ours, _ = _pair(WEIGHT_GRAD_SHAPES[1], torch.channels_last)
     ours.requires_grad_(False)
@@ -111,13 +136,25 @@ def test_the_matmul_weight_gradient_leaves_out_what_autograd_does_not_ask_for():
     assert grad_x.shape == x.shape
 
 
-@pytest.mark.parametrize("kind, size", [("conv", 16), ("deconv", 8), ("conv", 32), ("deconv", 16)])
-def test_under_bf16_autocast_it_stays_within_bf16_rounding_of_the_kernel(kind, size):
-    ours, theirs = _pair((kind, 64, 32, 4, 2, 1, 0, size, False), torch.channels_last, torch.float32)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        ("conv", 64, 32, 4, 2, 1, 0, 16, False),
+        ("deconv", 64, 32, 4, 2, 1, 0, 8, False),
+        ("conv", 64, 32, 4, 2, 1, 0, 32, False),  # the weight gradient only
+        ("deconv", 64, 32, 4, 2, 1, 0, 16, False),
+        ("conv", 64, 1, 4, 1, 1, 0, 16, True),  # per-offset products
+    ],
+    ids=_shape_id,
+)
+def test_under_bf16_autocast_it_stays_within_bf16_rounding_of_the_kernel(shape):
+    ours, theirs = _pair(shape, torch.channels_last, torch.float32)
+    size = shape[7]
     x = torch.randn(2, 64, size, size).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", torch.bfloat16):
         x = x.to(torch.bfloat16).requires_grad_(True)  # what the previous layer hands on under autocast
-        assert ours.runs_as_matmul(x) or ours.weight_grad_as_matmul(x)
+        per_offset = isinstance(ours, Conv2d) and ours.runs_per_offset(x)
+        assert ours.runs_as_matmul(x) or ours.weight_grad_as_matmul(x) or per_offset
         y_ours, y_theirs = ours(x), theirs(x)
     assert y_ours.dtype == y_theirs.dtype == torch.bfloat16
     torch.testing.assert_close(y_ours.float(), y_theirs.float(), rtol=1.6e-2, atol=1e-2)
@@ -166,6 +203,21 @@ def test_which_inputs_take_the_matmul_for_the_weight_gradient_only(kind, mode, d
     size = 2 * low_resolution if kind == "conv" else low_resolution
     module = OURS[kind](4, 4, 4, 2, 1, small_maps=mode)
     assert module.weight_grad_as_matmul(torch.empty(1, 4, size, size, dtype=dtype)) is expected
+
+
+@pytest.mark.parametrize(
+    "mode, dtype, out_channels, expected",
+    [
+        ("auto", torch.bfloat16, 1, True),
+        ("auto", torch.float32, 1, False),
+        ("auto", torch.bfloat16, 2, False),
+        ("matmul", torch.float32, 1, True),
+        ("conv", torch.bfloat16, 1, False),
+    ],
+)
+def test_which_convolutions_sum_per_offset_products(mode, dtype, out_channels, expected):
+    module = Conv2d(4, out_channels, 4, 1, 1, small_maps=mode)
+    assert module.runs_per_offset(torch.empty(1, 4, 32, 32, dtype=dtype)) is expected
 
 
 @pytest.mark.parametrize("layer", [Conv2d, ConvTranspose2d])
