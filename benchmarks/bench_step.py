@@ -707,13 +707,9 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         # how bf16 runs (train.bf16_mode; only where precision=auto resolves to bf16)
         Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
         Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
-        # the generator's innermost levels and D's one-channel head (train.small_maps): matmuls, or the kernels
-        Variant(
-            "innermost levels and D's head as matmuls (maps <= 8x8; weight gradients at 16x16)",
-            "p2p_dist",
-            small_maps="matmul",
-        ),
-        Variant("innermost levels and D's head on the convolution kernels", "p2p_dist", small_maps="conv"),
+        # G's innermost levels (maps <= 8x8; weight gradients at 16x16) and D's one-channel head (train.small_maps)
+        Variant("small-map layers and D's head as matmuls", "p2p_dist", small_maps="matmul"),
+        Variant("small-map layers and D's head on the kernels", "p2p_dist", small_maps="conv"),
         # how dropout draws its masks (train.dropout_masks)
         Variant("dropout masks from random bits", "p2p_dist", dropout_masks="bits"),
         Variant("torch's dropout masks (one generator call per element)", "p2p_dist", dropout_masks="bernoulli"),
