@@ -210,12 +210,10 @@ def test_default_engine_and_reference_train_the_same_flops_and_give_comparable_r
         built, plan(warmup=1, repeats=2), torch.device("cpu"), log=lambda line: None
     )
     assert default["default"] and not reference["default"]
-    # Batch norm: both run three D forwards, so the counted maths is the same, but for D's one-channel head in bf16 on
-    # a CPU: as per-offset products it multiplies every input pixel with every kernel offset (p2p_dist.models.
-    # small_maps), (H/(H-1))^2 as many products as the convolution counts (0.2% of this tiny step, 0.01% at 256x256).
-    head_extra = 1.01 if auto_precision == "bf16" else 1.0
-    assert reference["flops_per_image"] > 0
-    assert reference["flops_per_image"] <= default["flops_per_image"] <= head_extra * reference["flops_per_image"]
+    # Batch norm: both run three D forwards, so the counted maths is identical. (D's one-channel head counts a few
+    # more products as per-offset products, p2p_dist.models.small_maps, but this tiny D's head input is below
+    # PER_OFFSET_MIN_INPUT: it stays on the kernel.)
+    assert default["flops_per_image"] == reference["flops_per_image"] > 0
     assert default["images_per_s"]["median"] > 0 and reference["images_per_s"]["median"] > 0
 
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from p2p_dist.models.small_maps import MATMUL_MAX_SIZE, MATMUL_WEIGHT_GRAD_MAX_SIZE, Conv2d, ConvTranspose2d
+from p2p_dist.models import small_maps
+from p2p_dist.models.small_maps import (
+    MATMUL_MAX_SIZE,
+    MATMUL_WEIGHT_GRAD_MAX_SIZE,
+    PER_OFFSET_MIN_INPUT,
+    Conv2d,
+    ConvTranspose2d,
+)
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 # (kind, in, out, kernel, stride, padding, output_padding, input size, bias): the U-Net's k4 s2 p1 from and to
@@ -37,6 +44,12 @@ WEIGHT_GRAD_SHAPES = [
 ]
 OURS = {"conv": Conv2d, "deconv": ConvTranspose2d}
 THEIRS = {"conv": nn.Conv2d, "deconv": nn.ConvTranspose2d}
+
+
+@pytest.fixture
+def per_offset_on_any_input(monkeypatch):
+    """The per-offset form for convolutions to one channel however small the input (the tests' maps are tiny)."""
+    monkeypatch.setattr(small_maps, "PER_OFFSET_MIN_INPUT", 0)
 
 
 def _pair(shape, layout, dtype=torch.float64):
@@ -76,6 +89,7 @@ def _gradients_after_matching_outputs(ours, theirs, x) -> list[tuple[torch.Tenso
     return pairs
 
 
+@pytest.mark.usefixtures("per_offset_on_any_input")
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
 def test_the_matmul_forms_give_the_kernels_output_gradients_and_layout(shape, layout):
@@ -93,6 +107,7 @@ def _strides_of_longer_dims(t: torch.Tensor) -> list[int]:
     return [stride for stride, size in zip(t.stride(), t.shape) if size > 1]
 
 
+@pytest.mark.usefixtures("per_offset_on_any_input")
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind, out_channels", [("conv", 5), ("deconv", 5), ("conv", 1)])
 def test_a_dilated_kernel_as_a_matmul_gives_the_kernels_output_gradients_and_layout(kind, out_channels, layout):
@@ -125,6 +140,7 @@ def test_the_matmul_weight_gradient_leaves_out_what_autograd_does_not_ask_for():
     assert grad_x.shape == x.shape
 
 
+@pytest.mark.usefixtures("per_offset_on_any_input")
 @pytest.mark.parametrize(
     "shape",
     [
@@ -195,18 +211,19 @@ def test_which_inputs_take_the_matmul_for_the_weight_gradient_only(kind, mode, d
 
 
 @pytest.mark.parametrize(
-    "mode, dtype, out_channels, expected",
+    "mode, dtype, out_channels, elements, expected",
     [
-        ("auto", torch.bfloat16, 1, True),
-        ("auto", torch.float32, 1, False),
-        ("auto", torch.bfloat16, 2, False),
-        ("matmul", torch.float32, 1, True),
-        ("conv", torch.bfloat16, 1, False),
+        ("auto", torch.bfloat16, 1, PER_OFFSET_MIN_INPUT, True),
+        ("auto", torch.bfloat16, 1, PER_OFFSET_MIN_INPUT // 2, False),  # tiny: the slices' overhead outweighs it
+        ("auto", torch.float32, 1, PER_OFFSET_MIN_INPUT, False),
+        ("auto", torch.bfloat16, 2, PER_OFFSET_MIN_INPUT, False),
+        ("matmul", torch.float32, 1, PER_OFFSET_MIN_INPUT, True),
+        ("conv", torch.bfloat16, 1, PER_OFFSET_MIN_INPUT, False),
     ],
 )
-def test_which_convolutions_sum_per_offset_products(mode, dtype, out_channels, expected):
+def test_which_convolutions_sum_per_offset_products(mode, dtype, out_channels, elements, expected):
     module = Conv2d(4, out_channels, 4, 1, 1, small_maps=mode)
-    assert module.runs_per_offset(torch.empty(1, 4, 32, 32, dtype=dtype)) is expected
+    assert module.runs_per_offset(torch.empty(elements // (4 * 32 * 32), 4, 32, 32, dtype=dtype)) is expected
 
 
 @pytest.mark.parametrize("layer", [Conv2d, ConvTranspose2d])
