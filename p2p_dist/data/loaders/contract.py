@@ -163,12 +163,18 @@ def apply_label_encoding(ids: torch.Tensor, label_encoding: str) -> torch.Tensor
     (``"color"``, 3 channels) or one-hot ids (``"onehot"``, 34 channels). Ids are not checked."""
     if label_encoding == "onehot":
         return torch.nn.functional.one_hot(ids.long(), labels.NUM_IDS).permute(0, 3, 1, 2).float()
-    return _palette(ids.device)[ids.long()].permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return _colours(ids.device)[ids.long()].permute(0, 3, 1, 2)
+
+
+def label_colours() -> np.ndarray:
+    """float32 (NUM_IDS, 3): each label id's palette colour in [-1, 1], the ``"color"`` encoding's values
+    (computed in float32, so that every backend's table holds the same numbers)."""
+    return labels.PALETTE.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 @functools.cache
-def _palette(device: torch.device) -> torch.Tensor:
-    return torch.tensor(labels.PALETTE, device=device)
+def _colours(device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(label_colours()).to(device)
 
 
 def nearest_indices(size_in: int, size_out: int) -> np.ndarray:

@@ -5,12 +5,12 @@ tars (byte ranges from the DALI index files, CRC-checked by ``ShardSet.read``) a
 crop positions and flips of ``order.SampleOrder``, to the pipeline's ``external_source`` inputs. DALI
 itself does the rest:
 
-* photo: JPEG decode (``mixed``, i.e. nvJPEG on the GPU, on CUDA machines; ``cpu`` elsewhere), bilinear
-  antialiased resize, crop, flip, normalise to [-1, 1], CHW float32;
+* photo: JPEG decode (``mixed``, i.e. nvJPEG on the GPU, on CUDA machines; ``cpu`` elsewhere), then one fused
+  bilinear antialiased resize of just the crop window with the flip, normalise to [-1, 1], CHW float32;
 * label map: PNG decode (DALI decodes PNG on the CPU even in ``mixed`` mode, so GPU machines should pack
   with ``--label-format raw``: those maps are uint8 arrays behind a PGM header that go to the GPU as bytes,
-  nothing to decode), nearest-neighbour resize, the SAME crop and flip, then the colour map in [-1, 1]
-  (three lookup tables) or one-hot ids (34 channels);
+  nothing to decode), nearest-neighbour resize of the SAME crop window with the same flip, then the colour
+  map in [-1, 1] (three lookup tables) or one-hot ids (34 channels);
 * ids: the cropped label ids, uint8.
 
 The pipeline runs one batch ahead: batch ``b + 1`` is fed and scheduled before batch ``b`` is handed to the
@@ -30,7 +30,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from p2p_dist.data import labels
-from p2p_dist.data.loaders.contract import LoaderOptions, ShardLoader
+from p2p_dist.data.loaders.contract import LoaderOptions, ShardLoader, label_colours
 from p2p_dist.data.order import EpochPlan, Geometry
 from p2p_dist.data.shards.format import PHOTO_MEMBER, decode_pgm
 
@@ -50,29 +50,29 @@ def _pair_pipeline(*, gpu: bool, label_format: str, geometry: Geometry, label_en
     else:
         label = fn.external_source(name="label", dtype=types.UINT8, ndim=3, layout="HWC")
         label = label.gpu() if gpu else label
-    side = [geometry.resize_to, geometry.resize_to]
-    photo = fn.resize(photo, size=side, interp_type=types.INTERP_LINEAR, antialias=True)
-    label = fn.resize(label, size=side, interp_type=types.INTERP_NN, antialias=False)
-    # One draw per sample, the same nodes for both images: photo and label map stay aligned.
+    # One draw per sample, the same nodes for both images: photo and label map stay aligned. The fused operator
+    # resamples only the crop window (the same pixels as resizing the whole image and cropping it: ~20% less
+    # resampling at 286 -> 256, and no intermediate image).
     window = {
+        "size": [geometry.resize_to, geometry.resize_to],
         "crop": (geometry.crop_size, geometry.crop_size),
         "crop_pos_x": fn.external_source(name="crop_x", dtype=types.FLOAT, ndim=0),
         "crop_pos_y": fn.external_source(name="crop_y", dtype=types.FLOAT, ndim=0),
         "mirror": fn.external_source(name="flip", dtype=types.INT32, ndim=0),
     }
-    photo = fn.crop_mirror_normalize(
-        photo, **window, mean=[127.5] * 3, std=[127.5] * 3, dtype=types.FLOAT, output_layout="CHW"
-    )
-    ids = fn.squeeze(fn.crop_mirror_normalize(label, **window, dtype=types.UINT8, output_layout="CHW"), axes=[0])
+    photo = fn.resize_crop_mirror(photo, **window, interp_type=types.INTERP_LINEAR, antialias=True)
+    photo = fn.crop_mirror_normalize(photo, mean=[127.5] * 3, std=[127.5] * 3, dtype=types.FLOAT, output_layout="CHW")
+    ids = fn.squeeze(fn.resize_crop_mirror(label, **window, interp_type=types.INTERP_NN, antialias=False), axes=[2])
     if label_encoding == "onehot":
         encoded = fn.one_hot(ids, num_classes=labels.NUM_IDS, axis=0, dtype=types.FLOAT)
     else:
-        keys = list(range(labels.NUM_IDS))
+        # Each table maps an id straight to its colour channel in [-1, 1]: no uint8 intermediate to convert.
+        keys, colours = list(range(labels.NUM_IDS)), label_colours()
         channels = [
-            fn.lookup_table(ids, keys=keys, values=labels.PALETTE[:, channel].tolist(), dtype=types.UINT8)
+            fn.lookup_table(ids, keys=keys, values=colours[:, channel].tolist(), dtype=types.FLOAT)
             for channel in range(3)
         ]
-        encoded = fn.cast(fn.stack(*channels, axis=0), dtype=types.FLOAT) / 127.5 - 1.0
+        encoded = fn.stack(*channels, axis=0)
     return photo, encoded, ids
 
 
