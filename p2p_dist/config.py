@@ -28,6 +28,7 @@ class ConfigError(UserError, ValueError):
 # import them: this file stays free of torch, so the launchers can validate a config before heavy imports.
 BACKENDS = ("dali", "webdataset")  # data.loader: p2p_dist.data.loaders.build.build_loader
 LABEL_ENCODINGS = ("color", "onehot")  # data.label_encoding: p2p_dist.data.loaders.contract
+PREFETCH_MODES = ("auto", "ahead", "on_demand")  # data.prefetch: p2p_dist.runtime.resolve_prefetch
 NORMS = ("batch", "instance", "syncbatch")  # model.norm: p2p_dist.models.norm.make_norm
 GAN_MODES = ("vanilla", "lsgan")  # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
@@ -67,6 +68,14 @@ class DataConfig:
         choices=LABEL_ENCODINGS,
     )
     num_workers: int = opt(2, "Decoding threads (DALI) or DataLoader worker processes (webdataset) per rank.")
+    prefetch: str = opt(
+        "auto",
+        "When DALI decodes a batch: ahead (the next one while the step runs) or on_demand (when the trainer asks "
+        "for it, with every decoding thread). auto: ahead on CUDA, on_demand on a CPU, whose cores the step's "
+        "threads already fill (p2p_dist.runtime.resolve_prefetch). The webdataset loader's worker processes "
+        "always work ahead.",
+        choices=PREFETCH_MODES,
+    )
     holdout: int = opt(
         0,
         "Train-split images held out (evenly spread over the split): training never reads them "

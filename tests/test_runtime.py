@@ -10,6 +10,7 @@ from p2p_dist.runtime import (
     resolve_memory_format,
     resolve_model_memory_format,
     resolve_precision,
+    resolve_prefetch,
     resolved_choices,
     threads_per_rank,
 )
@@ -111,6 +112,13 @@ def test_bf16_mode_applies_only_to_bf16_and_auto_is_autocast(monkeypatch, flags)
     assert resolve_bf16_mode("auto", CUDA, "bf16") == "autocast"
 
 
+def test_dali_decodes_ahead_on_cuda_and_on_demand_on_a_cpu_unless_told():
+    assert resolve_prefetch("auto", CUDA) == "ahead"
+    assert resolve_prefetch("auto", CPU) == "on_demand"
+    assert resolve_prefetch("ahead", CPU) == "ahead"
+    assert resolve_prefetch("on_demand", CUDA) == "on_demand"
+
+
 @pytest.mark.parametrize(
     "flags, expected",
     [
@@ -123,6 +131,7 @@ def test_bf16_mode_applies_only_to_bf16_and_auto_is_autocast(monkeypatch, flags)
                 "model_memory_format": "contiguous",
                 "small_maps": "conv",
                 "dropout_masks": "bits",
+                "prefetch": "on_demand",
                 "cpu_flags": ["avx2"],
             },
         ),
@@ -135,6 +144,7 @@ def test_bf16_mode_applies_only_to_bf16_and_auto_is_autocast(monkeypatch, flags)
                 "model_memory_format": "channels_last",
                 "small_maps": "matmul",
                 "dropout_masks": "bits",
+                "prefetch": "on_demand",
                 "cpu_flags": ["avx2", "avx512_bf16", "avx512f"],
             },
         ),

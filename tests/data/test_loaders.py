@@ -150,9 +150,9 @@ def test_webdataset_worker_processes_give_the_same_batches(marker_shards):
     loader.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_abandoned_epoch_does_not_leak_into_the_next(marker_shards, backend):
-    loader = loader_for(marker_shards, backend)
+@pytest.mark.parametrize("backend, prefetch", [("dali", "ahead"), ("dali", "on_demand"), ("webdataset", "auto")])
+def test_abandoned_epoch_does_not_leak_into_the_next(marker_shards, backend, prefetch):
+    loader = loader_for(marker_shards, backend, prefetch=prefetch)
     expected = [batch["key"] for batch in loader.epoch(1)]
     first = loader.epoch(0)
     next(first)
@@ -161,11 +161,32 @@ def test_abandoned_epoch_does_not_leak_into_the_next(marker_shards, backend):
         next(first)
 
 
+@pytest.mark.parametrize("prefetch, in_flight", [("ahead", 1), ("on_demand", 0)])
+def test_dali_decodes_the_next_batch_during_the_step_only_when_prefetching_ahead(marker_shards, prefetch, in_flight):
+    loader = loader_for(marker_shards, "dali", prefetch=prefetch)
+    next(loader.epoch(0))  # the trainer holds batch 0
+    assert len(loader._in_flight) == in_flight
+    loader.close()
+
+
+def test_dali_gives_the_same_batches_decoding_ahead_or_on_demand(marker_shards):
+    ahead, on_demand = (
+        collect(loader_for(marker_shards, "dali", prefetch=prefetch), epochs=(0, 1))
+        for prefetch in ("ahead", "on_demand")
+    )
+    assert len(ahead) == len(on_demand)
+    for a, b in zip(ahead, on_demand):
+        assert a["key"] == b["key"]
+        assert all(torch.equal(a[name], b[name]) for name in ("photo", "label", "ids"))
+
+
 def test_bad_arguments_are_rejected(marker_shards):
     with pytest.raises(ValueError, match="backend"):
         build_loader(marker_shards, "train", backend="tfrecord", batch_size=2)
     with pytest.raises(ValueError, match="label_encoding"):
         build_loader(marker_shards, "train", backend="webdataset", batch_size=2, label_encoding="rgb")
+    with pytest.raises(ValueError, match="prefetch"):
+        build_loader(marker_shards, "train", backend="dali", batch_size=2, prefetch="sometimes")
     loader = loader_for(marker_shards, "webdataset")
     with pytest.raises(ValueError, match="start_batch"):
         loader.epoch(0, start_batch=loader.batches_per_epoch + 1)

@@ -56,6 +56,7 @@ def loader_options(
         label_encoding=data.label_encoding,
         device=device,
         num_workers=data.num_workers if num_workers is None else num_workers,
+        prefetch=data.prefetch,
         holdout=data.holdout if train or holdout_only else 0,
         holdout_only=holdout_only,
     )

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2p_dist.config import BACKENDS, LABEL_ENCODINGS, DataConfig
+from p2p_dist.config import BACKENDS, LABEL_ENCODINGS, PREFETCH_MODES, DataConfig
 from p2p_dist.data import labels
 from p2p_dist.data.holdout import holdout_indices, kept_indices
 from p2p_dist.data.order import EpochPlan, Geometry, SampleOrder
@@ -61,6 +61,7 @@ class LoaderOptions:
     label_encoding: str = DataConfig.label_encoding
     device: torch.device = CPU
     num_workers: int = DataConfig.num_workers
+    prefetch: str = DataConfig.prefetch
     holdout: int = 0
     holdout_only: bool = False
 
@@ -72,6 +73,8 @@ class LoaderOptions:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device} requested but CUDA is not available")
+        if self.prefetch not in PREFETCH_MODES:
+            raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {self.prefetch!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.holdout < 0 or (self.holdout_only and self.holdout == 0):

@@ -13,8 +13,10 @@ itself does the rest:
   map in [-1, 1] (three lookup tables) or one-hot ids (34 channels);
 * ids: the cropped label ids, uint8.
 
-The pipeline runs one batch ahead: batch ``b + 1`` is fed and scheduled before batch ``b`` is handed to the
-trainer, so DALI works while the model trains.
+With ``prefetch`` resolved to ``ahead`` (CUDA) the pipeline runs one batch ahead: batch ``b + 1`` is fed and
+scheduled before batch ``b`` is handed to the trainer, so DALI works while the model trains. ``on_demand`` (a CPU)
+feeds each batch when the trainer asks for it and waits for it: the training step's threads already fill the
+cores (``p2p_dist.runtime.resolve_prefetch``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from p2p_dist.data import labels
 from p2p_dist.data.loaders.contract import LoaderOptions, ShardLoader, label_colours
 from p2p_dist.data.order import EpochPlan, Geometry
 from p2p_dist.data.shards.format import PHOTO_MEMBER, decode_pgm
+from p2p_dist.runtime import resolve_prefetch
 
 OUTPUTS = ("photo", "label", "ids")
 
@@ -103,6 +106,7 @@ class DaliLoader(ShardLoader):
         )
         self._pipe.build()
         self._max_offset = options.geometry.max_offset
+        self._runs_ahead = resolve_prefetch(options.prefetch, options.device) == "ahead"
         self._in_flight: deque[list[str]] = deque()  # keys of batches fed and scheduled, not yet collected
 
     def _feed(self, plan: EpochPlan, batch: int) -> None:
@@ -138,12 +142,12 @@ class DaliLoader(ShardLoader):
         self._ensure_current(token)
         while self._in_flight:  # a batch an abandoned epoch left in the pipeline
             self._collect()
-        if start_batch < len(plan):
-            self._feed(plan, start_batch)
         for batch in range(start_batch, len(plan)):
             self._ensure_current(token)
+            if not self._in_flight:
+                self._feed(plan, batch)
             collected = self._collect()
-            if batch + 1 < len(plan):
+            if self._runs_ahead and batch + 1 < len(plan):
                 self._feed(plan, batch + 1)
             yield collected
 
