@@ -327,7 +327,7 @@ def markdown(result: dict) -> str:
         s = sections["data"]
         lines += [f"## 1. Data plane ({_load(s)})", ""]
         lines += _table(
-            ["loader", "decode", "batch", "resolution", "workers", "images/s median (min-max)", "n"],
+            ["loader", "decode", "batch", "resolution", "workers", "prefetch", "images/s median (min-max)", "n"],
             [
                 [
                     r["backend"],
@@ -335,6 +335,7 @@ def markdown(result: dict) -> str:
                     r["batch_size"],
                     r["crop_size"],
                     r["num_workers"],
+                    r["prefetch"],
                     _rate(r["images_per_s"], 1),
                     r["images_per_s"]["n"],
                 ]

@@ -2,6 +2,7 @@
 
   python benchmarks/data_throughput.py --shards shards/demo --backend dali --batch-size 16 --batches 50
   python benchmarks/data_throughput.py --shards shards/demo --backend webdataset --workers 2
+  python benchmarks/data_throughput.py --shards shards/demo --prefetch ahead   # DALI decoding the next batch early
 
 Each repeat times ``--batches`` batches after ``--warmup`` untimed ones (pipeline build, worker start-up,
 page cache); the result is the median over repeats. Epochs follow one another as in training. On a CUDA
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from p2p_dist.config import BACKENDS, LABEL_ENCODINGS
+from p2p_dist.config import BACKENDS, LABEL_ENCODINGS, PREFETCH_MODES
 from p2p_dist.data.loaders.build import build_loader
 from p2p_dist.data.loaders.contract import ShardLoader
 from p2p_dist.data.shards.read import read_manifest
+from p2p_dist.runtime import resolve_prefetch
 
 
 def _endless(loader: ShardLoader) -> Iterator[dict]:
@@ -46,9 +48,11 @@ def measure_throughput(
     load_size: int = 286,
     crop_size: int = 256,
     label_encoding: str = "color",
+    prefetch: str = "auto",
     device: torch.device | None = None,
 ) -> dict:
-    """Time the loader on ``split`` of ``shards``; images/s is the median over ``repeats``."""
+    """Time the loader on ``split`` of ``shards``; images/s is the median over ``repeats``. ``prefetch`` is DALI's
+    (``data.prefetch``): auto decodes on demand on a CPU, as training does, so nothing overlaps the decoding here."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = build_loader(
         shards,
@@ -61,6 +65,7 @@ def measure_throughput(
         label_encoding=label_encoding,
         device=device,
         num_workers=num_workers,
+        prefetch=prefetch,
     )
     stream = _endless(loader)
     for _ in range(warmup):
@@ -91,6 +96,7 @@ def measure_throughput(
         "load_size": load_size,
         "crop_size": crop_size,
         "label_encoding": label_encoding,
+        "prefetch": resolve_prefetch(prefetch, device) if backend == "dali" else "workers",
         "images_per_s": statistics.median(rates),
         "images_per_s_repeats": rates,
     }
@@ -109,6 +115,9 @@ def main() -> None:
     parser.add_argument("--load-size", type=int, default=286)
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--label-encoding", choices=LABEL_ENCODINGS, default="color")
+    parser.add_argument(
+        "--prefetch", choices=PREFETCH_MODES, default="auto", help="DALI: decode ahead or on demand (data.prefetch)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args()
     result = measure_throughput(
@@ -123,6 +132,7 @@ def main() -> None:
         load_size=args.load_size,
         crop_size=args.crop_size,
         label_encoding=args.label_encoding,
+        prefetch=args.prefetch,
         device=torch.device(args.device) if args.device else None,
     )
     print(json.dumps(result, indent=1))

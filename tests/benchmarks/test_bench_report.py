@@ -69,6 +69,7 @@ def full_result() -> dict:
                         "batch_size": 4,
                         "crop_size": 256,
                         "num_workers": 2,
+                        "prefetch": "on_demand",
                         "images_per_s": summarise([100.0, 120.0]),
                     }
                 ],

@@ -29,4 +29,5 @@ def test_throughput_function_returns_images_per_second_across_epochs(marker_shar
         crop_size=32,
     )
     assert result["backend"] == backend and result["label_format"] == "png"
+    assert result["prefetch"] == {"dali": "on_demand", "webdataset": "workers"}[backend]  # training's, on a CPU
     assert len(result["images_per_s_repeats"]) == 2 and result["images_per_s"] > 0
