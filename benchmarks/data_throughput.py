@@ -96,7 +96,7 @@ def measure_throughput(
         "load_size": load_size,
         "crop_size": crop_size,
         "label_encoding": label_encoding,
-        "prefetch": resolve_prefetch(prefetch, device) if backend == "dali" else "workers",
+        "prefetch": resolve_prefetch(prefetch, device, backend),
         "images_per_s": statistics.median(rates),
         "images_per_s_repeats": rates,
     }

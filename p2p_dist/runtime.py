@@ -163,9 +163,8 @@ def resolve_small_maps(requested: str, device: torch.device, dtype: torch.dtype)
     """How the generator's layers on small maps and the discriminator's one-channel head run on `device` with operands
     of `dtype` (p2p_dist.models.small_maps): "matmul" or "conv". auto: the matmul for bf16 on a CPU (1.3-3x per layer
     on a native-bf16 CPU: oneDNN's bf16 kernels reorder the large weights of those layers at every call, and run one
-    output channel at a few percent of the peak); the convolution
-    kernels for fp32 on a CPU (the matmul no faster, a contiguous fp32 convolution 1.3-1.8x slower: AVX2-only CPUs
-    train in fp32) and on CUDA (cuDNN)."""
+    output channel at a few percent of the peak); the convolution kernels for fp32 on a CPU (the matmul no faster, a
+    contiguous fp32 convolution 1.3-1.8x slower: AVX2-only CPUs train in fp32) and on CUDA (cuDNN)."""
     if requested != "auto":
         return requested
     return "matmul" if device.type == "cpu" and dtype == torch.bfloat16 else "conv"
@@ -180,11 +179,14 @@ def resolve_dropout_masks(requested: str, device: torch.device) -> str:
     return "bits" if device.type == "cpu" else "bernoulli"
 
 
-def resolve_prefetch(requested: str, device: torch.device) -> str:
-    """When the DALI loader decodes a batch for `device`: "ahead" or "on_demand". auto: ahead on CUDA, where the GPU
-    decodes while it trains; on demand on a CPU, where the step's OpenMP threads fill every core and decoding
-    threads running alongside them stall the whole team at each barrier (the real loop on a 2-core native-bf16
-    CPU, batch 4: 7.25 -> 7.33 images/s decoding on demand, against 7.5 with no decoding at all)."""
+def resolve_prefetch(requested: str, device: torch.device, loader: str) -> str:
+    """When `loader` (data.loader) decodes a batch for `device`: "ahead", "on_demand", or "workers" for the webdataset
+    loader, whose worker processes always work ahead. DALI's auto: ahead on CUDA, where the GPU decodes while it
+    trains; on demand on a CPU, where the step's OpenMP threads fill every core and decoding threads running alongside
+    them stall the whole team at each barrier (the real loop on a 2-core native-bf16 CPU, batch 4: 7.25 -> 7.33
+    images/s decoding on demand, against 7.5 with no decoding at all)."""
+    if loader != "dali":
+        return "workers"
     if requested != "auto":
         return requested
     return "ahead" if device.type == "cuda" else "on_demand"
@@ -225,7 +227,7 @@ def resolved_choices(cfg: Config, rt: Runtime) -> dict:
         # The dtype the convolutions compute in: autocast's, else the parameters' and inputs'.
         "small_maps": resolve_small_maps(cfg.train.small_maps, rt.device, rt.autocast_dtype or rt.input_dtype),
         "dropout_masks": resolve_dropout_masks(cfg.train.dropout_masks, rt.device),
-        "prefetch": resolve_prefetch(cfg.data.prefetch, rt.device) if cfg.data.loader == "dali" else "workers",
+        "prefetch": resolve_prefetch(cfg.data.prefetch, rt.device, cfg.data.loader),
         "bf16_mode": layout.bf16_mode,
         "memory_format": _format_name(layout.memory_format),
         "model_memory_format": _format_name(layout.model_memory_format),

@@ -113,10 +113,11 @@ def test_bf16_mode_applies_only_to_bf16_and_auto_is_autocast(monkeypatch, flags)
 
 
 def test_dali_decodes_ahead_on_cuda_and_on_demand_on_a_cpu_unless_told():
-    assert resolve_prefetch("auto", CUDA) == "ahead"
-    assert resolve_prefetch("auto", CPU) == "on_demand"
-    assert resolve_prefetch("ahead", CPU) == "ahead"
-    assert resolve_prefetch("on_demand", CUDA) == "on_demand"
+    assert resolve_prefetch("auto", CUDA, "dali") == "ahead"
+    assert resolve_prefetch("auto", CPU, "dali") == "on_demand"
+    assert resolve_prefetch("ahead", CPU, "dali") == "ahead"
+    assert resolve_prefetch("on_demand", CUDA, "dali") == "on_demand"
+    assert resolve_prefetch("on_demand", CPU, "webdataset") == "workers"  # its worker processes always work ahead
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ class DaliLoader(ShardLoader):
         )
         self._pipe.build()
         self._max_offset = options.geometry.max_offset
-        self._runs_ahead = resolve_prefetch(options.prefetch, options.device) == "ahead"
+        self._runs_ahead = resolve_prefetch(options.prefetch, options.device, "dali") == "ahead"
         self._in_flight: deque[list[str]] = deque()  # keys of batches fed and scheduled, not yet collected
 
     def _feed(self, plan: EpochPlan, batch: int) -> None:
