@@ -108,3 +108,81 @@ def test_a_closure_sees_the_parameters_in_their_own_shape_and_its_loss_is_return
 
     loss = optimizer.step(closure)
     assert loss.item() > 0 and all(p.grad is not None for p in network.parameters())
+
+
+def _held_in_bf16(kernel: str, memory_format=torch.channels_last) -> tuple[nn.Module, Adam]:
+    network = _network().to(memory_format=memory_format)
+    optimizer = Adam(network.parameters(), lr=1e-2, betas=(0.5, 0.999), **ADAM_KERNEL[kernel])
+    optimizer.hold_in_bf16(network)
+    return network, optimizer
+
+
+def _bf16_gradients(network: nn.Module, steps: int) -> list[list[torch.Tensor]]:
+    """Gradients as bf16 autocast hands them to fp32 weights: bf16 values (for the 4-D weights), widened to fp32."""
+    return [[g.bfloat16().float() if g.dim() == 4 else g for g in grads] for grads in _gradients(network, steps)]
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("kernel", list(ADAM_KERNEL))
+def test_weights_held_in_bf16_step_their_fp32_masters_bit_identically_to_torch_adam_in_chunks(
+    kernel, memory_format, monkeypatch
+):
+    monkeypatch.setattr("p2p_dist.train.adam.MASTER_CHUNK", 128)  # several chunks, the last one short
+    network, ours = _held_in_bf16(kernel, memory_format)
+    reference = _network().to(memory_format=memory_format)
+    torchs = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(0.5, 0.999), **ADAM_KERNEL[kernel])
+    for grads in _bf16_gradients(reference, steps=3):
+        for p, grad in zip(network.parameters(), grads):
+            p.grad = torch.empty_like(p).copy_(grad)  # bf16 for the held weights, exactly the values above
+        ours.step()
+        _step(torchs, list(reference.parameters()), grads)
+    for (name, held), fp32 in zip(network.named_parameters(), reference.parameters()):
+        assert torch.equal(network.state_dict()[name], fp32), name  # the master
+        assert held.dtype == (torch.bfloat16 if held.dim() == 4 else torch.float32)
+        assert torch.equal(held, fp32.to(held.dtype)) and held.stride() == fp32.stride(), name
+
+
+def test_weights_held_in_bf16_save_fp32_states_that_torch_adam_and_fp32_networks_resume_from_identically():
+    """A checkpoint of bf16-held weights is one of fp32 weights (their masters and torch's Adam state), so a run
+    resumes in either mode; and loading fp32 weights sets the masters exactly, not their bf16 roundings."""
+    network, ours = _held_in_bf16("fused")
+    first, *rest = _bf16_gradients(network, steps=3)
+    for p, grad in zip(network.parameters(), first):
+        p.grad = torch.empty_like(p).copy_(grad)
+    ours.step()
+    assert all(t.dtype == torch.float32 for t in network.state_dict().values() if t.is_floating_point())
+
+    fp32 = _network().to(memory_format=torch.channels_last)
+    fp32.load_state_dict(network.state_dict())
+    torchs = torch.optim.Adam(fp32.parameters(), lr=1e-2, betas=(0.5, 0.999), fused=True)
+    torchs.load_state_dict(copy.deepcopy(ours.state_dict()))
+    resumed, resumed_optimizer = _held_in_bf16("fused")
+    resumed.load_state_dict(fp32.state_dict())
+    resumed_optimizer.load_state_dict(copy.deepcopy(torchs.state_dict()))
+    for grads in rest:
+        _step(torchs, list(fp32.parameters()), grads)
+        for held in (network, resumed):
+            for p, grad in zip(held.parameters(), grads):
+                p.grad = torch.empty_like(p).copy_(grad)
+        ours.step()
+        resumed_optimizer.step()
+    for name, value in fp32.state_dict().items():
+        assert torch.equal(network.state_dict()[name], value), name
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_zero_grad_clears_the_gradients_of_weights_held_in_bf16():
+    network, optimizer = _held_in_bf16("fused")
+    with torch.autocast("cpu", torch.bfloat16):
+        network(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert all(p.grad is not None for p in network.parameters())
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in network.parameters())
+
+
+def test_hold_in_bf16_refuses_an_optimizer_that_has_already_stepped():
+    network = _network()
+    optimizer = Adam(network.parameters(), lr=1e-2, fused=True)
+    _step(optimizer, list(network.parameters()), _gradients(network, steps=1)[0])
+    with pytest.raises(RuntimeError, match="before the first step"):
+        optimizer.hold_in_bf16(network)
