@@ -706,7 +706,6 @@ def candidate_variants(device: torch.device, with_compile: bool) -> list[Variant
         ),
         # how bf16 runs (train.bf16_mode; only where precision=auto resolves to bf16)
         Variant("bf16 under autocast (fp32 weights cast at every forward)", "p2p_dist", bf16_mode="autocast"),
-        Variant("G's weights held in bf16 (fp32 masters in p2p_dist's Adam)", "p2p_dist", bf16_mode="bf16_generator"),
         Variant("bf16 weights held by DeepSpeed (fp32 masters)", "p2p_dist", bf16_mode="bf16_weights"),
         # G's innermost levels (maps <= 8x8; weight gradients at 16x16) and D's one-channel head (train.small_maps)
         Variant("small-map layers and D's head as matmuls", "p2p_dist", small_maps="matmul"),

@@ -32,8 +32,7 @@ PREFETCH_MODES = ("auto", "ahead", "on_demand")  # data.prefetch: p2p_dist.runti
 NORMS = ("batch", "instance", "syncbatch")  # model.norm: p2p_dist.models.norm.make_norm
 GAN_MODES = ("vanilla", "lsgan")  # train.gan_loss: p2p_dist.models.losses.GANLoss
 ADAM_KERNELS = ("fused", "foreach", "for-loop")  # train.adam: p2p_dist.train.engines
-# train.bf16_mode: p2p_dist.runtime.resolve_bf16_mode
-BF16_MODES = ("auto", "autocast", "bf16_generator", "bf16_weights")
+BF16_MODES = ("auto", "autocast", "bf16_weights")  # train.bf16_mode: p2p_dist.runtime.resolve_bf16_mode
 SMALL_MAPS_MODES = ("auto", "matmul", "conv")  # train.small_maps: p2p_dist.models.small_maps
 DROPOUT_MASKS = ("auto", "bits", "bernoulli")  # train.dropout_masks: p2p_dist.models.dropout
 NORM_MODES = ("per-image", "running")  # eval.norm_mode: p2p_dist.models.translation_modes
@@ -146,14 +145,11 @@ class TrainConfig:
     )
     bf16_mode: str = opt(
         "auto",
-        "How precision=bf16 runs: autocast keeps fp32 weights and casts them to bf16 at every "
-        "forward (their gradients back to fp32 at every backward); bf16_generator is autocast's "
-        "maths with the generator's convolution weights held in bf16 and their fp32 masters "
-        "stepped by p2p_dist's Adam, without those casts (zero_stage=0 and train.grad_accum=1 "
-        "only; checkpoints hold the fp32 masters, as autocast's hold its weights); bf16_weights "
-        "holds bf16 weights in both networks in DeepSpeed's bf16 mode, fp32 masters in its "
-        "optimizer and fp32 batch-norm statistics, the same maths up to bf16 rounding (it sums "
-        "gradients in bf16); auto picks per device (p2p_dist.runtime.resolve_bf16_mode).",
+        "How precision=bf16 runs, the same maths up to bf16 rounding: autocast keeps fp32 "
+        "weights and casts them to bf16 at every forward; bf16_weights holds bf16 weights in "
+        "DeepSpeed's bf16 mode, fp32 master weights in the optimizer and fp32 batch-norm "
+        "statistics (it accumulates train.grad_accum micro-batch gradients in bf16); auto picks "
+        "per device and CPU kind (p2p_dist.runtime.resolve_bf16_mode).",
         choices=BF16_MODES,
     )
     small_maps: str = opt(
@@ -445,12 +441,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.crop_size: {d.crop_size} is not one of 128 | 256 | 512 (the U-Net needs 2^7..2^9)")
     if d.load_size < d.crop_size:
         raise ConfigError(f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size})")
-    if t.bf16_mode == "bf16_generator" and (cfg.zero_stage != 0 or t.grad_accum != 1):
-        raise ConfigError(
-            "train.bf16_mode=bf16_generator needs zero_stage=0 and train.grad_accum=1 (ZeRO >= 1 flattens the "
-            "weights into DeepSpeed's buffers; micro-batch gradients would be summed in bf16); got "
-            f"zero_stage={cfg.zero_stage}, train.grad_accum={t.grad_accum}. Use train.bf16_mode=auto or autocast."
-        )
     if not (0.0 < t.beta1 < 1.0 and 0.0 < t.beta2 < 1.0):
         raise ConfigError(f"train.beta1/beta2 must be in (0, 1), got {t.beta1}, {t.beta2}")
     tune = cfg.tune

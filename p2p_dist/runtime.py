@@ -143,27 +143,20 @@ def resolve_model_memory_format(
     return MEMORY_FORMATS[requested]
 
 
-def resolve_bf16_mode(
-    requested: str, device: torch.device, precision: str, zero_stage: int, grad_accum: int
-) -> str | None:
-    """How precision=bf16 runs (None for other precisions):
-    - "autocast": fp32 weights, cast to bf16 at every forward, their bf16 gradients cast to fp32 at every backward;
-    - "bf16_generator": autocast's maths with the generator's convolution weights held as their bf16 roundings and
-      their fp32 masters stepped by p2p_dist's Adam (`p2p_dist.train.adam.Adam.hold_in_bf16`): no casts of G's 54M
-      weights or gradients. ZeRO-0 (ZeRO >= 1 flattens the parameters into DeepSpeed's buffers) and one micro-batch
-      (autograd would sum micro-batch gradients in bf16);
-    - "bf16_weights": DeepSpeed's bf16 mode, bf16 weights in both networks with fp32 masters in its optimizer wrapper,
-      which spends about what the casts cost on an overflow check, a norm and a copy of every gradient (measured on a
-      2-core native-bf16 EPYC at batch 4: the same images/s within noise) and sums gradients in bf16.
+def resolve_bf16_mode(requested: str, device: torch.device, precision: str) -> str | None:
+    """How precision=bf16 runs (None for other precisions): "autocast" (fp32 weights, cast to bf16 at every
+    forward) or "bf16_weights" (DeepSpeed's bf16 mode: bf16 weights, fp32 master weights in its optimizer wrapper).
 
-    auto: bf16_generator on a CPU where it applies (the step on a 2-core native-bf16 EPYC at batch 4: 542.8 -> 525.2
-    ms); autocast elsewhere (on CUDA the casts are a small share of a step, not measured yet)."""
+    auto: autocast everywhere. bf16 weights save the weight casts of every forward (G's 54M weights) but
+    DeepSpeed's ZeRO-0 bf16 wrapper spends about as much in each optimizer step (an overflow check, a norm, an
+    fp32 copy and a rescale of every gradient); measured on a 2-core native-bf16 EPYC at batch 4 (loaded
+    machine): 1% less CPU time per image, the same images/s within noise. It would also accumulate micro-batch
+    gradients (train.grad_accum) in bf16. Measured again by `benchmarks/run.py --sections candidates`."""
     if precision != "bf16":
         return None
     if requested != "auto":
         return requested
-    applies = zero_stage == 0 and grad_accum == 1
-    return "bf16_generator" if device.type == "cpu" and applies else "autocast"
+    return "autocast"
 
 
 def resolve_small_maps(requested: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -215,7 +208,7 @@ def resolve_step_layout(cfg: Config, rt: Runtime) -> StepLayout:
     return StepLayout(
         memory_format,
         resolve_model_memory_format(cfg.train.model_memory_format, memory_format, cfg.zero_stage),
-        resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision, cfg.zero_stage, cfg.train.grad_accum),
+        resolve_bf16_mode(cfg.train.bf16_mode, rt.device, rt.precision),
     )
 
 

@@ -58,12 +58,6 @@ def test_bad_override_is_rejected_naming_the_key_or_value(override, named):
         load_config(None, ["train.steps=5", override])
 
 
-@pytest.mark.parametrize("overrides", [["zero_stage=1"], ["train.grad_accum=2"]])
-def test_bf16_generator_asked_for_where_it_cannot_run_is_refused_naming_the_keys(overrides):
-    with pytest.raises(ConfigError, match=r"train.bf16_mode=bf16_generator needs zero_stage=0 and train.grad_accum=1"):
-        load_config(None, ["train.steps=5", "train.bf16_mode=bf16_generator", *overrides])
-
-
 def test_exactly_one_of_steps_and_epochs_is_required(tmp_path):
     with pytest.raises(ConfigError, match="exactly one of train.steps and train.epochs"):
         load_config(None, [])

@@ -103,16 +103,13 @@ def test_parameters_follow_the_inputs_layout_at_zero0_and_stay_contiguous_where_
 
 
 @pytest.mark.parametrize("flags", [AVX2_ONLY, NATIVE_BF16])
-def test_bf16_mode_applies_only_to_bf16_and_auto_holds_the_generator_in_bf16_on_a_cpu_where_it_can(monkeypatch, flags):
+def test_bf16_mode_applies_only_to_bf16_and_auto_is_autocast(monkeypatch, flags):
     monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
     precision = resolve_precision("auto", 0, CPU)
-    assert resolve_bf16_mode("auto", CPU, precision, 0, 1) == (None if flags == AVX2_ONLY else "bf16_generator")
-    assert resolve_bf16_mode("bf16_weights", CPU, "fp32", 0, 1) is None  # nothing to hold in bf16
-    assert resolve_bf16_mode("bf16_weights", CPU, "bf16", 0, 1) == "bf16_weights"
-    assert resolve_bf16_mode("autocast", CPU, "bf16", 0, 1) == "autocast"
-    assert resolve_bf16_mode("auto", CPU, "bf16", 1, 1) == "autocast"  # ZeRO >= 1 flattens the weights
-    assert resolve_bf16_mode("auto", CPU, "bf16", 0, 2) == "autocast"  # micro-batch gradients would sum in bf16
-    assert resolve_bf16_mode("auto", CUDA, "bf16", 0, 1) == "autocast"
+    assert resolve_bf16_mode("auto", CPU, precision) == (None if flags == AVX2_ONLY else "autocast")
+    assert resolve_bf16_mode("bf16_weights", CPU, "fp32") is None  # nothing to hold in bf16
+    assert resolve_bf16_mode("bf16_weights", CPU, "bf16") == "bf16_weights"
+    assert resolve_bf16_mode("auto", CUDA, "bf16") == "autocast"
 
 
 def test_dali_decodes_ahead_on_cuda_and_on_demand_on_a_cpu_unless_told():
@@ -143,7 +140,7 @@ def test_dali_decodes_ahead_on_cuda_and_on_demand_on_a_cpu_unless_told():
             NATIVE_BF16,
             {
                 "precision": "bf16",
-                "bf16_mode": "bf16_generator",
+                "bf16_mode": "autocast",
                 "memory_format": "channels_last",
                 "model_memory_format": "channels_last",
                 "small_maps": "matmul",

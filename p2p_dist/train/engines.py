@@ -93,16 +93,14 @@ class Pix2Pix:
         )
         # What the networks take: bf16 where DeepSpeed holds bf16 weights (no autocast casts the inputs then).
         self.input_dtype = torch.bfloat16 if self.bf16_mode == "bf16_weights" else rt.input_dtype
-        self.G = self._engine(generator, cfg.train.lr_g, total_steps, self.bf16_mode == "bf16_generator")
+        self.G = self._engine(generator, cfg.train.lr_g, total_steps)
         self.D = self._engine(discriminator, cfg.train.lr_d, total_steps)
         self.gan_loss = GANLoss(cfg.train.gan_loss)
         # With batch norm, real and fake pairs must be normalised in separate batches (as the reference);
         # with a per-sample norm, one D forward over both is the same maths at half the launches.
         self.joint_d_forward = cfg.train.joint_d_forward and cfg.model.norm == "instance"
 
-    def _engine(
-        self, model: nn.Module, lr: float, total_steps: int, hold_in_bf16: bool = False
-    ) -> deepspeed.DeepSpeedEngine:
+    def _engine(self, model: nn.Module, lr: float, total_steps: int) -> deepspeed.DeepSpeedEngine:
         model = model.to(self.rt.device)
         t = self.cfg.train
         optimizer = Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), **ADAM_KERNEL[t.adam])
@@ -126,8 +124,6 @@ class Pix2Pix:
             # DeepSpeed would still flatten every gradient into one buffer, all-reduce it over the group of one
             # and copy it back: an identity that costs two copies of all gradients per step.
             engine.enable_backward_allreduce = False
-        if hold_in_bf16:  # after the layout: the masters are cloned from the weights as they will stay
-            optimizer.hold_in_bf16(engine.module)
         if t.compile:
             engine.compile()
         return engine
