@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU communication op on first use; build it once here, not in every run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install demo test test-as-avx2-cpu test-as-native-bf16-cpu test-ci test-all bench gpu-wheels gpu-check clean
+.PHONY: install demo test test-as-avx2-cpu test-as-native-bf16-cpu test-ci test-all bench bench-as-avx2-cpu gpu-wheels gpu-check clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -45,6 +45,16 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# The benchmark's step, peers and real loop as an AVX2-only CPU would run them, on a CPU with AVX-512: the simulated
+# flags steer the automatic choices and the caps make oneDNN's, ATen's and MKL's kernels AVX2 ones. An emulation on
+# this CPU's cores, caches and memory; results are named <machine>-as-avx2-only-cpu-<date>-...
+bench-as-avx2-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c
+bench-as-avx2-cpu: export ONEDNN_MAX_CPU_ISA = AVX2
+bench-as-avx2-cpu: export ATEN_CPU_CAPABILITY = avx2
+bench-as-avx2-cpu: export MKL_ENABLE_INSTRUCTIONS = AVX2
+bench-as-avx2-cpu: install
+	$(PY) benchmarks/run.py --sections step,baseline,breakdown,loop
 
 # Wheels the lent GPU machine's image lacks (DeepSpeed, webdataset, ...), for CPython 3.12: carry .whl there.
 gpu-wheels:

@@ -172,6 +172,12 @@ REPORTED_CPU_FLAGS = (
 )
 
 
+# Environment variables that cap the instruction set torch's CPU kernels use (oneDNN's, ATen's, MKL's): with the
+# simulated flags of P2P_DIST_CPU_FLAGS, a CPU with AVX-512 then runs what an AVX2-only CPU would (`make
+# bench-as-avx2-cpu`), on its own cores, caches and memory.
+KERNEL_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine_facts() -> dict:
     """Hardware and software a result depends on, recorded next to every result."""
     from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV, cpu_flags, has_fast_bf16
@@ -187,6 +193,8 @@ def machine_facts() -> dict:
         "cpu_simd": sorted(cpu_flags() & set(REPORTED_CPU_FLAGS)),
         "cpu_flags_simulated": SIMULATED_CPU_FLAGS_ENV in os.environ,
         "cpu_native_bf16": has_fast_bf16(torch.device("cpu")),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # the ISA ATen's vectorised kernels run
+        "kernel_isa_caps": {key: os.environ[key] for key in KERNEL_ISA_CAPS if key in os.environ},
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
         "gpus": gpus,
         "gpu_name": gpus[0] if gpus else None,
@@ -211,10 +219,13 @@ def slug(text: str) -> str:
 
 
 def machine_name(facts: dict) -> str:
-    """The results file stem's machine part: the GPU name on CUDA machines, else the CPU model, sanitised."""
+    """The results file stem's machine part: the GPU name on CUDA machines, else the CPU model, sanitised; a CPU
+    run with simulated flags is named for the kind it ran as."""
     name = facts["gpu_name"] or f"{facts['cpu_model']}-{facts['cpu_cores']}c"
     if facts["gpu_name"] and len(facts["gpus"]) > 1:
         name = f"{len(facts['gpus'])}x-{name}"
+    elif not facts["gpu_name"] and facts.get("cpu_flags_simulated"):
+        name += " as " + ("native-bf16 CPU" if facts["cpu_native_bf16"] else "AVX2-only CPU")
     return slug(name)
 
 

@@ -98,7 +98,14 @@ def _cpu_flags_line(m: dict) -> str:
         if m.get("cpu_flags_simulated")
         else ""
     )
-    return f"CPU flags: {flags}{kind}{simulated}"
+    caps = m.get("kernel_isa_caps")
+    capped = (
+        f"; kernels capped at {m.get('cpu_kernels')} ({', '.join(f'{k}={v}' for k, v in caps.items())}): that "
+        "instruction set's kernels on this CPU's cores, caches and memory, an emulation of such a CPU, not one"
+        if caps
+        else ""
+    )
+    return f"CPU flags: {flags}{kind}{simulated}{capped}"
 
 
 def _headline_lines(baseline: dict) -> list[str]:

@@ -54,6 +54,18 @@ def measure_in_own_process(
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def peers_a_user_would_run(device) -> list:
+    """The reference peers worth timing on `device`: all of them where bf16 is native (and on CUDA); without native
+    bf16 only the fp32 reference, since bf16 autocast falls back to slow reference kernels there (~55 s a step at
+    batch 1 on a 2-core AVX2-only EPYC: three rounds of the bf16 peers would take hours) and the fp32 reference is
+    the peer to beat (`run.best_peer`)."""
+    from p2p_dist.runtime import has_fast_bf16
+
+    from bench_step import reference_peers, reference_variant
+
+    return reference_peers(device) if has_fast_bf16(device) else [reference_variant()]
+
+
 def pooled_peers(rounds: list[list[dict]]) -> list[dict]:
     """Each peer's rows of several rounds as one row: all their timed steps together."""
     names = dict.fromkeys(row["peer"] for rows in rounds for row in rows)
@@ -77,13 +89,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from p2p_dist.runtime import Runtime
 
-    from bench_step import build_variant, make_batch, reference_peers
+    from bench_step import build_variant, make_batch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rt = Runtime(0, 0, 1, 1, device, "fp32")  # peers take their precision from their variant
     batch = make_batch(args.batch, args.resolution, device)
     rows = []
-    for variant in reference_peers(device):
+    for variant in peers_a_user_would_run(device):
         step = build_variant(variant, rt, args.resolution, model_overrides=tuple(args.overrides))
         for _ in range(args.warmup):
             step(batch)

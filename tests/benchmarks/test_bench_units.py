@@ -5,9 +5,12 @@ import os
 import pytest
 import run as bench_run
 import torch
-from peer_process import pooled_peers
+from peer_process import peers_a_user_would_run, pooled_peers
+
+from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV
 
 import bench_common as common
+import bench_report
 from bench_runs import pooled, scaling_rows, summarise_metrics
 
 
@@ -39,6 +42,8 @@ def test_machine_name_prefers_the_gpu_and_is_a_safe_file_name():
         "cpu_cores": 64,
     }
     assert common.machine_name(gpu) == "8x-nvidia-h100-80gb-hbm3"
+    simulated = {**cpu, "cpu_flags_simulated": True, "cpu_native_bf16": False}
+    assert common.machine_name(simulated) == "amd-epyc-7b13-64-core-2c-as-avx2-only-cpu"
 
 
 def test_load_recorded_stores_load_averages_before_and_after_and_wall_time():
@@ -88,6 +93,21 @@ def test_each_peers_rows_of_several_rounds_pool_their_timed_steps():
     assert rows[0]["images_per_s"]["samples"] == [3.0, 3.2, 2.8] and rows[1]["images_per_s"]["median"] == 5.2
 
 
+@pytest.mark.parametrize(
+    "flags, peers",
+    [
+        ("avx avx2 fma f16c", ["reference eager fp32"]),
+        (
+            "avx2 avx512f avx512_bf16",
+            ["reference eager fp32", "reference + bf16 autocast", "reference + bf16 autocast + channels_last"],
+        ),
+    ],
+)
+def test_peers_timed_as_a_user_runs_them_leave_out_bf16_where_it_is_not_native(monkeypatch, flags, peers):
+    monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
+    assert [v.name for v in peers_a_user_would_run(torch.device("cpu"))] == peers
+
+
 def rates(images_per_s: list[float], data_wait: list[float] | None = None) -> dict:
     out = {"images_per_s": common.summarise(images_per_s)}
     if data_wait is not None:
@@ -106,6 +126,13 @@ def test_scaling_efficiency_is_throughput_over_n_times_one_process_and_cpu_ideal
     cpu = scaling_rows(runs, cores_per_machine=2, accelerators=0)
     assert cpu[1]["efficiency"] == pytest.approx(0.8) and cpu[1]["resource_efficiency"] == pytest.approx(1.6)
     assert cpu[1]["cores_per_process"] == 1 and cpu[1]["per_process_images_per_s"] == 8.0
+
+
+def test_the_report_says_when_the_flags_were_simulated_and_the_kernels_capped_and_names_the_caps():
+    machine = {"cpu_simd": ["avx2"], "cpu_native_bf16": False, "cpu_flags_simulated": True, "cpu_kernels": "AVX2"}
+    line = bench_report._cpu_flags_line({**machine, "kernel_isa_caps": {"ONEDNN_MAX_CPU_ISA": "AVX2"}})
+    assert "SIMULATED by P2P_DIST_CPU_FLAGS" in line and "kernels capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)" in line
+    assert "capped" not in bench_report._cpu_flags_line({**machine, "kernel_isa_caps": {}})
 
 
 def test_result_file_names_mark_quick_and_partial_runs():
