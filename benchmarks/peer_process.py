@@ -55,15 +55,15 @@ def measure_in_own_process(
 
 
 def peers_a_user_would_run(device) -> list:
-    """The reference peers worth timing on `device`: all of them where bf16 is native (and on CUDA); without native
-    bf16 only the fp32 reference, since bf16 autocast falls back to slow reference kernels there (~55 s a step at
-    batch 1 on a 2-core AVX2-only EPYC: three rounds of the bf16 peers would take hours) and the fp32 reference is
-    the peer to beat (`run.best_peer`)."""
+    """The reference peers worth timing on `device`: all of them on CUDA and on a CPU with native bf16; on a CPU
+    without it only the fp32 reference, since bf16 autocast falls back to slow reference kernels there (~55 s a step
+    at batch 1 on a 2-core AVX2-only EPYC: three rounds of the bf16 peers would take hours) and the fp32 reference
+    is the peer to beat (`run.best_peer`)."""
     from p2p_dist.runtime import has_fast_bf16
 
     from bench_step import reference_peers, reference_variant
 
-    return reference_peers(device) if has_fast_bf16(device) else [reference_variant()]
+    return reference_peers(device) if device.type == "cuda" or has_fast_bf16(device) else [reference_variant()]
 
 
 def pooled_peers(rounds: list[list[dict]]) -> list[dict]:

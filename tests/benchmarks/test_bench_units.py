@@ -11,6 +11,7 @@ from p2p_dist.runtime import SIMULATED_CPU_FLAGS_ENV
 
 import bench_common as common
 import bench_report
+import bench_step
 from bench_runs import pooled, scaling_rows, summarise_metrics
 
 
@@ -103,9 +104,11 @@ def test_each_peers_rows_of_several_rounds_pool_their_timed_steps():
         ),
     ],
 )
-def test_peers_timed_as_a_user_runs_them_leave_out_bf16_where_it_is_not_native(monkeypatch, flags, peers):
+def test_peers_timed_as_a_user_runs_them_leave_out_bf16_on_a_cpu_where_it_is_not_native(monkeypatch, flags, peers):
     monkeypatch.setenv(SIMULATED_CPU_FLAGS_ENV, flags)
     assert [v.name for v in peers_a_user_would_run(torch.device("cpu"))] == peers
+    on_cuda = [v.name for v in peers_a_user_would_run(torch.device("cuda"))]  # the host CPU's flags do not matter
+    assert on_cuda == [v.name for v in bench_step.reference_peers(torch.device("cuda"))] and len(on_cuda) == 4
 
 
 def rates(images_per_s: list[float], data_wait: list[float] | None = None) -> dict:
