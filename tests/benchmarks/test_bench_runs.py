@@ -7,12 +7,12 @@ import sys
 import pytest
 import run as bench_run
 import torch
+from peer_process import peers_a_user_would_run
 
 from p2p_dist.process_defaults import defaulted_keys
 
 from bench_common import REPO_ROOT
 from bench_data import measure_loaders, measure_packing, tiny_demo_shards
-from bench_step import reference_peers
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -84,7 +84,7 @@ def test_quick_run_of_every_section_with_profile_writes_json_markdown_and_plot(t
     assert loop["records_used"] == sum(r["run"]["records_used"] for r in rounds)
     # The peers as a user runs them: a process of their own, without p2p_dist's process defaults.
     own_process = sections["loop"]["peers_in_own_process"]
-    assert [r["peer"] for r in own_process] == [v.name for v in reference_peers(torch.device("cpu"))]
+    assert [r["peer"] for r in own_process] == [v.name for v in peers_a_user_would_run(torch.device("cpu"))]
     for r in own_process:
         assert r["images_per_s"]["median"] > 0 and r["batch_size"] == result["plan"]["run_batch"]
         assert all(r["environment"].get(key) is None for key in defaulted_keys())
