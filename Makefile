@@ -30,9 +30,10 @@ test: install
 
 # The suite as the other kind of CPU would see it: every automatic choice (precision=auto, ...) reads these
 # simulated flags instead of /proc/cpuinfo (p2p_dist.runtime.cpu_flags). Testing only.
-test-as-avx2-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c
+AVX2_ONLY_CPU_FLAGS := avx avx2 fma f16c
+test-as-avx2-cpu: export P2P_DIST_CPU_FLAGS = $(AVX2_ONLY_CPU_FLAGS)
 test-as-avx2-cpu: test
-test-as-native-bf16-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16
+test-as-native-bf16-cpu: export P2P_DIST_CPU_FLAGS = $(AVX2_ONLY_CPU_FLAGS) avx512f avx512bw avx512_vnni avx512_bf16
 test-as-native-bf16-cpu: test
 
 # What CI runs (.ci/run): every test that needs no GPU, the slow ones included.
@@ -49,7 +50,7 @@ bench: install
 # The benchmark's step, peers and real loop as an AVX2-only CPU would run them, on a CPU with AVX-512: the simulated
 # flags steer the automatic choices and the caps make oneDNN's, ATen's and MKL's kernels AVX2 ones. An emulation on
 # this CPU's cores, caches and memory; results are named <machine>-as-avx2-only-cpu-<date>-...
-bench-as-avx2-cpu: export P2P_DIST_CPU_FLAGS = avx avx2 fma f16c
+bench-as-avx2-cpu: export P2P_DIST_CPU_FLAGS = $(AVX2_ONLY_CPU_FLAGS)
 bench-as-avx2-cpu: export ONEDNN_MAX_CPU_ISA = AVX2
 bench-as-avx2-cpu: export ATEN_CPU_CAPABILITY = avx2
 bench-as-avx2-cpu: export MKL_ENABLE_INSTRUCTIONS = AVX2
