@@ -558,6 +558,8 @@ def markdown(result: dict) -> str:
 
 
 def _plot_step(ax, sections: dict) -> None:
+    from matplotlib.ticker import FuncFormatter
+
     baseline = sections.get("baseline", {})
     rows = [
         r
@@ -575,9 +577,50 @@ def _plot_step(ax, sections: dict) -> None:
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=variant)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    # Plain numbers on the log axes (the batch sizes measured, images/s as 3 or 6.5), not powers of 2 and 10.
+    ax.set_xticks(sorted({r["batch_size"] for r in rows}), [str(b) for b in sorted({r["batch_size"] for r in rows})])
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=6)
     ax.set_xlabel("batch size")
     ax.set_ylabel("images/s (training step)")
     ax.legend(fontsize=7)
+
+
+def _plot_loop(ax, sections: dict) -> None:
+    """The real loop against the reference peers at its batch size: in a process of their own (as a user runs them)
+    and, with the baseline section, in the benchmark's process; each peer's bar is labelled with the loop's ratio to
+    it, the figure the targets read."""
+    loop = sections["loop"]
+    run = loop["run"]
+    batch = run["batch_size_per_process"]
+    bars = [("p2p_dist: launch/train.py", run["images_per_s"])]
+    bars += [(f"{peer['peer']}, own process", peer["images_per_s"]) for peer in loop.get("peers_in_own_process", [])]
+    bars += [
+        (f"{peer['peer']}, in-process", peer["images_per_s"])
+        for peer in sections.get("baseline", {}).get("peers", [])
+        if peer["batch_size"] == batch and peer["images_per_s"]
+    ]
+    medians = [rate["median"] for _, rate in bars]
+    spread = [
+        [m - rate["min"] for m, (_, rate) in zip(medians, bars)],
+        [rate["max"] - m for m, (_, rate) in zip(medians, bars)],
+    ]
+    colours = ["tab:orange"] + ["tab:blue"] * (len(bars) - 1)
+    ax.barh(range(len(bars)), medians, xerr=spread, capsize=2, color=colours)
+    for y, (_, rate) in enumerate(bars[1:], 1):
+        ax.annotate(
+            f"loop / peer {medians[0] / rate['median']:.2f}x",
+            (rate["max"], y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=6,
+        )
+    ax.set_yticks(range(len(bars)), [textwrap.fill(label, 30, break_on_hyphens=False) for label, _ in bars], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"images/s at batch {batch} ({run['precision']}; median, min-max)")
 
 
 def _plot_data(ax, sections: dict) -> None:
@@ -633,6 +676,7 @@ def _plot_candidates(ax, sections: dict) -> None:
 # The sections a figure has a panel for, in the order they are drawn.
 PLOT_PANELS = {
     "step": _plot_step,
+    "loop": _plot_loop,
     "breakdown": _plot_breakdown,
     "candidates": _plot_candidates,
     "data": _plot_data,
@@ -646,7 +690,7 @@ def plotted_sections(result: dict) -> list[str]:
 
 def plot(result: dict, path: Path) -> bool:
     """One panel per plotted section (PLOT_PANELS) side by side; writes nothing, and says so, when the run has
-    none of them (a loop-only run: its figures are the report's)."""
+    none of them (a baseline-only run: its figures are the report's)."""
     panels = plotted_sections(result)
     if not panels:
         return False

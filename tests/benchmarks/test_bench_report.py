@@ -262,15 +262,49 @@ def test_plot_writes_a_png_with_a_panel_for_every_plotted_section(tmp_path):
     path = tmp_path / "plot.png"
     assert bench_report.plot(full_result(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert bench_report.plotted_sections(full_result()) == ["step", "breakdown", "candidates", "data", "scaling"]
+    assert bench_report.plotted_sections(full_result()) == [
+        "step",
+        "loop",
+        "breakdown",
+        "candidates",
+        "data",
+        "scaling",
+    ]
 
 
-def test_a_candidates_only_run_plots_the_candidates_and_a_loop_only_run_writes_no_empty_figure(tmp_path):
+def test_a_candidates_only_run_plots_the_candidates_and_a_baseline_only_run_writes_no_empty_figure(tmp_path):
     result = full_result()
     result["sections"] = {"candidates": result["sections"]["candidates"]}
     assert bench_report.plot(result, tmp_path / "candidates.png") and (tmp_path / "candidates.png").is_file()
-    result["sections"] = {"loop": full_result()["sections"]["loop"]}
-    assert not bench_report.plot(result, tmp_path / "loop.png") and not (tmp_path / "loop.png").exists()
+    result["sections"] = {"baseline": full_result()["sections"]["baseline"]}
+    assert not bench_report.plot(result, tmp_path / "baseline.png") and not (tmp_path / "baseline.png").exists()
+
+
+def test_the_loop_panel_sets_the_real_loop_beside_each_peer_at_its_batch_with_the_loops_ratio_to_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = full_result()["sections"]
+    peer = {"peer": "reference + bf16 autocast", "precision": "bf16", "batch_size": 4}
+    sections["loop"]["peers_in_own_process"] = [{**peer, "images_per_s": summarise([0.4])}]
+    sections["baseline"]["peers"] = [
+        {**peer, "images_per_s": summarise([0.5]), "default": summarise([0.6]), "ratio": 1.2},
+        {**peer, "batch_size": 16, "images_per_s": summarise([0.9]), "default": summarise([1.0]), "ratio": 1.1},
+        {**peer, "peer": "reference + fp16 autocast", "images_per_s": None, "skipped": "no CUDA"},
+    ]
+    fig, ax = plt.subplots()
+    bench_report._plot_loop(ax, sections)  # the loop's median: 0.55 images/s
+    labels = [label.get_text().replace("\n", " ") for label in ax.get_yticklabels()]
+    assert labels == [
+        "p2p_dist: launch/train.py",
+        "reference + bf16 autocast, own process",
+        "reference + bf16 autocast, in-process",
+    ]
+    assert [text.get_text() for text in ax.texts] == ["loop / peer 1.38x", "loop / peer 1.10x"]
+    assert [round(bar.get_width(), 2) for bar in ax.patches] == [0.55, 0.4, 0.5]
+    plt.close(fig)
 
 
 def gpu_result() -> dict:
