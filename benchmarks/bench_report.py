@@ -578,7 +578,8 @@ def _plot_step(ax, sections: dict) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     # Plain numbers on the log axes (the batch sizes measured, images/s as 3 or 6.5), not powers of 2 and 10.
-    ax.set_xticks(sorted({r["batch_size"] for r in rows}), [str(b) for b in sorted({r["batch_size"] for r in rows})])
+    batches = sorted({r["batch_size"] for r in rows})
+    ax.set_xticks(batches, [str(b) for b in batches])
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
