@@ -557,6 +557,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _min_max_bars(rates: list[dict]) -> list[list[float]]:
+    """Error bars from summarise() dicts: each median's distance down to its min and up to its max."""
+    return [[rate["median"] - rate["min"] for rate in rates], [rate["max"] - rate["median"] for rate in rates]]
+
+
 def _plot_step(ax, sections: dict) -> None:
     from matplotlib.ticker import FuncFormatter
 
@@ -569,12 +574,10 @@ def _plot_step(ax, sections: dict) -> None:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
         x = [r["batch_size"] for r in mine]
-        y = [r["images_per_s"]["median"] for r in mine]
-        err = [
-            [v - r["images_per_s"]["min"] for v, r in zip(y, mine)],
-            [r["images_per_s"]["max"] - v for v, r in zip(y, mine)],
-        ]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=variant)
+        rates = [r["images_per_s"] for r in mine]
+        ax.errorbar(
+            x, [rate["median"] for rate in rates], yerr=_min_max_bars(rates), marker="o", capsize=3, label=variant
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     # Plain numbers on the log axes (the batch sizes measured, images/s as 3 or 6.5), not powers of 2 and 10.
@@ -604,12 +607,8 @@ def _plot_loop(ax, sections: dict) -> None:
         if peer["batch_size"] == batch and peer["images_per_s"]
     ]
     medians = [rate["median"] for _, rate in bars]
-    spread = [
-        [m - rate["min"] for m, (_, rate) in zip(medians, bars)],
-        [rate["max"] - m for m, (_, rate) in zip(medians, bars)],
-    ]
     colours = ["tab:orange"] + ["tab:blue"] * (len(bars) - 1)
-    ax.barh(range(len(bars)), medians, xerr=spread, capsize=2, color=colours)
+    ax.barh(range(len(bars)), medians, xerr=_min_max_bars([rate for _, rate in bars]), capsize=2, color=colours)
     for y, (_, rate) in enumerate(bars[1:], 1):
         ax.annotate(
             f"loop / peer {medians[0] / rate['median']:.2f}x",
