@@ -557,6 +557,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def in_process_peers_at(baseline: dict, batch: int) -> list[dict]:
+    """The baseline's reference peers measured in the benchmark's process at `batch` (those skipped left out): what
+    the real loop at that batch is set against."""
+    return [p for p in baseline.get("peers", []) if p["batch_size"] == batch and p.get("images_per_s")]
+
+
 def _min_max_bars(rates: list[dict]) -> list[list[float]]:
     """Error bars from summarise() dicts: each median's distance down to its min and up to its max."""
     return [[rate["median"] - rate["min"] for rate in rates], [rate["max"] - rate["median"] for rate in rates]]
@@ -603,8 +609,7 @@ def _plot_loop(ax, sections: dict) -> None:
     bars += [(f"{peer['peer']}, own process", peer["images_per_s"]) for peer in loop.get("peers_in_own_process", [])]
     bars += [
         (f"{peer['peer']}, in-process", peer["images_per_s"])
-        for peer in sections.get("baseline", {}).get("peers", [])
-        if peer["batch_size"] == batch and peer["images_per_s"]
+        for peer in in_process_peers_at(sections.get("baseline", {}), batch)
     ]
     medians = [rate["median"] for _, rate in bars]
     colours = ["tab:orange"] + ["tab:blue"] * (len(bars) - 1)

@@ -752,7 +752,7 @@ def loop_targets(sections: dict, kind: str) -> list[dict]:
     if not loop or kind not in LOOP_TARGETS:
         return []
     batch = loop["run"]["batch_size_per_process"]
-    peers = {p["peer"]: p for p in baseline.get("peers", []) if p["batch_size"] == batch and p.get("images_per_s")}
+    peers = {p["peer"]: p for p in bench_report.in_process_peers_at(baseline, batch)}
     reference = next(
         (r for r in baseline.get("reference_rows", []) if r["batch_size"] == batch and r.get("images_per_s")), None
     )
